@@ -1,0 +1,37 @@
+# Two commands do everything (each creates the environment on first use):
+#   make run    execute every notebook in order on the full data, regenerating figures/
+#   make test   pytest over prlib + nbval (lax) over every notebook in smoke mode
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+export TRANSFORMERS_OFFLINE := 1
+export MPLBACKEND := Agg
+
+.PHONY: env run smoke test notebook clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+run: env  ## every notebook, full size, into figures/
+	$(PY) -m prlib.runner all
+
+smoke: env  ## every notebook, smoke size, executed copies under build/
+	$(PY) -m prlib.runner all --smoke
+
+notebook: env  ## one notebook: make notebook NB=00 [SMOKE=1]
+	$(PY) -m prlib.runner $(NB) $(if $(SMOKE),--smoke,)
+
+test: env  ## pytest + nbval (lax) over the notebooks in smoke mode
+	PRLIB_SMOKE=1 $(PY) -m pytest
+
+clean:
+	rm -rf build

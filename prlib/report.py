@@ -1,0 +1,70 @@
+"""Figures and tables, written only through these helpers.
+
+Full runs write into ``figures/``; smoke runs into ``build/smoke-figures/`` (git-ignored), so CI
+never overwrites the committed artefacts. Names start with the notebook's number, e.g.
+``00_quality_vs_cost``. Tables are written as CSV and Markdown side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from prlib.config import RunConfig  # noqa: E402
+
+
+def set_style() -> None:
+    """The one plotting style of the workbook."""
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight"})
+
+
+def _target(cfg: RunConfig, name: str) -> Path:
+    folder = cfg.figures_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def save_figure(fig, name: str, cfg: RunConfig) -> Path:
+    """Save ``fig`` as PNG and PDF under the run's figures folder; returns the PNG path."""
+    png = _target(cfg, f"{name}.png")
+    fig.savefig(png)
+    fig.savefig(png.with_suffix(".pdf"))
+    return png
+
+
+def save_table(df: pd.DataFrame, name: str, cfg: RunConfig, floatfmt: str = ".3f") -> Path:
+    """Save ``df`` as ``name.csv`` and ``name.md`` (GitHub Markdown); returns the CSV path."""
+    csv = _target(cfg, f"{name}.csv")
+    df.to_csv(csv, index=False)
+    csv.with_suffix(".md").write_text(to_markdown(df, floatfmt) + "\n")
+    return csv
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A Markdown table without the optional ``tabulate`` dependency."""
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else format(v, floatfmt)
+        return str(v).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def mean_std(values, fmt: str = ".3f") -> str:
+    """``"m +- s"`` over seeds (std with ddof=0; just ``m`` for one value)."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 1:
+        return format(arr[0], fmt)
+    return f"{format(arr.mean(), fmt)} ± {format(arr.std(), fmt)}"

@@ -1,0 +1,79 @@
+"""Execute the numbered notebooks with papermill, in pipeline order.
+
+``python -m prlib.runner all`` runs every notebook at full size (writing ``figures/``);
+``python -m prlib.runner 00 20 --smoke`` runs two in smoke mode. Executed copies go to the
+git-ignored ``build/notebooks/`` (``build/notebooks-smoke/`` in smoke mode); the stored notebooks
+stay without outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from prlib.config import REPO_ROOT
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+
+
+def list_notebooks() -> list[Path]:
+    """The numbered notebooks ``NN_slug.ipynb``, in order."""
+    return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select(names: list[str]) -> list[Path]:
+    """Notebooks matching ``names`` (``all``, a number like ``40``, or a full stem)."""
+    available = list_notebooks()
+    if not names or names == ["all"]:
+        return available
+    chosen = []
+    for name in names:
+        hits = [p for p in available if p.stem == name or p.stem.split("_")[0] == name]
+        if not hits:
+            raise SystemExit(f"no notebook matches {name!r}; available: "
+                             f"{[p.stem for p in available]}")
+        chosen.extend(hits)
+    return chosen
+
+
+def run_notebook(path: Path, smoke: bool = False, parameters: dict | None = None,
+                 out_dir: Path | None = None) -> Path:
+    """Execute one notebook in its own folder; returns the executed copy's path."""
+    import papermill as pm
+
+    out_dir = out_dir or REPO_ROOT / "build" / ("notebooks-smoke" if smoke else "notebooks")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"SMOKE": smoke, **(parameters or {})}
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    # the kernel must be this interpreter, whatever kernelspecs the machine has
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    if smoke:
+        os.environ["PRLIB_SMOKE"] = "1"
+    out = out_dir / path.name
+    pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
+                        kernel_name="python3", progress_bar=False)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m prlib.runner", description=__doc__)
+    parser.add_argument("names", nargs="*", default=["all"], help="'all', numbers or stems")
+    parser.add_argument("--smoke", action="store_true", help="small sizes (also PRLIB_SMOKE=1)")
+    args = parser.parse_args(argv)
+    smoke = args.smoke or os.environ.get("PRLIB_SMOKE", "") in {"1", "true", "yes"}
+    for path in select(args.names):
+        start = time.time()
+        print(f"[prlib.runner] {path.name} ({'smoke' if smoke else 'full'}) ...", flush=True)
+        out = run_notebook(path, smoke=smoke)
+        print(f"[prlib.runner] {path.name} done in {time.time() - start:.0f} s -> "
+              f"{out.relative_to(REPO_ROOT)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Shared fixtures. Tests run on the real shared data (found like the notebooks find it)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    from prlib.data import find_data_dir
+
+    return find_data_dir()
+
+
+@pytest.fixture(scope="session")
+def llmrouter_bank(data_dir):
+    from prlib.data import load_bank
+
+    return load_bank("llmrouter")
+
+
+@pytest.fixture(scope="session")
+def arena_bench_bank(data_dir):
+    from prlib.data import load_bank
+
+    return load_bank("arena-bench-v1")
