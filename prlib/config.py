@@ -87,14 +87,24 @@ def resolve_config(smoke: bool = False, seeds: list[int] | None = None, device: 
     """Turn a notebook's parameters into a :class:`RunConfig`.
 
     Smoke mode is on when ``smoke`` is true or ``PRLIB_SMOKE=1``; then every size named in
-    :data:`SMOKE_SIZES` (and ``seeds``) is replaced by its smoke value.
+    :data:`SMOKE_SIZES` (and ``seeds``) is replaced by its smoke value (numbers: the smaller).
     """
     smoke = bool(smoke) or env_smoke()
     seeds = list(seeds if seeds is not None else [0])
     if smoke:
         seeds = list(SMOKE_SIZES["seeds"])
-        sizes = {k: (SMOKE_SIZES[k] if k in SMOKE_SIZES else v) for k, v in sizes.items()}
+        sizes = {k: _smoke_value(SMOKE_SIZES[k], v) if k in SMOKE_SIZES else v
+                 for k, v in sizes.items()}
     return RunConfig(smoke=smoke, seeds=seeds, device=resolve_device(device), sizes=dict(sizes))
+
+
+def _smoke_value(smoke_value: Any, value: Any) -> Any:
+    """Smoke never makes a run bigger: numbers take the smaller of the two."""
+    numbers = (int, float)
+    if isinstance(smoke_value, numbers) and isinstance(value, numbers) and not isinstance(
+            value, bool):
+        return min(smoke_value, value)
+    return smoke_value
 
 
 def interim_dir() -> Path:
