@@ -25,6 +25,8 @@ SMOKE_SIZES: dict[str, Any] = {
     "queries_per_user": 40,
     "shots": [1, 5],
     "max_llms": 10,
+    "judge_queries": 8,  # arena-bench queries the persona judge embeds (notebook 20)
+    "text_bank_queries": 3,  # mt-bench / arena-hard queries judged (notebook 20)
 }
 
 
