@@ -1,0 +1,156 @@
+"""prlib.graph + prlib.models: personalisation, leakage, checkpoint selection, persistence."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from prlib import data
+from prlib.bank import Bank
+from prlib.graph import (GraphInputError, build_graph, build_requests, check_no_label_leak,
+                         node_features, split_queries)
+from prlib.metrics import picks_vary_share, routing_metrics
+from prlib.models import PersonalizedRouter, concat_requests
+from prlib.simulate import simulate_multi_cost
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A hand-made bank: 'cheap' is mediocre and cheap, 'big' is good and costly, 'mid' between.
+    Two users with opposite preferences p = 0.2 (cost) and p = 1.0 (quality)."""
+    rng = np.random.default_rng(0)
+    n = 240
+    tasks = ["math", "chat"]
+    q = pd.DataFrame({"query_id": [f"q{i:03d}" for i in range(n)], "task": [tasks[i % 2] for i in range(n)],
+                      "text": [f"{'solve the equation' if i % 2 == 0 else 'write a story about'} {i}"
+                               for i in range(n)], "turns": 1})
+    llms = pd.DataFrame({"llm": ["cheap", "mid", "big"], "family": "toy", "size_b": [7.0, 30.0, 70.0],
+                         "input_usd_per_m": [0.1, 0.5, 2.0], "output_usd_per_m": [0.1, 0.5, 2.0],
+                         "description": ["a small cheap model", "a mid-size model", "a large costly model"]})
+    p_right = {"cheap": 0.3, "mid": 0.6, "big": 0.9}
+    rows = [{"query_id": qid, "task": t, "llm": l, "quality": 0.5 * float(rng.random() < p_right[l])
+             + 0.5 * p_right[l], "input_tokens": 100, "output_tokens": 512,
+             "cost_usd": {"cheap": 1e-4, "mid": 5e-4, "big": 2e-3}[l]}
+            for qid, t in zip(q["query_id"], q["task"]) for l in llms["llm"]]
+    bank = Bank("toy", q, llms, pd.DataFrame(rows))
+    prefs = simulate_multi_cost(bank, ps=(0.2, 1.0))
+    split = split_queries(bank.queries["query_id"], seed=0)
+    req = build_requests(prefs.interactions, bank, split)
+    return bank, req, node_features(bank)
+
+
+def test_splits_are_disjoint_by_query_and_seeded():
+    ids = [f"q{i}" for i in range(100)]
+    s = split_queries(ids, seed=3)
+    assert len(s.train) == 70 and len(s.val) == 10 and len(s.test) == 20
+    assert not (set(s.train) & set(s.val) or set(s.train) & set(s.test) or set(s.val) & set(s.test))
+    assert split_queries(ids, seed=3) == s and split_queries(ids, seed=4) != s
+    with pytest.raises(GraphInputError):
+        split_queries(["a", "b"])
+
+
+def test_requests_of_one_query_share_a_split(toy):
+    _, req, _ = toy
+    assert req.frame.groupby("query_id")["split"].nunique().max() == 1
+
+
+def test_no_label_of_a_hidden_request_reaches_message_passing(toy):
+    _, req, feats = toy
+    visible = req.frame["split"].eq("train").to_numpy()
+    g = build_graph(req, feats, visible)
+    check_no_label_leak(g, ~visible)
+    # the check itself can fail: leak a label on purpose
+    g["llm", "offered_to", "request"].edge_attr[:] = 1.0
+    with pytest.raises(AssertionError, match="carry feedback"):
+        check_no_label_leak(g, ~visible)
+
+
+def test_scores_do_not_depend_on_the_hidden_labels(toy):
+    """Changing the labels of the predicted requests must not change their scores."""
+    _, req, feats = toy
+    router = PersonalizedRouter(feats, steps=50, eval_every=25, seed=0).fit(
+        req.split("train"), req.split("val"), progress=False)
+    test = req.split("test")
+    before = router.scores(test)
+    scrambled = test.select(np.arange(len(test)))
+    scrambled.utility = -scrambled.utility  # not NaN: same candidates, opposite labels
+    scrambled.chosen = np.zeros_like(scrambled.chosen)
+    np.testing.assert_allclose(router.scores(scrambled), before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained(toy):
+    _, req, feats = toy
+    router = PersonalizedRouter(feats, steps=400, eval_every=20, patience=20, seed=0)
+    return router.fit(req.split("train"), req.split("val"), progress=False)
+
+
+def test_opposite_users_get_different_llms(toy, trained):
+    _, req, _ = toy
+    test = req.split("test")
+    picks = trained.route(test)
+    users = test.frame["user_id"].to_numpy()
+    cheap_user = np.bincount(picks[users == "mc-00"], minlength=3)
+    quality_user = np.bincount(picks[users == "mc-01"], minlength=3)
+    assert cheap_user.argmax() == 0, cheap_user  # p = 0.2 mostly gets 'cheap'
+    assert quality_user.argmax() == 2, quality_user  # p = 1.0 mostly gets 'big'
+    # on the queries where the two oracle choices differ, the router's choices differ too
+    df = test.frame.assign(pick=picks, oracle=test.chosen)
+    differ = df.groupby("query_id")["oracle"].nunique() > 1
+    share = (df.groupby("query_id")["pick"].nunique()[differ] > 1).mean()
+    assert share > 0.8, share
+    m = routing_metrics(test, picks)
+    assert m["pct_oracle"] > 80, m
+
+
+def test_checkpoint_is_the_validation_best(trained):
+    log = trained.log
+    best = int(np.argmax(log.val_metric))
+    assert trained.best_epoch_ == log.epoch[best]
+    assert len(log.epoch) >= 2
+
+
+def test_save_load_roundtrip_without_pickles(tmp_path, toy, trained):
+    _, req, feats = toy
+    folder = trained.save(tmp_path / "router")
+    state = torch.load(folder / "model.pt", weights_only=True)  # tensors only
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    loaded = PersonalizedRouter.load(folder, feats)
+    test = req.split("test")
+    np.testing.assert_allclose(loaded.scores(test), trained.scores(test), rtol=1e-5, atol=1e-6)
+
+
+def test_new_user_from_a_few_interactions(toy, trained):
+    """add_user builds a user from k interactions without retraining."""
+    _, req, _ = toy
+    train, test = req.split("train"), req.split("test")
+    with pytest.raises(KeyError, match="add_user"):
+        trained.scores(test.select(test.frame["user_id"].eq("mc-00").to_numpy()).renamed("new"))
+    for k, expected in [(10, 2)]:
+        shots = train.select(np.flatnonzero(train.frame["user_id"].eq("mc-01").to_numpy())[:k])
+        trained.add_user(shots.renamed("new-quality-user"))
+        probe = test.select(test.frame["user_id"].eq("mc-01").to_numpy()).renamed("new-quality-user")
+        picks = trained.route(probe)
+        assert np.bincount(picks, minlength=3).argmax() == expected
+
+
+def test_route_text_for_a_known_user(trained):
+    name = trained.route_text("mc-00", "solve the equation 2x + 3 = 7", task="math")
+    assert name in {"cheap", "mid", "big"}
+    with pytest.raises(KeyError, match="add_user"):
+        trained.route_text("nobody", "hello", task="chat")
+
+
+def test_paper_users_on_llmrouter_personalise():
+    """On the real LLMRouter bank (subsample), picks vary across the 9 paper users."""
+    bank = data.load_bank("llmrouter")
+    bank = bank.subset(query_ids=bank.queries["query_id"].sample(300, random_state=0))
+    prefs = simulate_multi_cost(bank)
+    req = build_requests(prefs.interactions, bank, split_queries(bank.queries["query_id"], seed=0))
+    router = PersonalizedRouter(node_features(bank), steps=150, eval_every=25, seed=0).fit(
+        req.split("train"), req.split("val"), progress=False)
+    test = req.split("test")
+    picks = router.route(test)
+    assert picks_vary_share(test, picks) > 0.05
+    both = concat_requests(req.split("train"), test)
+    assert len(both) == len(req.split("train")) + len(test)
