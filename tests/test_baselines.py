@@ -1,0 +1,193 @@
+"""Baseline routers on tiny hand-made data whose right answer is known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from prlib import baselines as B
+from prlib.experiment import describe_improvement, improvement, results_table
+from prlib.graph import NodeFeatures, Requests
+from prlib.metrics import picks_vary_share, routing_metrics
+
+LLMS = ["small", "mid", "large"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one torch thread is faster and does not fight other jobs for cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+N_Q = 60  # queries; cluster = query index parity; split by position 60/20/20 %
+
+
+def make_feats(n_q: int = N_Q, dim: int = 8, seed: int = 0) -> NodeFeatures:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(2, dim)) * 3
+    x = centers[np.arange(n_q) % 2] + rng.normal(size=(n_q, dim)) * 0.3
+    return NodeFeatures([f"q{i:02d}" for i in range(n_q)], torch.tensor(x, dtype=torch.float32),
+                        ["t0", "t1"], torch.randn(2, 4), LLMS, torch.randn(3, 5))
+
+
+def make_requests(utility_fn, users=("frugal", "quality"), n_q: int = N_Q,
+                  drop_mid_every: int = 0) -> Requests:
+    """utility_fn(user, cluster) -> 3 utilities; mid is no candidate on every k-th query."""
+    rows, util = [], []
+    for i in range(n_q):
+        split = "train" if i < 0.6 * n_q else "val" if i < 0.8 * n_q else "test"
+        for u in users:
+            rows.append({"user_id": u, "query_id": f"q{i:02d}", "task": f"t{i % 2}",
+                         "split": split})
+            v = np.array(utility_fn(u, i % 2), dtype=float)
+            if drop_mid_every and i % drop_mid_every == 0:
+                v[1] = np.nan
+            util.append(v)
+    util = np.array(util)
+    cost = np.where(np.isnan(util), np.nan, np.array([1.0, 2.0, 3.0]) * 1e-4)
+    quality = np.where(np.isnan(util), np.nan, np.array([0.2, 0.5, 0.9]))
+    return Requests(pd.DataFrame(rows), LLMS, util, np.nanargmax(util, 1), quality, cost)
+
+
+def by_user(u, c):  # opposite users, no query effect; mid is best on average
+    return [1.0, 0.8, 0.0] if u == "frugal" else [0.0, 0.8, 1.0]
+
+
+def by_query(u, c):  # the same for everyone: cluster 0 -> small, cluster 1 -> large
+    return [1.0, 0.3, 0.2] if c == 0 else [0.0, 0.3, 1.0]
+
+
+def by_both(u, c):  # frugal: small / mid; quality: mid / large
+    table = {("frugal", 0): [1.0, 0.5, 0.0], ("frugal", 1): [0.2, 1.0, 0.0],
+             ("quality", 0): [0.0, 1.0, 0.5], ("quality", 1): [0.0, 0.2, 1.0]}
+    return table[(u, c)]
+
+
+def fit_route(cls, req, feats=None, **kw):
+    feats = feats or make_feats()
+    router = cls(feats, seed=0, **kw).fit(req.split("train"), req.split("val"))
+    test = req.split("test")
+    return router, test, router.route(test)
+
+
+def test_cheapest_and_most_expensive():
+    req = make_requests(by_user)
+    for cls, want in [(B.CheapestRouter, 0), (B.MostExpensiveRouter, 2)]:
+        _, _, picks = fit_route(cls, req)
+        assert (picks == want).all(), cls.name
+
+
+def test_best_single_and_per_user():
+    req = make_requests(by_user)
+    _, _, picks = fit_route(B.BestSingleRouter, req)
+    assert (picks == 1).all()
+    router, test, picks = fit_route(B.BestPerUserRouter, req)
+    users = test.frame["user_id"].to_numpy()
+    assert (picks[users == "frugal"] == 0).all() and (picks[users == "quality"] == 2).all()
+    assert picks_vary_share(test, picks) == 1.0
+    stranger = test.select(np.arange(2))
+    stranger.frame["user_id"] = "nobody"  # unknown users fall back to the overall best
+    assert (router.route(stranger) == 1).all()
+
+
+def test_oracle_is_the_row_max_and_random_is_seeded():
+    req = make_requests(by_both, drop_mid_every=3)
+    router, test, picks = fit_route(B.OracleRouter, req)
+    assert "label" in router.name
+    np.testing.assert_allclose(test.utility[np.arange(len(test)), picks],
+                               np.nanmax(test.utility, 1))
+    assert routing_metrics(test, picks)["pct_oracle"] == pytest.approx(100.0)
+    r1, _, p1 = fit_route(B.RandomRouter, req)
+    _, _, p2 = fit_route(B.RandomRouter, req)
+    assert (p1 == p2).all() and len(set(p1)) > 1
+
+
+@pytest.mark.parametrize("cls", B.BASELINES, ids=lambda c: c.__name__)
+def test_every_baseline_masks_non_candidates(cls):
+    req = make_requests(by_both, drop_mid_every=3)
+    kw = {"steps": 20} if issubclass(cls, B._TorchRouter) else {}
+    router, test, picks = fit_route(cls, req, **kw)
+    s = router.scores(test)
+    assert s.shape == (len(test), 3)
+    assert np.isneginf(s[np.isnan(test.utility)]).all()
+    assert not np.isnan(s).any()
+    routing_metrics(test, picks)  # raises if a pick is not a candidate
+    assert isinstance(router.name, str) and router.name
+
+
+@pytest.mark.parametrize("cls", [B.KNNRouter, B.MLPRouter, B.MFRouter, B.GraphRouterGNN,
+                                 B.RouterDC, B.HybridLLMRouter, B.FrugalGPTRouter],
+                         ids=lambda c: c.__name__)
+def test_query_routers_learn_the_query_rule(cls):
+    """Cluster 0 -> small, cluster 1 -> large for everybody: a query-level router gets it."""
+    req = make_requests(by_query)
+    kw = {"steps": 100} if issubclass(cls, B._TorchRouter) else {}
+    _, test, picks = fit_route(cls, req, **kw)
+    assert (picks == test.chosen).mean() >= 0.9, cls.name
+
+
+@pytest.mark.parametrize("cls", [B.PerUserKNNRouter, B.UserMLPRouter], ids=lambda c: c.__name__)
+def test_personal_routers_learn_user_and_query(cls):
+    req = make_requests(by_both)
+    kw = {"steps": 200} if issubclass(cls, B._TorchRouter) else {}
+    _, test, picks = fit_route(cls, req, **kw)
+    assert (picks == test.chosen).mean() >= 0.9
+    assert picks_vary_share(test, picks) == 1.0
+    _, _, pooled = fit_route(B.KNNRouter, req)  # a pooled router cannot exceed ~1/2 here
+    assert (pooled == test.chosen).mean() <= 0.75
+
+
+def test_hybrid_uses_small_and_large_only():
+    req = make_requests(by_query)
+    router, _, picks = fit_route(B.HybridLLMRouter, req)
+    assert (router.small_, router.large_) == (0, 2)
+    assert set(picks) <= {0, 2}
+
+
+def test_frugal_cascade_chain_and_one_hot_scores():
+    req = make_requests(by_query)
+    router, test, _ = fit_route(B.FrugalGPTRouter, req)
+    assert router.chain_ == [0, 2]  # mid never beats small on mean utility: skipped
+    s = router.scores(test)
+    assert ((s == 1.0).sum(1) == 1).all()
+
+
+def test_reference_design_never_personalises():
+    """Opposite users: the released design gives both the same LLM on every query."""
+    req = make_requests(by_both)
+    router, test, picks = fit_route(B.ReferenceDesignRouter, req, steps=30)
+    assert picks_vary_share(test, picks) == 0.0
+    s = router.scores(test)
+    f = test.frame.assign(row=np.arange(len(test)))
+    for _, rows in f.groupby("query_id")["row"]:
+        np.testing.assert_allclose(s[rows.to_numpy()], s[rows.to_numpy()[:1]].repeat(len(rows), 0))
+    x = router._query_x()  # the tiled one-hot: query i carries user i mod n_users
+    assert x.shape[1] == make_feats().query_x.shape[1] + 2
+    assert x[3, -2:].tolist() == [0.0, 1.0] and x[4, -2:].tolist() == [1.0, 0.0]
+
+
+def test_choice_only_hides_utilities():
+    req = make_requests(by_both, drop_mid_every=3)
+    view = B.choice_only(req)
+    assert np.array_equal(np.isnan(view.utility), np.isnan(req.utility))
+    assert (np.nansum(view.utility, 1) == 1).all()
+    assert (view.utility[np.arange(len(req)), req.chosen] == 1).all()
+
+
+def test_results_table_and_improvement():
+    rows = []
+    for seed, (ours, base, oracle) in enumerate([(0.5, 0.4, 0.9), (0.6, 0.5, 0.9)]):
+        for name, fam, v in [("ours", "ours", ours), ("kNN", "non-personalised", base),
+                             (B.OracleRouter.name, "upper bound", oracle)]:
+            rows.append({"router": name, "family": fam, "seed": seed, "reward": v})
+    res = pd.DataFrame(rows)
+    imp = improvement(res, "reward", "ours")
+    assert imp["strongest_baseline"] == "kNN" and imp["ours_wins"]
+    assert imp["improvement_pct_mean"] == pytest.approx((25.0 + 20.0) / 2)
+    assert "beats" in describe_improvement(imp)
+    tab = results_table(res, ["reward"], mark="reward")
+    assert tab.loc[tab["router"] == "ours", "reward"].item() == "0.550 ± 0.050"
+    assert tab.loc[tab["best"] != "", "router"].tolist() == ["ours"]
+    res.loc[res["router"] == "kNN", "reward"] = 0.7  # a baseline wins: the text says so
+    assert "BEATS" in describe_improvement(improvement(res, "reward", "ours"))
