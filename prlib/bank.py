@@ -76,6 +76,14 @@ class Bank:
         return Bank(self.name, q.reset_index(drop=True), l.reset_index(drop=True),
                     b.reset_index(drop=True), dict(self.meta))
 
+    def sample_queries(self, n: int, seed: int = 0) -> "Bank":
+        """A seeded subsample of at most ``n`` queries (the whole bank when it is smaller)."""
+        ids = self.queries["query_id"].to_numpy()
+        if n >= len(ids):
+            return self
+        keep = np.random.default_rng(seed).choice(ids, n, replace=False)
+        return self.subset(query_ids=sorted(keep))
+
     def save(self, folder: str | Path) -> Path:
         """Write the three tables as parquet and the metadata as JSON into ``folder``."""
         folder = Path(folder)
