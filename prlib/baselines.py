@@ -190,7 +190,11 @@ class OracleRouter(Router):
     reads_labels = True
 
     def _raw_scores(self, requests):
-        return requests.utility
+        # the user's own choice wins ties (equal utility): the simulation breaks ties towards
+        # the cheaper LLM, and a plain argmax would break them by column order instead
+        scores = np.array(requests.utility, dtype=float)
+        scores[np.arange(len(scores)), requests.chosen] += 1e-9
+        return scores
 
 
 # ------------------------------------------------------------------ k nearest neighbours

@@ -68,3 +68,39 @@ def mean_std(values, fmt: str = ".3f") -> str:
     if arr.size == 1:
         return format(arr[0], fmt)
     return f"{format(arr.mean(), fmt)} ± {format(arr.std(), fmt)}"
+
+
+_TABLE_BLOCK = r"(<!-- table:(?P<name>[\w\-]+) -->\n)(?P<body>.*?)(<!-- /table -->)"
+
+
+def sync_readme(readme: Path | None = None, figures: Path | None = None) -> list[str]:
+    """Copy each ``figures/NAME.md`` table into the README block marked
+    ``<!-- table:NAME -->`` ... ``<!-- /table -->``; returns the names updated."""
+    import re
+
+    from prlib.config import REPO_ROOT
+
+    readme = readme or REPO_ROOT / "README.md"
+    figures = figures or REPO_ROOT / "figures"
+    text = readme.read_text()
+    updated = []
+
+    def fill(m):
+        table = (figures / f"{m['name']}.md").read_text()
+        if table != m["body"]:
+            updated.append(m["name"])
+        return m.group(1) + table + m.group(4)
+
+    readme.write_text(re.sub(_TABLE_BLOCK, fill, text, flags=re.S))
+    return updated
+
+
+def readme_tables(readme: Path) -> dict[str, str]:
+    """The tables the README shows, by name (for the test that they match ``figures/``)."""
+    import re
+
+    return {m["name"]: m["body"] for m in re.finditer(_TABLE_BLOCK, readme.read_text(), re.S)}
+
+
+if __name__ == "__main__":
+    print("README tables updated:", sync_readme() or "none (already in sync)")

@@ -32,3 +32,12 @@ def test_ci_calls_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_tables_match_the_figures():
+    from prlib.report import readme_tables
+
+    tables = readme_tables(ROOT / "README.md")
+    for name, body in tables.items():
+        assert body == (ROOT / "figures" / f"{name}.md").read_text(), (
+            f"README copy of {name} is stale: run `python -m prlib.report`")
