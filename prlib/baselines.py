@@ -183,6 +183,27 @@ class BestPerUserRouter(Router):
         return np.stack(rows) if rows else np.zeros((0, self.n_llms))
 
 
+class BestPerUserTaskRouter(BestPerUserRouter):
+    """Each user's best LLM on their own training requests *of the same task* (a lookup table of
+    mean utility per user, task and LLM); unseen (user, task) pairs fall back to the user's best,
+    unknown users to the overall best."""
+
+    name = "Best LLM per user and task"
+
+    def fit(self, train, val):
+        super().fit(train, val)
+        self.per_user_task_ = {}
+        for key, rows in train.frame.groupby(["user_id", "task"]).indices.items():
+            m = col_nanmean(train.utility[rows], fill=np.nan)
+            self.per_user_task_[key] = np.where(np.isnan(m), self.overall_ - 1e6, m)
+        return self
+
+    def _raw_scores(self, requests):
+        rows = [self.per_user_task_.get((u, t), self.per_user_.get(u, self.overall_))
+                for u, t in zip(requests.frame["user_id"], requests.frame["task"])]
+        return np.stack(rows) if rows else np.zeros((0, self.n_llms))
+
+
 class OracleRouter(Router):
     """Upper bound: READS THE LABELS (utility) of the requests it routes."""
 
@@ -690,13 +711,13 @@ class FrugalGPTRouter(Router):
 #: Every baseline, in table order (the oracle last).
 BASELINES: list[type[Router]] = [
     RandomRouter, CheapestRouter, MostExpensiveRouter, BestSingleRouter, BestPerUserRouter,
-    KNNRouter, MLPRouter, MFRouter, GraphRouterGNN, RouterDC, HybridLLMRouter, FrugalGPTRouter,
+    BestPerUserTaskRouter, KNNRouter, MLPRouter, MFRouter, GraphRouterGNN, RouterDC, HybridLLMRouter, FrugalGPTRouter,
     PerUserKNNRouter, UserMLPRouter, ReferenceDesignRouter, OracleRouter]
 
 #: The family of each baseline, for tables.
 FAMILY = {
     **{c.name: "simple" for c in (RandomRouter, CheapestRouter, MostExpensiveRouter,
-                                  BestSingleRouter, BestPerUserRouter)},
+                                  BestSingleRouter, BestPerUserRouter, BestPerUserTaskRouter)},
     **{c.name: "non-personalised" for c in (KNNRouter, MLPRouter, MFRouter, GraphRouterGNN,
                                             RouterDC, HybridLLMRouter, FrugalGPTRouter)},
     **{c.name: "personalised" for c in (PerUserKNNRouter, UserMLPRouter)},

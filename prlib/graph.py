@@ -13,12 +13,15 @@ task        MiniLM embedding of the task's description paragraph, shape (n_tasks
 query       MiniLM embedding of the query text + log input tokens, shape (n_queries, 385)
 llm         MiniLM embedding of the LLM's description + log prices, shape (n_llms, 386)
 request     a constant 1 (everything it knows arrives by message passing)
+profile     a constant 1: one node per (user, task) pair, the user's taste on that task
 ==========  =============================================================================
 
 Edge types: ``('user','asks','request')``, ``('query','asked_in','request')``,
 ``('task','of','request')``, ``('llm','offered_to','request')`` (edge_attr = feedback, zero for
 hidden requests), and for visible requests only ``('request','by','user')`` and
-``('request','rated','llm')`` (edge_attr = feedback). Labels never ride on an edge of a hidden
+``('request','rated','llm')`` (edge_attr = feedback); ``('llm','rated_in','profile')`` carries
+the feedback of the visible requests of a (user, task) pair to its profile node, and
+``('profile','of','request')`` links every request to its profile. Labels never ride on an edge of a hidden
 request; :func:`check_no_label_leak` tests that.
 
 Splits are by query: one seeded partition of the query ids into train / val / test shared by
@@ -204,7 +207,7 @@ def build_graph(req: Requests, feats: NodeFeatures, visible: np.ndarray,
 
     ``visible`` is a boolean mask over requests whose labels may be seen. ``users`` fixes the
     order of user nodes (default: sorted user ids of ``req``). The returned graph also carries
-    ``request_user``, ``request_query``, ``request_task`` index vectors (n_req,) for scoring.
+    ``request_user``, ``request_query``, ``request_task``, ``request_profile`` index vectors (n_req,) for scoring.
     """
     visible = np.asarray(visible, dtype=bool)
     users = users if users is not None else sorted(req.frame["user_id"].unique())
@@ -236,7 +239,16 @@ def build_graph(req: Requests, feats: NodeFeatures, visible: np.ndarray,
     g["request", "by", "user"].edge_index = torch.stack([vis, ut[vis]])
     g["request", "rated", "llm"].edge_index = torch.stack([cr[vis_edge], cl[vis_edge]])
     g["request", "rated", "llm"].edge_attr = fb[vis_edge]
-    g.request_user, g.request_query, g.request_task = ut, qt, tt
+    # user-task profiles: one node per (user, task) of the requests; it hears the feedback of
+    # that user's *visible* requests of that task (edge per visible request-LLM pair, mean
+    # aggregation), and every request of the pair (visible or hidden) hears it back
+    prof, _ = pd.factorize(pd.Series(u_idx).astype(str) + "|" + pd.Series(t_idx).astype(str))
+    pt = torch.as_tensor(prof, dtype=torch.long)
+    g["profile"].x = torch.ones(int(prof.max()) + 1 if n else 0, 1)
+    g["llm", "rated_in", "profile"].edge_index = torch.stack([cl[vis_edge], pt[cr[vis_edge]]])
+    g["llm", "rated_in", "profile"].edge_attr = fb[vis_edge]
+    g["profile", "of", "request"].edge_index = torch.stack([pt, r])
+    g.request_user, g.request_query, g.request_task, g.request_profile = ut, qt, tt, pt
     g.visible = torch.tensor(visible)
     return g
 
@@ -251,6 +263,11 @@ def check_no_label_leak(g: HeteroData, hidden: np.ndarray) -> None:
     assert not leaked.any(), f"{int(leaked.sum())} hidden request edges carry feedback"
     for rel in [("request", "by", "user"), ("request", "rated", "llm")]:
         assert not torch.isin(g[rel].edge_index[0], hidden).any(), f"hidden request in {rel}"
+    # profiles hear one feedback edge per visible request-LLM pair, nothing from hidden requests
+    n_visible_fb = int((at.abs().sum(1) > 0).sum())
+    n_profile_fb = g["llm", "rated_in", "profile"].edge_index.shape[1]
+    assert n_profile_fb <= n_visible_fb, (f"{n_profile_fb} profile feedback edges for "
+                                          f"{n_visible_fb} visible request-LLM pairs")
 
 
 def graph_stats(g: HeteroData) -> pd.DataFrame:

@@ -5,7 +5,10 @@ Architecture (PyG): per-type linear projections to ``hidden``; ``layers`` rounds
 ``GATConv`` on the structural edges and a :class:`FeedbackConv` (edge-conditioned, so feedback is
 bound to the LLM it is about) on the two feedback edges. Node types that receive no messages keep
 their state (unlike the GMTRouter reference code, no type is silently dropped). A request is scored against every
-candidate LLM by an MLP over ``[z, h_llm, z * h_llm]`` with ``z = MLP([h_user, h_query, h_task])``.
+candidate LLM by an MLP over ``[z, h_llm, z * h_llm]`` with
+``z = MLP([h_user, h_query, h_task, h_profile])``, ``h_profile`` being the state of the request's
+(user, task) profile node, which has heard the feedback of that user's visible requests of that
+task (a user's taste often differs across tasks: cheap models suffice on some, not on others).
 
 Loss: a listwise softmax cross-entropy over the candidate LLMs of a request, the label being the
 user's chosen LLM: routing picks one LLM among a small candidate set, and the softmax compares
@@ -35,7 +38,7 @@ from prlib.config import resolve_device, seed_everything
 from prlib.graph import EDGE_DIM, NodeFeatures, Requests, build_graph, llm_row, query_row
 
 
-FEATURELESS = ("user", "request")
+FEATURELESS = ("user", "request", "profile")
 
 
 class FeedbackConv(MessagePassing):
@@ -73,7 +76,8 @@ class PersonalizedRouterGNN(nn.Module):
         self.hidden = hidden
         self.proj = nn.ModuleDict({t: nn.Linear(in_dims[t], hidden) for t in node_types
                                    if t not in FEATURELESS})
-        with_attr = {("llm", "offered_to", "request"), ("request", "rated", "llm")}
+        with_attr = {("llm", "offered_to", "request"), ("request", "rated", "llm"),
+                     ("llm", "rated_in", "profile")}
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         # query and task nodes only send messages (their state is their text): PyG warns that
@@ -87,7 +91,7 @@ class PersonalizedRouterGNN(nn.Module):
                 for et in edge_types}, aggr="sum"))
             self.norms.append(nn.ModuleDict({t: nn.LayerNorm(hidden) for t in node_types}))
         self.dropout = nn.Dropout(dropout)
-        self.request_mlp = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.ReLU(),
+        self.request_mlp = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.ReLU(),
                                          nn.Linear(hidden, hidden))
         self.score_mlp = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.ReLU(),
                                        nn.Linear(hidden, 1))
@@ -105,9 +109,10 @@ class PersonalizedRouterGNN(nn.Module):
                  for t in h}
         return h
 
-    def score(self, h: dict[str, torch.Tensor], user, query, task) -> torch.Tensor:
+    def score(self, h: dict[str, torch.Tensor], user, query, task, profile) -> torch.Tensor:
         """Logits of every LLM for requests given by index vectors (n,) -> (n, n_llms)."""
-        z = self.request_mlp(torch.cat([h["user"][user], h["query"][query], h["task"][task]], 1))
+        z = self.request_mlp(torch.cat([h["user"][user], h["query"][query], h["task"][task],
+                                        h["profile"][profile]], 1))
         llm = h["llm"]
         zz = z[:, None, :].expand(-1, llm.shape[0], -1)
         ll = llm[None, :, :].expand(z.shape[0], -1, -1)
@@ -188,7 +193,8 @@ class PersonalizedRouter:
             self.model = self._new_model(g.metadata())
         h = self.model.encode(g)
         t = torch.as_tensor(np.flatnonzero(targets), device=self.device)
-        logits = self.model.score(h, g.request_user[t], g.request_query[t], g.request_task[t])
+        logits = self.model.score(h, g.request_user[t], g.request_query[t], g.request_task[t],
+                                  g.request_profile[t])
         cand = torch.as_tensor(~np.isnan(req.utility[targets]), device=self.device)
         return _masked(logits, cand)
 

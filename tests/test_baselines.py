@@ -91,6 +91,18 @@ def test_best_single_and_per_user():
     assert (router.route(stranger) == 1).all()
 
 
+def test_best_per_user_and_task():
+    req = make_requests(by_both)  # here the task is the cluster
+    router, test, picks = fit_route(B.BestPerUserTaskRouter, req)
+    want = {("frugal", "t0"): 0, ("frugal", "t1"): 1, ("quality", "t0"): 1, ("quality", "t1"): 2}
+    expected = [want[k] for k in zip(test.frame["user_id"], test.frame["task"])]
+    np.testing.assert_array_equal(picks, expected)
+    stranger = test.select(np.arange(2))
+    stranger.frame["task"] = "unseen task"  # an unseen (user, task) falls back to the user's best
+    np.testing.assert_array_equal(router.route(stranger), B.BestPerUserRouter(
+        make_feats(), seed=0).fit(req.split("train"), req.split("val")).route(stranger))
+
+
 def test_oracle_is_the_row_max_and_random_is_seeded():
     req = make_requests(by_both, drop_mid_every=3)
     router, test, picks = fit_route(B.OracleRouter, req)
