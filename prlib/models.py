@@ -328,6 +328,8 @@ class PersonalizedRouter:
         self._check_fitted()
         if name in self.feats.llms:
             raise ValueError(f"LLM {name!r} is already a candidate")
+        if history is not None and history.llms != self.feats.llms + [name]:
+            raise ValueError(f"history must be over the LLMs {self.feats.llms + [name]}")
         self.feats = replace(self.feats, llms=self.feats.llms + [name], llm_x=torch.cat(
             [self.feats.llm_x, llm_row(description, input_usd_per_m, output_usd_per_m)]))
         old = self.history_
@@ -335,8 +337,6 @@ class PersonalizedRouter:
         self.history_ = Requests(old.frame, self.feats.llms, pad(old.utility), old.chosen,
                                  pad(old.quality), pad(old.cost))
         if history is not None:
-            if history.llms != self.feats.llms:
-                raise ValueError(f"history must be over the LLMs {self.feats.llms}")
             self.history_ = concat_requests(self.history_, history)
 
     def _check_fitted(self) -> None:

@@ -154,3 +154,36 @@ def test_paper_users_on_llmrouter_personalise():
     assert picks_vary_share(test, picks) > 0.05
     both = concat_requests(req.split("train"), test)
     assert len(both) == len(req.split("train")) + len(test)
+
+
+def test_zero_layers_means_no_message_passing_and_no_personalisation(toy):
+    """layers=0: users and profiles are featureless and hear nothing, so every user of a query
+    gets the same scores; the message passing is what personalises."""
+    _, req, feats = toy
+    router = PersonalizedRouter(feats, layers=0, steps=40, eval_every=20, seed=0).fit(
+        req.split("train"), req.split("val"), progress=False)
+    assert len(router.model.convs) == 0
+    test = req.split("test")
+    s = router.scores(test)
+    by_query = pd.DataFrame(s).groupby(test.frame["query_id"].to_numpy()).std().fillna(0)
+    assert by_query.to_numpy().max() < 1e-5
+    assert picks_vary_share(test, s.argmax(1)) == 0.0
+
+
+def test_add_llm_makes_a_new_candidate_routable(toy):
+    _, req, feats = toy
+    train, val, test = req.split("train"), req.split("val"), req.split("test")
+    router = PersonalizedRouter(feats, steps=40, eval_every=20, seed=0).fit(train, val,
+                                                                           progress=False)
+    with pytest.raises(ValueError, match="already"):
+        router.add_llm("mid", "again", 0.5, 0.5)
+    router.add_llm("new", "a brand-new large model", 1.0, 1.0)
+    assert router.feats.llms == ["cheap", "mid", "big", "new"]
+    # requests that offer the new LLM: extend the test set with a fourth candidate column
+    util = np.hstack([test.utility, test.utility[:, 2:3]])
+    offered = type(test)(test.frame, router.feats.llms, util, test.chosen)
+    s = router.scores(offered)
+    assert s.shape == (len(test), 4) and np.isfinite(s[:, 3]).all()
+    with pytest.raises(ValueError, match="history must be over the LLMs"):
+        router.add_llm("newer", "x", 1.0, 1.0, history=test)
+    assert router.feats.llms == ["cheap", "mid", "big", "new"]  # a refused call changes nothing
