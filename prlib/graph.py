@@ -20,7 +20,8 @@ Edge types: ``('user','asks','request')``, ``('query','asked_in','request')``,
 ``('task','of','request')``, ``('llm','offered_to','request')`` (edge_attr = feedback, zero for
 hidden requests), and for visible requests only ``('request','by','user')`` and
 ``('request','rated','llm')`` (edge_attr = feedback); ``('llm','rated_in','profile')`` carries
-the feedback of the visible requests of a (user, task) pair to its profile node, and
+the feedback of the visible requests of a (user, task) pair to its profile node (every candidate
+with utilities, only the picked LLM with choice-only feedback), and
 ``('profile','of','request')`` links every request to its profile. Labels never ride on an edge of a hidden
 request; :func:`check_no_label_leak` tests that.
 
@@ -240,13 +241,16 @@ def build_graph(req: Requests, feats: NodeFeatures, visible: np.ndarray,
     g["request", "rated", "llm"].edge_index = torch.stack([cr[vis_edge], cl[vis_edge]])
     g["request", "rated", "llm"].edge_attr = fb[vis_edge]
     # user-task profiles: one node per (user, task) of the requests; it hears the feedback of
-    # that user's *visible* requests of that task (edge per visible request-LLM pair, mean
-    # aggregation), and every request of the pair (visible or hidden) hears it back
+    # that user's *visible* requests of that task (mean aggregation), and every request of the
+    # pair (visible or hidden) hears it back. With utilities, an edge per visible request-LLM
+    # pair; with choices only, an edge per visible pick (the unpicked candidates say nothing
+    # more, and averaging over them would dilute the picks by the number of candidates)
     prof, _ = pd.factorize(pd.Series(u_idx).astype(str) + "|" + pd.Series(t_idx).astype(str))
     pt = torch.as_tensor(prof, dtype=torch.long)
     g["profile"].x = torch.ones(int(prof.max()) + 1 if n else 0, 1)
-    g["llm", "rated_in", "profile"].edge_index = torch.stack([cl[vis_edge], pt[cr[vis_edge]]])
-    g["llm", "rated_in", "profile"].edge_attr = fb[vis_edge]
+    to_profile = vis_edge if use_utility else vis_edge & (fb[:, 1] > 0)
+    g["llm", "rated_in", "profile"].edge_index = torch.stack([cl[to_profile], pt[cr[to_profile]]])
+    g["llm", "rated_in", "profile"].edge_attr = fb[to_profile]
     g["profile", "of", "request"].edge_index = torch.stack([pt, r])
     g.request_user, g.request_query, g.request_task, g.request_profile = ut, qt, tt, pt
     g.visible = torch.tensor(visible)

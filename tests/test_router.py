@@ -187,3 +187,17 @@ def test_add_llm_makes_a_new_candidate_routable(toy):
     with pytest.raises(ValueError, match="history must be over the LLMs"):
         router.add_llm("newer", "x", 1.0, 1.0, history=test)
     assert router.feats.llms == ["cheap", "mid", "big", "new"]  # a refused call changes nothing
+
+
+def test_choice_only_profiles_hear_one_pick_per_visible_request(toy):
+    _, req, feats = toy
+    visible = req.frame["split"].eq("train").to_numpy()
+    g = build_graph(req, feats, visible, use_utility=False)
+    check_no_label_leak(g, ~visible)
+    rated_in = g["llm", "rated_in", "profile"]
+    assert rated_in.edge_index.shape[1] == visible.sum()
+    assert (rated_in.edge_attr[:, 1] == 1).all() and (rated_in.edge_attr[:, 2] == 0).all()
+    picked = torch.as_tensor(req.chosen[visible])
+    assert torch.equal(rated_in.edge_index[0], picked)
+    g_util = build_graph(req, feats, visible)  # with utilities: every visible candidate
+    assert g_util["llm", "rated_in", "profile"].edge_index.shape[1] == 3 * visible.sum()
