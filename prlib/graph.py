@@ -21,7 +21,8 @@ Edge types: ``('user','asks','request')``, ``('query','asked_in','request')``,
 hidden requests), and for visible requests only ``('request','by','user')`` and
 ``('request','rated','llm')`` (edge_attr = feedback); ``('llm','rated_in','profile')`` carries
 the feedback of the visible requests of a (user, task) pair to its profile node (every candidate
-with utilities, only the picked LLM with choice-only feedback), and
+with utilities, only the picked LLM with choice-only feedback; then users also hear their visible
+picks directly through ``('llm','picked_by','user')``), and
 ``('profile','of','request')`` links every request to its profile. Labels never ride on an edge of a hidden
 request; :func:`check_no_label_leak` tests that.
 
@@ -252,6 +253,12 @@ def build_graph(req: Requests, feats: NodeFeatures, visible: np.ndarray,
     g["llm", "rated_in", "profile"].edge_index = torch.stack([cl[to_profile], pt[cr[to_profile]]])
     g["llm", "rated_in", "profile"].edge_attr = fb[to_profile]
     g["profile", "of", "request"].edge_index = torch.stack([pt, r])
+    if not use_utility:
+        # choice-only feedback: users also hear their visible picks directly (a request's state
+        # holds its pick diluted among all candidates; tasks can be too fine for profiles)
+        g["llm", "picked_by", "user"].edge_index = torch.stack([cl[to_profile],
+                                                                ut[cr[to_profile]]])
+        g["llm", "picked_by", "user"].edge_attr = fb[to_profile]
     g.request_user, g.request_query, g.request_task, g.request_profile = ut, qt, tt, pt
     g.visible = torch.tensor(visible)
     return g
@@ -272,6 +279,10 @@ def check_no_label_leak(g: HeteroData, hidden: np.ndarray) -> None:
     n_profile_fb = g["llm", "rated_in", "profile"].edge_index.shape[1]
     assert n_profile_fb <= n_visible_fb, (f"{n_profile_fb} profile feedback edges for "
                                           f"{n_visible_fb} visible request-LLM pairs")
+    if ("llm", "picked_by", "user") in g.edge_types:
+        n_picks = g["llm", "picked_by", "user"].edge_index.shape[1]
+        n_visible = int(g.visible.sum())
+        assert n_picks <= n_visible, f"{n_picks} user pick edges for {n_visible} visible requests"
 
 
 def graph_stats(g: HeteroData) -> pd.DataFrame:

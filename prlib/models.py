@@ -77,7 +77,7 @@ class PersonalizedRouterGNN(nn.Module):
         self.proj = nn.ModuleDict({t: nn.Linear(in_dims[t], hidden) for t in node_types
                                    if t not in FEATURELESS})
         with_attr = {("llm", "offered_to", "request"), ("request", "rated", "llm"),
-                     ("llm", "rated_in", "profile")}
+                     ("llm", "rated_in", "profile"), ("llm", "picked_by", "user")}
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         # query and task nodes only send messages (their state is their text): PyG warns that

@@ -65,10 +65,12 @@ def test_no_label_of_a_hidden_request_reaches_message_passing(toy):
         check_no_label_leak(g, ~visible)
 
 
-def test_scores_do_not_depend_on_the_hidden_labels(toy):
+@pytest.mark.parametrize("feedback", [{}, {"use_utility": False, "loss": "choice"}],
+                         ids=["utilities", "choices-only"])
+def test_scores_do_not_depend_on_the_hidden_labels(toy, feedback):
     """Changing the labels of the predicted requests must not change their scores."""
     _, req, feats = toy
-    router = PersonalizedRouter(feats, steps=50, eval_every=25, seed=0).fit(
+    router = PersonalizedRouter(feats, steps=50, eval_every=25, seed=0, **feedback).fit(
         req.split("train"), req.split("val"), progress=False)
     test = req.split("test")
     before = router.scores(test)
@@ -199,5 +201,9 @@ def test_choice_only_profiles_hear_one_pick_per_visible_request(toy):
     assert (rated_in.edge_attr[:, 1] == 1).all() and (rated_in.edge_attr[:, 2] == 0).all()
     picked = torch.as_tensor(req.chosen[visible])
     assert torch.equal(rated_in.edge_index[0], picked)
+    picked_by = g["llm", "picked_by", "user"]  # users hear their visible picks directly
+    assert torch.equal(picked_by.edge_index[0], picked)
+    assert torch.equal(picked_by.edge_index[1], g.request_user[g.visible])
     g_util = build_graph(req, feats, visible)  # with utilities: every visible candidate
+    assert ("llm", "picked_by", "user") not in g_util.edge_types
     assert g_util["llm", "rated_in", "profile"].edge_index.shape[1] == 3 * visible.sum()
