@@ -711,8 +711,8 @@ class FrugalGPTRouter(Router):
 #: Every baseline, in table order (the oracle last).
 BASELINES: list[type[Router]] = [
     RandomRouter, CheapestRouter, MostExpensiveRouter, BestSingleRouter, BestPerUserRouter,
-    BestPerUserTaskRouter, KNNRouter, MLPRouter, MFRouter, GraphRouterGNN, RouterDC, HybridLLMRouter, FrugalGPTRouter,
-    PerUserKNNRouter, UserMLPRouter, ReferenceDesignRouter, OracleRouter]
+    BestPerUserTaskRouter, KNNRouter, MLPRouter, MFRouter, GraphRouterGNN, RouterDC,
+    HybridLLMRouter, FrugalGPTRouter, PerUserKNNRouter, UserMLPRouter, ReferenceDesignRouter, OracleRouter]
 
 #: The family of each baseline, for tables.
 FAMILY = {

@@ -22,9 +22,9 @@ hidden requests), and for visible requests only ``('request','by','user')`` and
 ``('request','rated','llm')`` (edge_attr = feedback); ``('llm','rated_in','profile')`` carries
 the feedback of the visible requests of a (user, task) pair to its profile node (every candidate
 with utilities, only the picked LLM with choice-only feedback; then users also hear their visible
-picks directly through ``('llm','picked_by','user')``), and
-``('profile','of','request')`` links every request to its profile. Labels never ride on an edge of a hidden
-request; :func:`check_no_label_leak` tests that.
+picks directly through ``('llm','picked_by','user')``), and ``('profile','of','request')``
+links every request to its profile. Labels never ride on an edge of a hidden request;
+:func:`check_no_label_leak` tests that.
 
 Splits are by query: one seeded partition of the query ids into train / val / test shared by
 all users, so a test query has never been seen with a label by anybody.
@@ -209,7 +209,8 @@ def build_graph(req: Requests, feats: NodeFeatures, visible: np.ndarray,
 
     ``visible`` is a boolean mask over requests whose labels may be seen. ``users`` fixes the
     order of user nodes (default: sorted user ids of ``req``). The returned graph also carries
-    ``request_user``, ``request_query``, ``request_task``, ``request_profile`` index vectors (n_req,) for scoring.
+    ``request_user``, ``request_query``, ``request_task``, ``request_profile`` index vectors
+    (n_req,) for scoring.
     """
     visible = np.asarray(visible, dtype=bool)
     users = users if users is not None else sorted(req.frame["user_id"].unique())

@@ -3,16 +3,19 @@
 Architecture (PyG): per-type linear projections to ``hidden``; ``layers`` rounds of
 ``HeteroConv`` over :mod:`prlib.graph`'s edge types, with residual connections and LayerNorm:
 ``GATConv`` on the structural edges and a :class:`FeedbackConv` (edge-conditioned, so feedback is
-bound to the LLM it is about) on the two feedback edges. Node types that receive no messages keep
+bound to the LLM it is about) on the feedback edges (LLM to request, request to LLM, LLM to
+profile, and with choice-only feedback LLM to user). Node types that receive no messages keep
 their state (unlike the GMTRouter reference code, no type is silently dropped). A request is scored against every
 candidate LLM by an MLP over ``[z, h_llm, z * h_llm]`` with
 ``z = MLP([h_user, h_query, h_task, h_profile])``, ``h_profile`` being the state of the request's
 (user, task) profile node, which has heard the feedback of that user's visible requests of that
 task (a user's taste often differs across tasks: cheap models suffice on some, not on others).
 
-Loss: a listwise softmax cross-entropy over the candidate LLMs of a request, the label being the
-user's chosen LLM: routing picks one LLM among a small candidate set, and the softmax compares
-candidates directly (a per-edge sigmoid would not). Each training step samples, per user, some
+Loss: with utilities (multi-cost), the mean squared error of the scores against the candidates'
+utilities, so routing maximises expected reward; with choices only (judge), a listwise softmax
+cross-entropy over the candidate LLMs of a request, the label being the user's pick: routing picks
+one LLM among a small candidate set, and the softmax compares candidates directly (a per-edge
+sigmoid would not). Each training step samples, per user, some
 training requests as visible context and others as targets, and predicts the targets from the
 context (labels of predicted requests never reach message passing); model selection uses the validation split only, and the best checkpoint is
 reloaded before anything is scored on test.
