@@ -7,8 +7,8 @@ import torch
 
 from prlib import data
 from prlib.bank import Bank
-from prlib.graph import (GraphInputError, build_graph, build_requests, check_no_label_leak,
-                         node_features, split_queries)
+from prlib.graph import (GraphInputError, Requests, build_graph, build_requests,
+                         check_no_label_leak, node_features, split_queries)
 from prlib.metrics import picks_vary_share, routing_metrics
 from prlib.models import PersonalizedRouter, concat_requests
 from prlib.simulate import simulate_multi_cost
@@ -62,6 +62,18 @@ def test_no_label_of_a_hidden_request_reaches_message_passing(toy):
     # the check itself can fail: leak a label on purpose
     g["llm", "offered_to", "request"].edge_attr[:] = 1.0
     with pytest.raises(AssertionError, match="carry feedback"):
+        check_no_label_leak(g, ~visible)
+
+
+
+@pytest.mark.parametrize("rel", [("llm", "rated_in", "profile"), ("llm", "picked_by", "user")])
+def test_leak_check_catches_a_hidden_request_in_an_aggregated_edge(toy, rel):
+    _, req, feats = toy
+    visible = req.frame["split"].eq("train").to_numpy()
+    g = build_graph(req, feats, visible, use_utility=False)
+    check_no_label_leak(g, ~visible)
+    g[rel].source_request[0] = int(np.flatnonzero(~visible)[0])  # a hidden request's label
+    with pytest.raises(AssertionError, match="report a hidden request"):
         check_no_label_leak(g, ~visible)
 
 
@@ -183,7 +195,7 @@ def test_add_llm_makes_a_new_candidate_routable(toy):
     assert router.feats.llms == ["cheap", "mid", "big", "new"]
     # requests that offer the new LLM: extend the test set with a fourth candidate column
     util = np.hstack([test.utility, test.utility[:, 2:3]])
-    offered = type(test)(test.frame, router.feats.llms, util, test.chosen)
+    offered = Requests(test.frame, router.feats.llms, util, test.chosen)
     s = router.scores(offered)
     assert s.shape == (len(test), 4) and np.isfinite(s[:, 3]).all()
     with pytest.raises(ValueError, match="history must be over the LLMs"):
