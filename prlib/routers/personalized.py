@@ -23,11 +23,8 @@ reloaded before anything is scored on test.
 
 from __future__ import annotations
 
-import copy
-import json
 import warnings
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -35,10 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv, HeteroConv, MessagePassing
-from tqdm.auto import tqdm
 
 from prlib.config import resolve_device, seed_everything
-from prlib.graph import EDGE_DIM, NodeFeatures, Requests, build_graph, llm_row, query_row
+from prlib.features import NodeFeatures, llm_row, query_row
+from prlib.graph import EDGE_DIM, build_graph
+from prlib.requests import Requests, concat_requests
+from prlib.routers.base import Router, RouterError, register
+from prlib.routers.training import History, train_module
 
 
 FEATURELESS = ("user", "request", "profile")
@@ -148,38 +148,40 @@ def _masked(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(~candidates, float("-inf"))
 
 
-@dataclass
-class History:
-    """What one epoch or evaluation recorded."""
+@register
+class PersonalizedRouter(Router):
+    """Ours: a heterogeneous GNN over user, (user, task) profile, request, query, task and LLM
+    nodes; a user is their visible feedback history, and a request is scored against every
+    candidate LLM (link prediction). Trained by sampling, per user, visible context and hidden
+    targets; early stopping on validation.
 
-    epoch: list[int] = field(default_factory=list)  # optimizer step of each check
-    train_loss: list[float] = field(default_factory=list)
-    val_metric: list[float] = field(default_factory=list)
-
-
-class PersonalizedRouter:
-    """Ours, behind the common router interface: ``fit``, ``scores``, ``route``, ``add_user``,
-    ``add_llm``, ``save`` / ``load``.
-
-    The router remembers the *visible history* (requests whose feedback it has seen); scoring new
-    requests builds the graph of that history plus the new requests (without their labels).
+    Beyond the common interface: ``add_user`` (a new user from k interactions, no retraining),
+    ``add_llm`` (a new candidate from its description and prices) and ``route_text``. The router
+    remembers the *visible history* (requests whose feedback it has seen); scoring new requests
+    builds the graph of that history plus the new requests (without their labels).
     """
 
     name = "PersonalizedRouter (ours)"
+    family = "ours"
+    selection = "early stopping (validation-best checkpoint)"
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name != "seed"}
 
-    def __init__(self, feats: NodeFeatures, config: TrainConfig | None = None, **overrides):
-        self.feats = feats
-        self.config = config or TrainConfig()
-        for k, v in overrides.items():
-            if not hasattr(self.config, k):
-                raise TypeError(f"unknown TrainConfig field {k!r}")
-            setattr(self.config, k, v)
+    def __init__(self, feats: NodeFeatures, seed: int = 0, **params):
+        super().__init__(feats, seed, **params)
+        self.config = TrainConfig(seed=self.seed, **self.params)
         self.device = resolve_device(self.config.device)
         self.model: PersonalizedRouterGNN | None = None
         self.history_: Requests | None = None
         self.users_: list[str] = []
-        self.log = History()
-        self.best_epoch_: int | None = None
+        self.log_ = History()
+
+    @classmethod
+    def params_for(cls, feedback: str) -> dict:
+        """Choice-only feedback: no utilities on edges, listwise loss on the pick, selected on
+        validation accuracy."""
+        if feedback == "choice":
+            return {"use_utility": False, "loss": "choice", "select_on": "accuracy"}
+        return {}
 
     # -------------------------------------------------------------- training
     def _new_model(self, metadata) -> PersonalizedRouterGNN:
@@ -201,7 +203,7 @@ class PersonalizedRouter:
         cand = torch.as_tensor(~np.isnan(req.utility[targets]), device=self.device)
         return _masked(logits, cand)
 
-    def fit(self, train: Requests, val: Requests, progress: bool = True) -> "PersonalizedRouter":
+    def fit(self, train: Requests, val: Requests, *, progress: bool = False) -> "PersonalizedRouter":
         """Train on ``train``, select the checkpoint on ``val`` (never on test).
 
         Each step samples, per user, ``context_per_user`` training requests whose feedback is
@@ -219,14 +221,10 @@ class PersonalizedRouter:
         val_both = concat_requests(train.select(np.sort(ctx)), val)
         val_is_ctx = np.arange(len(val_both)) < len(ctx)
         self.model = None
-        self._logits(val_both, val_is_ctx, ~val_is_ctx)  # lazy init of the model
-        opt = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        best, best_state, wait = -np.inf, None, 0
-        self.log = History()
-        bar = tqdm(range(1, c.steps + 1), desc="train", disable=not progress, leave=False,
-                   mininterval=10)
-        for step in bar:
-            self.model.train()
+        with torch.no_grad():
+            self._logits(val_both, val_is_ctx, ~val_is_ctx)  # lazy init of the model
+
+        def step_loss() -> torch.Tensor:
             context, targets = [], []
             for rows in by_user.values():
                 rows = rng.permutation(rows)
@@ -236,26 +234,12 @@ class PersonalizedRouter:
             context, targets = np.concatenate(context), np.concatenate(targets)
             sub = train.select(np.concatenate([context, targets]))
             hidden = np.arange(len(sub)) >= len(context)
-            logits = self._logits(sub, ~hidden, hidden)
-            loss = self._loss(logits, sub.select(hidden))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step % c.eval_every and step != c.steps:
-                continue
-            metric = self._val_metric(val_both, val_is_ctx, val)
-            self.log.epoch.append(step)
-            self.log.train_loss.append(float(loss.detach()))
-            self.log.val_metric.append(metric)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", val=f"{metric:.4f}")
-            if metric > best + 1e-6:
-                best, best_state, wait = metric, copy.deepcopy(self.model.state_dict()), 0
-                self.best_epoch_ = step
-            else:
-                wait += 1
-                if wait >= c.patience:
-                    break
-        self.model.load_state_dict(best_state)  # the validation-selected checkpoint
+            return self._loss(self._logits(sub, ~hidden, hidden), sub.select(hidden))
+
+        self.log_ = train_module(
+            self.model, step_loss, lambda: self._val_metric(val_both, val_is_ctx, val),
+            steps=c.steps, lr=c.lr, weight_decay=c.weight_decay, eval_every=c.eval_every,
+            patience=c.patience, min_delta=1e-6, progress=progress, desc="PersonalizedRouter")
         self.history_ = train
         return self
 
@@ -270,7 +254,6 @@ class PersonalizedRouter:
 
     @torch.no_grad()
     def _val_metric(self, both: Requests, is_train: np.ndarray, val: Requests) -> float:
-        self.model.eval()
         pick = self._logits(both, is_train, ~is_train).argmax(1).cpu().numpy()
         if self.config.select_on == "accuracy":
             return float((pick == val.chosen).mean())
@@ -335,6 +318,7 @@ class PersonalizedRouter:
             raise ValueError(f"history must be over the LLMs {self.feats.llms + [name]}")
         self.feats = replace(self.feats, llms=self.feats.llms + [name], llm_x=torch.cat(
             [self.feats.llm_x, llm_row(description, input_usd_per_m, output_usd_per_m)]))
+        self.n_llms = len(self.feats.llms)
         old = self.history_
         pad = lambda a: None if a is None else np.hstack([a, np.full((len(a), 1), np.nan)])  # noqa: E731
         self.history_ = Requests(old.frame, self.feats.llms, pad(old.utility), old.chosen,
@@ -344,51 +328,16 @@ class PersonalizedRouter:
 
     def _check_fitted(self) -> None:
         if self.model is None or self.history_ is None:
-            raise RuntimeError("the router is not fitted: call fit(train, val) or load(path)")
+            raise RouterError("the router is not fitted: call fit(train, val) or load(path)")
 
     # -------------------------------------------------------------- persistence
-    def save(self, folder: str | Path) -> Path:
-        """State dict (torch.save of tensors only) + JSON config; no pickled objects."""
+    def _modules(self):
         self._check_fitted()
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), folder / "model.pt")
-        (folder / "config.json").write_text(json.dumps(
-            {"config": asdict(self.config), "users": self.users_, "llms": self.feats.llms,
-             "best_epoch": self.best_epoch_}, indent=1))
-        self.history_.frame.assign(chosen=self.history_.chosen).to_parquet(folder / "history.parquet")
-        np.save(folder / "history_utility.npy", self.history_.utility)
-        return folder
+        return {"model": self.model}
 
-    @classmethod
-    def load(cls, folder: str | Path, feats: NodeFeatures) -> "PersonalizedRouter":
-        """Rebuild a saved router over the same node features."""
-        folder = Path(folder)
-        meta = json.loads((folder / "config.json").read_text())
-        if meta["llms"] != feats.llms:
-            raise ValueError(f"saved router was trained on LLMs {meta['llms']}, features have "
-                             f"{feats.llms}")
-        router = cls(feats, TrainConfig(**meta["config"]))
-        frame = pd.read_parquet(folder / "history.parquet")
-        utility = np.load(folder / "history_utility.npy")
-        router.history_ = Requests(frame.drop(columns="chosen"), feats.llms, utility,
-                                   frame["chosen"].to_numpy())
-        router.users_ = meta["users"]
-        router.best_epoch_ = meta["best_epoch"]
-        router._logits(router.history_, np.ones(len(frame), bool), np.zeros(len(frame), bool))
-        state = torch.load(folder / "model.pt", map_location=router.device, weights_only=True)
-        router.model.load_state_dict(state)
-        return router
-
-
-def concat_requests(a: Requests, b: Requests) -> Requests:
-    """Stack two request sets over the same LLMs."""
-    if a.llms != b.llms:
-        raise ValueError("request sets differ in their LLMs")
-
-    def both(x, y):
-        return None if x is None or y is None else np.vstack([x, y])
-
-    return Requests(pd.concat([a.frame, b.frame], ignore_index=True), a.llms,
-                    np.vstack([a.utility, b.utility]), np.concatenate([a.chosen, b.chosen]),
-                    both(a.quality, b.quality), both(a.cost, b.cost))
+    def _rebuild(self) -> None:
+        """Re-create the GNN from the saved visible history (its node and edge types)."""
+        n = len(self.history_)
+        self.model = None
+        with torch.no_grad():
+            self._logits(self.history_, np.ones(n, bool), np.zeros(n, bool))

@@ -1,0 +1,62 @@
+"""Static node features of a bank: MiniLM embeddings of queries, tasks and LLMs.
+
+==========  =============================================================================
+query       MiniLM embedding of the query text + log input tokens, shape (n_queries, 385)
+task        MiniLM embedding of the task's description paragraph, shape (n_tasks, 384)
+llm         MiniLM embedding of the LLM's description + log prices, shape (n_llms, 386)
+==========  =============================================================================
+
+Every router gets these (most use the query rows only); embeddings are cached on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from prlib.bank import Bank
+from prlib.embed import embed_texts
+from prlib.tokens import count_tokens
+
+
+@dataclass
+class NodeFeatures:
+    """Static node features of a bank (embeddings), computed once and cached on disk."""
+
+    query_ids: list[str]
+    query_x: torch.Tensor  # (n_queries, 385)
+    tasks: list[str]
+    task_x: torch.Tensor  # (n_tasks, 384)
+    llms: list[str]
+    llm_x: torch.Tensor  # (n_llms, 386)
+
+
+def node_features(bank: Bank, progress: bool = False) -> NodeFeatures:
+    """MiniLM embeddings of queries, task descriptions and LLM descriptions (+ token/price logs)."""
+    q = bank.queries
+    q_emb = embed_texts(q["text"].tolist(), progress=progress)
+    tokens = bank.bank.groupby("query_id")["input_tokens"].median().reindex(q["query_id"])
+    q_extra = np.log1p(tokens.fillna(0).to_numpy())[:, None] / 10.0
+    desc = bank.task_descriptions()
+    tasks = sorted(desc)
+    t_emb = embed_texts([desc[t] for t in tasks])
+    l_emb = embed_texts(bank.llms["description"].tolist())
+    prices = np.log1p(bank.llms[["input_usd_per_m", "output_usd_per_m"]].to_numpy(dtype=float))
+    as_t = lambda a: torch.tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+    return NodeFeatures(q["query_id"].tolist(), as_t(np.hstack([q_emb, q_extra])), tasks,
+                        as_t(t_emb), bank.llm_names, as_t(np.hstack([l_emb, prices])))
+
+
+def query_row(text: str, input_tokens: int | None = None) -> torch.Tensor:
+    """Features of a new query (as in :func:`node_features`), shape (1, 385)."""
+    tokens = int(count_tokens([text])[0]) if input_tokens is None else input_tokens
+    extra = np.log1p([[tokens]]) / 10.0
+    return torch.tensor(np.hstack([embed_texts([text]), extra]), dtype=torch.float32)
+
+
+def llm_row(description: str, input_usd_per_m: float, output_usd_per_m: float) -> torch.Tensor:
+    """Features of a new LLM (as in :func:`node_features`), shape (1, 386)."""
+    prices = np.log1p([[input_usd_per_m, output_usd_per_m]])
+    return torch.tensor(np.hstack([embed_texts([description]), prices]), dtype=torch.float32)

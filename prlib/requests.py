@@ -1,0 +1,139 @@
+"""Requests and splits: the data every router reads (most routers build no graph).
+
+A *request* is one (user, query) pair with the utility of every candidate LLM for that user and
+the LLM the user chose. Splits are by query: one seeded partition of the query ids into train /
+val / test shared by all users, so a test query has never been seen with a label by anybody.
+:func:`choice_only` is the view a router gets when a user reveals only their pick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from prlib.bank import Bank
+
+SPLITS = ("train", "val", "test")
+
+
+class RequestsError(ValueError):
+    """Inputs that cannot make sound requests or splits (empty splits, unknown LLMs, ...)."""
+
+
+@dataclass
+class QuerySplit:
+    """A partition of query ids into train / val / test (disjoint by construction)."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+    def of(self) -> dict[str, str]:
+        """``{query_id: split name}``."""
+        return {q: s for s in SPLITS for q in getattr(self, s)}
+
+
+def split_queries(query_ids, fractions=(0.7, 0.1, 0.2), seed: int = 0) -> QuerySplit:
+    """Seeded random partition of ``query_ids`` (70/10/20 by default)."""
+    ids = np.array(sorted(set(map(str, query_ids))))
+    if len(ids) < 3:
+        raise RequestsError(f"need at least 3 queries to split, got {len(ids)}")
+    if not np.isclose(sum(fractions), 1.0) or min(fractions) <= 0:
+        raise RequestsError(f"split fractions must be positive and sum to 1, got {fractions}")
+    perm = np.random.default_rng(seed).permutation(ids)
+    n_train = int(round(fractions[0] * len(ids)))
+    n_val = max(1, int(round(fractions[1] * len(ids))))
+    return QuerySplit(perm[:n_train].tolist(), perm[n_train:n_train + n_val].tolist(),
+                      perm[n_train + n_val:].tolist())
+
+
+@dataclass
+class Requests:
+    """The (user, query) requests of an experiment with their candidates' utilities.
+
+    ``utility`` has shape (n_requests, n_llms), a NaN marking an LLM that is not a candidate for
+    that request; ``chosen`` (n_requests,) is the index of the LLM the user picked.
+    """
+
+    frame: pd.DataFrame  # user_id, query_id, task, split
+    llms: list[str]
+    utility: np.ndarray
+    chosen: np.ndarray  # int index of the chosen LLM per request
+    quality: np.ndarray | None = None  # (n, n_llms) bank quality, for reporting only
+    cost: np.ndarray | None = None  # (n, n_llms) bank cost in USD, for reporting only
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def select(self, mask) -> "Requests":
+        """Requests by boolean mask or integer positions, shape (n,) -> a new set."""
+        mask = np.asarray(mask)
+        pick = lambda a: None if a is None else a[mask]  # noqa: E731
+        return Requests(self.frame.iloc[mask].reset_index(drop=True), self.llms, self.utility[mask],
+                        self.chosen[mask], pick(self.quality), pick(self.cost))
+
+    def renamed(self, user_id: str) -> "Requests":
+        """The same requests asked by another (e.g. a new) user."""
+        return Requests(self.frame.assign(user_id=user_id), self.llms, self.utility, self.chosen,
+                        self.quality, self.cost)
+
+    def split(self, name: str) -> "Requests":
+        """The requests of one split ("train", "val" or "test")."""
+        return self.select(self.frame["split"].to_numpy() == name)
+
+    @property
+    def candidates(self) -> np.ndarray:
+        """Boolean (n, n_llms): which LLMs are candidates of each request."""
+        return ~np.isnan(self.utility)
+
+
+def build_requests(interactions: pd.DataFrame, bank: Bank, split: QuerySplit) -> Requests:
+    """Wide per-request arrays from tidy interactions (user_id, query_id, llm, utility, chosen)."""
+    llms = bank.llm_names
+    inter = interactions[interactions["query_id"].isin(split.of())]
+    if inter.empty:
+        raise RequestsError("no interaction names a query of the split; check bank and split")
+    key = inter[["user_id", "query_id"]].drop_duplicates().reset_index(drop=True)
+    key["task"] = key["query_id"].map(dict(zip(bank.queries["query_id"], bank.queries["task"])))
+    key["split"] = key["query_id"].map(split.of())
+    row = pd.Series(np.arange(len(key)), index=pd.MultiIndex.from_frame(key[["user_id", "query_id"]]))
+    r = row.loc[list(zip(inter["user_id"], inter["query_id"]))].to_numpy()
+    col = pd.Index(llms).get_indexer(inter["llm"])
+    if (col < 0).any():
+        raise RequestsError(f"interactions name LLMs not in bank {bank.name!r}: "
+                            f"{sorted(set(inter['llm'][col < 0]))[:5]}")
+    utility = np.full((len(key), len(llms)), np.nan)
+    utility[r, col] = inter["utility"].to_numpy(dtype=float)
+    chosen = np.full(len(key), -1)
+    picked = inter["chosen"].to_numpy(dtype=bool)
+    chosen[r[picked]] = col[picked]
+    if (chosen < 0).any():
+        raise RequestsError(f"{int((chosen < 0).sum())} requests have no chosen LLM")
+    rows = pd.Index(bank.queries["query_id"]).get_indexer(key["query_id"])
+    quality = bank.matrix("quality").to_numpy(dtype=float)[rows]
+    cost = bank.matrix("cost_usd").to_numpy(dtype=float)[rows]
+    return Requests(key, llms, utility, chosen, quality, cost)
+
+
+def concat_requests(a: Requests, b: Requests) -> Requests:
+    """Stack two request sets over the same LLMs."""
+    if a.llms != b.llms:
+        raise RequestsError("request sets differ in their LLMs")
+
+    def both(x, y):
+        return None if x is None or y is None else np.vstack([x, y])
+
+    return Requests(pd.concat([a.frame, b.frame], ignore_index=True), a.llms,
+                    np.vstack([a.utility, b.utility]), np.concatenate([a.chosen, b.chosen]),
+                    both(a.quality, b.quality), both(a.cost, b.cost))
+
+
+def choice_only(requests: Requests) -> Requests:
+    """The view a router gets when feedback is the choice only: utility = 1 for the chosen
+    LLM, 0 for the other candidates (NaN stays NaN), so validation reward = accuracy."""
+    u = np.where(requests.candidates, 0.0, np.nan)
+    u[np.arange(len(u)), requests.chosen] = 1.0
+    return Requests(requests.frame, requests.llms, u, requests.chosen, requests.quality,
+                    requests.cost)

@@ -1,0 +1,48 @@
+"""Routers: ours and every baseline behind one interface (:class:`Router`), one registry.
+
+One module per family: :mod:`~prlib.routers.simple` (rules, lookup tables, the oracle),
+:mod:`~prlib.routers.neighbours` (kNN), :mod:`~prlib.routers.neural` (MLPs, matrix
+factorisation), :mod:`~prlib.routers.graph` (GraphRouter, the released design),
+:mod:`~prlib.routers.contrastive` (RouterDC), :mod:`~prlib.routers.cascade` (HybridLLM,
+FrugalGPT) and :mod:`~prlib.routers.personalized` (ours). Every torch router trains through
+:func:`~prlib.routers.training.train_module`.
+
+Adding a router is one class with a docstring, ``name``, ``family`` and ``@register``::
+
+    from prlib.routers import Router, register
+
+    @register
+    class MyRouter(Router):
+        \"\"\"What it does, in one paragraph (shown in the comparison tables).\"\"\"
+        name, family = "My router", "personalised"
+        def fit(self, train, val, *, progress=False): ...; return self
+        def _raw_scores(self, requests): ...  # (n, n_llms)
+
+``python -m prlib.routers`` lists the registered routers.
+"""
+
+from prlib.routers.base import (FAMILIES, Router, RouterError, catalogue, description,
+                                get_router, register, registered, unregister)
+from prlib.routers.training import History, TorchRouter, train_module
+
+# importing the family modules registers their routers, in table order
+from prlib.routers import simple, neighbours, neural, graph, contrastive, cascade  # noqa: E402,F401,I001
+from prlib.routers import personalized  # noqa: E402,F401
+from prlib.routers.cascade import FrugalGPTRouter, HybridLLMRouter  # noqa: E402
+from prlib.routers.contrastive import RouterDC  # noqa: E402
+from prlib.routers.graph import GraphRouterGNN, ReferenceDesignRouter  # noqa: E402
+from prlib.routers.neighbours import KNNRouter, PerUserKNNRouter  # noqa: E402
+from prlib.routers.neural import MFRouter, MLPRouter, UserMLPRouter  # noqa: E402
+from prlib.routers.personalized import PersonalizedRouter, TrainConfig  # noqa: E402
+from prlib.routers.simple import (BestPerUserRouter, BestPerUserTaskRouter,  # noqa: E402
+                                  BestSingleRouter, CheapestRouter, MostExpensiveRouter,
+                                  OracleRouter, RandomRouter)
+
+__all__ = [
+    "FAMILIES", "Router", "RouterError", "TorchRouter", "History", "train_module", "catalogue",
+    "description", "get_router", "register", "registered", "unregister", "RandomRouter",
+    "CheapestRouter", "MostExpensiveRouter", "BestSingleRouter", "BestPerUserRouter",
+    "BestPerUserTaskRouter", "OracleRouter", "KNNRouter", "PerUserKNNRouter", "MLPRouter",
+    "UserMLPRouter", "MFRouter", "GraphRouterGNN", "ReferenceDesignRouter", "RouterDC",
+    "HybridLLMRouter", "FrugalGPTRouter", "PersonalizedRouter", "TrainConfig",
+]

@@ -1,0 +1,157 @@
+"""The one training loop of every torch router: Adam, validation checks, early stopping, and
+the validation-best weights reloaded before anything is scored on test."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from prlib.config import seed_everything
+from prlib.requests import Requests
+from prlib.routers.base import NEG, Router, RouterError, candidates, query_embeddings, reward_of
+
+
+@dataclass
+class History:
+    """What training recorded at each validation check."""
+
+    step: list[int] = field(default_factory=list)  # optimizer step of each check
+    train_loss: list[float] = field(default_factory=list)  # loss of that step's batch
+    val_metric: list[float] = field(default_factory=list)  # validation metric (higher = better)
+    best_step: int | None = None  # the step whose weights were reloaded
+
+
+def train_module(module: torch.nn.Module, step_loss: Callable[[], torch.Tensor],
+                 val_metric: Callable[[], float], *, steps: int, lr: float,
+                 weight_decay: float = 0.0, eval_every: int = 10, patience: int = 8,
+                 min_delta: float = 1e-9, progress: bool = False,
+                 desc: str = "train") -> History:
+    """Train ``module`` in place and reload its validation-best weights.
+
+    ``step_loss()`` computes one mini-batch loss (the module is in train mode); every
+    ``eval_every`` steps and at the last step ``val_metric()`` is computed in eval mode without
+    gradients. Training stops after ``patience`` checks without an improvement of more than
+    ``min_delta``; the weights of the best check are then loaded back into ``module``.
+    """
+    opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+    log = History()
+    best, best_state, wait = -np.inf, None, 0
+    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False, mininterval=10)
+    for step in bar:
+        module.train()
+        loss = step_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % eval_every and step != steps:
+            continue
+        module.eval()
+        with torch.no_grad():
+            metric = float(val_metric())
+        log.step.append(step)
+        log.train_loss.append(float(loss.detach()))
+        log.val_metric.append(metric)
+        bar.set_postfix(loss=f"{log.train_loss[-1]:.3f}", val=f"{metric:.4f}")
+        if metric > best + min_delta:
+            best, best_state, wait, log.best_step = (
+                metric, copy.deepcopy(module.state_dict()), 0, step)
+        else:
+            wait += 1
+            if wait >= patience:
+                break
+    if best_state is None:
+        raise RuntimeError(f"{desc}: no validation check gave a finite metric "
+                           f"({log.val_metric}); check the validation requests")
+    module.load_state_dict(best_state)  # the validation-selected checkpoint
+    module.eval()
+    return log
+
+
+class TorchRouter(Router):
+    """Base of the torch baselines: a module trained by :func:`train_module` on mini-batches of
+    training requests, selected on validation reward.
+
+    Subclasses implement ``_make_net()`` (the module, from ``feats`` and fitted state only, so
+    :meth:`load` can rebuild it) and ``_forward(requests)`` ((n, n_llms) tensor); they may set
+    fitted state from the training data in ``_prepare(train)``. ``loss`` is ``"ce"`` (softmax
+    over candidates on the chosen LLM) or ``"mse"`` (utilities of candidates); ``_loss`` may be
+    overridden.
+    """
+
+    loss: ClassVar[str] = "ce"
+    selection = "early stopping"
+    defaults = {"steps": 300, "hidden": 64, "lr": 3e-3, "weight_decay": 1e-4,
+                "batch_size": 512, "eval_every": 10, "patience": 8}
+
+    def _prepare(self, train: Requests) -> None:
+        """Fitted state that the module's shape depends on (default: none)."""
+
+    def _make_net(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _forward(self, requests: Requests) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _qx(self, requests: Requests) -> torch.Tensor:
+        return torch.as_tensor(query_embeddings(self.feats, requests))
+
+    @staticmethod
+    def _targets(requests: Requests):
+        cand = torch.as_tensor(candidates(requests))
+        util = torch.as_tensor(np.nan_to_num(requests.utility), dtype=torch.float32)
+        return cand, util, torch.as_tensor(requests.chosen)
+
+    def _loss(self, out: torch.Tensor, batch: Requests) -> torch.Tensor:
+        cand, util, chosen = self._targets(batch)
+        if self.loss == "ce":
+            return F.cross_entropy(out.masked_fill(~cand, NEG), chosen)
+        return ((out - util) ** 2 * cand).sum() / cand.sum().clamp(min=1)
+
+    def _train_loss(self, train: Requests, rng: np.random.Generator) -> torch.Tensor:
+        idx = rng.choice(len(train), min(self.params["batch_size"], len(train)), replace=False)
+        batch = train.select(idx)
+        return self._loss(self._forward(batch), batch)
+
+    def fit(self, train, val, *, progress=False):
+        seed_everything(self.seed)
+        rng = np.random.default_rng(self.seed)
+        self._prepare(train)
+        self.net = self._make_net()
+        p = self.params
+        self.log_ = train_module(
+            self.net, lambda: self._train_loss(train, rng),
+            lambda: reward_of(val, self._forward(val).double().numpy()),
+            steps=p["steps"], lr=p["lr"], weight_decay=p["weight_decay"],
+            eval_every=p["eval_every"], patience=p["patience"], progress=progress,
+            desc=self.name)
+        return self
+
+    def _check_fitted(self) -> None:
+        if getattr(self, "net", None) is None:
+            raise RouterError(f"{type(self).__name__} is not fitted: call fit(train, val) first")
+
+    def _modules(self):
+        self._check_fitted()
+        return {"net": self.net}
+
+    def _rebuild(self) -> None:
+        self.net = self._make_net()
+
+    @torch.no_grad()
+    def _raw_scores(self, requests):
+        self._check_fitted()
+        self.net.eval()
+        return self._forward(requests).double().numpy()
+
+
+def mlp(d_in: int, hidden: int, d_out: int, dropout: float = 0.1) -> nn.Sequential:
+    """Linear -> ReLU -> Dropout -> Linear."""
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, d_out))
