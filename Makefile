@@ -10,7 +10,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: env run smoke test notebook clean
+.PHONY: env run smoke test notebook lab clean
 
 env: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ notebook: env  ## one notebook: make notebook NB=00 [SMOKE=1]
 
 test: env  ## pytest + nbval (lax) over the notebooks in smoke mode
 	PRLIB_SMOKE=1 $(PY) -m pytest
+
+lab: env  ## JupyterLab on the notebooks (as root it needs --allow-root)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 clean:
 	rm -rf build

@@ -16,9 +16,10 @@ import torch
 
 from prlib import data
 from prlib.config import REPO_ROOT, resolve_device
-from prlib.graph import build_requests, node_features, split_queries
+from prlib.features import node_features
 from prlib.metrics import routing_metrics
-from prlib.models import PersonalizedRouter
+from prlib.requests import build_requests, split_queries
+from prlib.routers import PersonalizedRouter
 from prlib.simulate import simulate_multi_cost
 
 
@@ -29,7 +30,7 @@ def main() -> dict:
     feats = node_features(bank, progress=True)  # cached on disk after the first run
     train, val, test = req.split("train"), req.split("val"), req.split("test")
     start = time.perf_counter()
-    router = PersonalizedRouter(feats, seed=0).fit(train, val)
+    router = PersonalizedRouter(feats, seed=0).fit(train, val, progress=True)
     fit_s = time.perf_counter() - start
     router.scores(test)  # warm-up
     runs = []
@@ -43,8 +44,8 @@ def main() -> dict:
         "device": resolve_device("auto"), "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "train_requests": len(train), "val_requests": len(val), "test_requests": len(test),
-        "fit_seconds": round(fit_s, 1), "steps_run": router.log.epoch[-1],
-        "best_step": router.best_epoch_,
+        "fit_seconds": round(fit_s, 1), "steps_run": router.log_.step[-1],
+        "best_step": router.log_.best_step,
         "route_seconds_batched": round(route_s, 3),
         "requests_per_second": round(len(test) / route_s),
         "note": "routing time includes encoding the whole history graph once for the batch",

@@ -1,7 +1,8 @@
 """Figures and tables, written only through these helpers.
 
 Full runs write into ``figures/``; smoke runs into ``build/smoke-figures/`` (git-ignored), so CI
-never overwrites the committed artefacts. Names start with the notebook's number, e.g.
+never overwrites the committed artefacts; ``folder=`` sends outputs anywhere else (your own
+study). Names start with the notebook's number, e.g.
 ``00_quality_vs_cost``. Tables are written as CSV and Markdown side by side.
 """
 
@@ -16,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from prlib.config import RunConfig  # noqa: E402
+from prlib.config import RunConfig, resolve_config  # noqa: E402
 
 
 def set_style() -> None:
@@ -27,23 +28,33 @@ def set_style() -> None:
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight"})
 
 
-def _target(cfg: RunConfig, name: str) -> Path:
-    folder = cfg.figures_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / name
+def output_folder(cfg: RunConfig | None = None, folder: str | Path | None = None) -> Path:
+    """Where outputs go: ``folder`` if given, else the run's figures folder (``figures/`` for a
+    full run, ``build/smoke-figures/`` for a smoke run; without ``cfg``, as ``PRLIB_SMOKE``
+    says). The folder is created."""
+    if folder is not None:
+        path = Path(folder)
+    else:
+        path = (cfg or resolve_config()).figures_dir
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
-def save_figure(fig, name: str, cfg: RunConfig) -> Path:
-    """Save ``fig`` as PNG and PDF under the run's figures folder; returns the PNG path."""
-    png = _target(cfg, f"{name}.png")
+def save_figure(fig, name: str, cfg: RunConfig | None = None, *,
+                folder: str | Path | None = None) -> Path:
+    """Save ``fig`` as ``name.png`` and ``name.pdf`` into :func:`output_folder`; returns the
+    PNG path."""
+    png = output_folder(cfg, folder) / f"{name}.png"
     fig.savefig(png)
     fig.savefig(png.with_suffix(".pdf"))
     return png
 
 
-def save_table(df: pd.DataFrame, name: str, cfg: RunConfig, floatfmt: str = ".3f") -> Path:
-    """Save ``df`` as ``name.csv`` and ``name.md`` (GitHub Markdown); returns the CSV path."""
-    csv = _target(cfg, f"{name}.csv")
+def save_table(df: pd.DataFrame, name: str, cfg: RunConfig | None = None,
+               floatfmt: str = ".3f", *, folder: str | Path | None = None) -> Path:
+    """Save ``df`` as ``name.csv`` and ``name.md`` (GitHub Markdown) into
+    :func:`output_folder`; returns the CSV path."""
+    csv = output_folder(cfg, folder) / f"{name}.csv"
     df.to_csv(csv, index=False)
     csv.with_suffix(".md").write_text(to_markdown(df, floatfmt) + "\n")
     return csv

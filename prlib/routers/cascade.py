@@ -69,7 +69,10 @@ class HybridLLMRouter(Router):
 
 @register
 class FrugalGPTRouter(Router):
-    """FrugalGPT-style cascade. The chain: LLMs by mean training cost, keeping each one only if
+    """FrugalGPT-style cascade over cost-ordered LLMs, stopping at the first whose predicted
+    utility (a ridge regression on the query embedding) clears its tuned threshold.
+
+    The chain: LLMs by mean training cost, keeping each one only if
     its mean training utility beats every cheaper one kept (at most ``max_chain``). A ridge
     answer scorer per chained LLM predicts its utility from the query embedding; the cascade
     stops at the first LLM whose predicted utility reaches its threshold (the last LLM

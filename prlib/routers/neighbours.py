@@ -42,7 +42,7 @@ class KNNRouter(Router):
     name = "kNN (pooled)"
     family = "non-personalised"
     selection = "k"
-    defaults = {"k_grid": (1, 3, 5, 10, 20, 50)}
+    defaults = {"k_grid": [1, 3, 5, 10, 20, 50]}
 
     def _fit_pooled(self, train) -> None:
         by_q = pd.DataFrame(train.utility).groupby(train.frame["query_id"].to_numpy()).mean()

@@ -1,4 +1,4 @@
-"""prlib.graph + prlib.models: personalisation, leakage, checkpoint selection, persistence."""
+"""prlib.graph + PersonalizedRouter: personalisation, leakage, checkpoint selection, persistence."""
 
 import numpy as np
 import pandas as pd
@@ -7,10 +7,12 @@ import torch
 
 from prlib import data
 from prlib.bank import Bank
-from prlib.graph import (GraphInputError, Requests, build_graph, build_requests,
-                         check_no_label_leak, node_features, split_queries)
+from prlib.features import node_features
+from prlib.graph import build_graph, check_no_label_leak
 from prlib.metrics import picks_vary_share, routing_metrics
-from prlib.models import PersonalizedRouter, concat_requests
+from prlib.requests import (Requests, RequestsError, build_requests, concat_requests,
+                            split_queries)
+from prlib.routers import PersonalizedRouter
 from prlib.simulate import simulate_multi_cost
 
 
@@ -45,7 +47,7 @@ def test_splits_are_disjoint_by_query_and_seeded():
     assert len(s.train) == 70 and len(s.val) == 10 and len(s.test) == 20
     assert not (set(s.train) & set(s.val) or set(s.train) & set(s.test) or set(s.val) & set(s.test))
     assert split_queries(ids, seed=3) == s and split_queries(ids, seed=4) != s
-    with pytest.raises(GraphInputError):
+    with pytest.raises(RequestsError):
         split_queries(["a", "b"])
 
 
@@ -83,7 +85,7 @@ def test_scores_do_not_depend_on_the_hidden_labels(toy, feedback):
     """Changing the labels of the predicted requests must not change their scores."""
     _, req, feats = toy
     router = PersonalizedRouter(feats, steps=50, eval_every=25, seed=0, **feedback).fit(
-        req.split("train"), req.split("val"), progress=False)
+        req.split("train"), req.split("val"))
     test = req.split("test")
     before = router.scores(test)
     scrambled = test.select(np.arange(len(test)))
@@ -96,7 +98,7 @@ def test_scores_do_not_depend_on_the_hidden_labels(toy, feedback):
 def trained(toy):
     _, req, feats = toy
     router = PersonalizedRouter(feats, steps=400, eval_every=20, patience=20, seed=0)
-    return router.fit(req.split("train"), req.split("val"), progress=False)
+    return router.fit(req.split("train"), req.split("val"))
 
 
 def test_opposite_users_get_different_llms(toy, trained):
@@ -117,11 +119,22 @@ def test_opposite_users_get_different_llms(toy, trained):
     assert m["pct_oracle"] > 80, m
 
 
-def test_checkpoint_is_the_validation_best(trained):
-    log = trained.log
+def test_checkpoint_is_the_validation_best(toy, trained):
+    """The weights kept after fit are those of the best validation check: re-scoring the
+    validation requests as fit did gives the best recorded metric, not the last one."""
+    _, req, _ = toy
+    log = trained.log_
     best = int(np.argmax(log.val_metric))
-    assert trained.best_epoch_ == log.epoch[best]
-    assert len(log.epoch) >= 2
+    assert log.best_step == log.step[best] and len(log.step) >= 2
+    train, val = req.split("train"), req.split("val")
+    rng = np.random.default_rng(trained.config.seed)  # the context sample fit drew first
+    by_user = train.frame.groupby("user_id").indices
+    ctx = np.concatenate([rng.permutation(r)[: 4 * trained.config.context_per_user]
+                          for r in by_user.values()])
+    both = concat_requests(train.select(np.sort(ctx)), val)
+    is_ctx = np.arange(len(both)) < len(ctx)
+    trained.model.eval()
+    assert trained._val_metric(both, is_ctx, val) == pytest.approx(log.val_metric[best], abs=1e-9)
 
 
 def test_save_load_roundtrip_without_pickles(tmp_path, toy, trained):
@@ -162,7 +175,7 @@ def test_paper_users_on_llmrouter_personalise():
     prefs = simulate_multi_cost(bank)
     req = build_requests(prefs.interactions, bank, split_queries(bank.queries["query_id"], seed=0))
     router = PersonalizedRouter(node_features(bank), steps=150, eval_every=25, seed=0).fit(
-        req.split("train"), req.split("val"), progress=False)
+        req.split("train"), req.split("val"))
     test = req.split("test")
     picks = router.route(test)
     assert picks_vary_share(test, picks) > 0.05
@@ -175,7 +188,7 @@ def test_zero_layers_means_no_message_passing_and_no_personalisation(toy):
     gets the same scores; the message passing is what personalises."""
     _, req, feats = toy
     router = PersonalizedRouter(feats, layers=0, steps=40, eval_every=20, seed=0).fit(
-        req.split("train"), req.split("val"), progress=False)
+        req.split("train"), req.split("val"))
     assert len(router.model.convs) == 0
     test = req.split("test")
     s = router.scores(test)
@@ -187,8 +200,7 @@ def test_zero_layers_means_no_message_passing_and_no_personalisation(toy):
 def test_add_llm_makes_a_new_candidate_routable(toy):
     _, req, feats = toy
     train, val, test = req.split("train"), req.split("val"), req.split("test")
-    router = PersonalizedRouter(feats, steps=40, eval_every=20, seed=0).fit(train, val,
-                                                                           progress=False)
+    router = PersonalizedRouter(feats, steps=40, eval_every=20, seed=0).fit(train, val)
     with pytest.raises(ValueError, match="already"):
         router.add_llm("mid", "again", 0.5, 0.5)
     router.add_llm("new", "a brand-new large model", 1.0, 1.0)

@@ -1,14 +1,18 @@
-"""Baseline routers on tiny hand-made data whose right answer is known."""
+"""Every registered baseline on tiny hand-made data whose right answer is known; the registry,
+save/load of every router and the shared trainer."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from prlib import baselines as B
+from prlib import routers as B
 from prlib.experiment import describe_improvement, improvement, results_table
-from prlib.graph import NodeFeatures, Requests
+from prlib.features import NodeFeatures
 from prlib.metrics import picks_vary_share, routing_metrics
+from prlib.requests import Requests, choice_only
+
+BASELINES = [c for c in B.registered() if c.family != "ours"]
 
 LLMS = ["small", "mid", "large"]
 
@@ -115,10 +119,10 @@ def test_oracle_is_the_row_max_and_random_is_seeded():
     assert (p1 == p2).all() and len(set(p1)) > 1
 
 
-@pytest.mark.parametrize("cls", B.BASELINES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", BASELINES, ids=lambda c: c.__name__)
 def test_every_baseline_masks_non_candidates(cls):
     req = make_requests(by_both, drop_mid_every=3)
-    kw = {"steps": 20} if issubclass(cls, B._TorchRouter) else {}
+    kw = {"steps": 20} if issubclass(cls, B.TorchRouter) else {}
     router, test, picks = fit_route(cls, req, **kw)
     s = router.scores(test)
     assert s.shape == (len(test), 3)
@@ -134,7 +138,7 @@ def test_every_baseline_masks_non_candidates(cls):
 def test_query_routers_learn_the_query_rule(cls):
     """Cluster 0 -> small, cluster 1 -> large for everybody: a query-level router gets it."""
     req = make_requests(by_query)
-    kw = {"steps": 100} if issubclass(cls, B._TorchRouter) else {}
+    kw = {"steps": 100} if issubclass(cls, B.TorchRouter) else {}
     _, test, picks = fit_route(cls, req, **kw)
     assert (picks == test.chosen).mean() >= 0.9, cls.name
 
@@ -142,7 +146,7 @@ def test_query_routers_learn_the_query_rule(cls):
 @pytest.mark.parametrize("cls", [B.PerUserKNNRouter, B.UserMLPRouter], ids=lambda c: c.__name__)
 def test_personal_routers_learn_user_and_query(cls):
     req = make_requests(by_both)
-    kw = {"steps": 200} if issubclass(cls, B._TorchRouter) else {}
+    kw = {"steps": 200} if issubclass(cls, B.TorchRouter) else {}
     _, test, picks = fit_route(cls, req, **kw)
     assert (picks == test.chosen).mean() >= 0.9
     assert picks_vary_share(test, picks) == 1.0
@@ -181,7 +185,7 @@ def test_reference_design_never_personalises():
 
 def test_choice_only_hides_utilities():
     req = make_requests(by_both, drop_mid_every=3)
-    view = B.choice_only(req)
+    view = choice_only(req)
     assert np.array_equal(np.isnan(view.utility), np.isnan(req.utility))
     assert (np.nansum(view.utility, 1) == 1).all()
     assert (view.utility[np.arange(len(req)), req.chosen] == 1).all()
@@ -203,3 +207,79 @@ def test_results_table_and_improvement():
     assert tab.loc[tab["best"] != "", "router"].tolist() == ["ours"]
     res.loc[res["router"] == "kNN", "reward"] = 0.7  # a baseline wins: the text says so
     assert "BEATS" in describe_improvement(improvement(res, "reward", "ours"))
+
+
+# ------------------------------------------------------------------ registry and interface
+def test_registry_lists_every_router_once_in_table_order():
+    classes = B.registered()
+    assert len({c.name for c in classes}) == len(classes)
+    fams = [B.FAMILIES.index(c.family) for c in classes]
+    assert fams == sorted(fams)
+    assert B.PersonalizedRouter in classes and B.get_router("kNN per user") is B.PerUserKNNRouter
+    with pytest.raises(B.RouterError, match="no registered router"):
+        B.get_router("nonsense")
+    table = B.catalogue()
+    assert (table["description"].str.len() > 20).all()
+
+
+def test_unregistered_or_malformed_routers_are_errors():
+    class Unregistered(B.Router):
+        """Never registered."""
+        name, family = "unregistered", "simple"
+
+    with pytest.raises(B.RouterError, match="not a registered router"):
+        B.get_router(Unregistered)
+    with pytest.raises(B.RouterError, match="family"):
+        B.register(type("BadFamily", (B.Router,), {"__doc__": "x", "name": "x",
+                                                     "family": "magic"}))
+    with pytest.raises(B.RouterError, match="taken"):
+        B.register(type("Clash", (B.Router,), {"__doc__": "x", "name": "Random",
+                                                 "family": "simple"}))
+    with pytest.raises(B.RouterError, match="hyper-parameter"):
+        B.KNNRouter(make_feats(), k=3)
+
+
+@pytest.mark.parametrize("cls", B.registered(), ids=lambda c: c.__name__)
+def test_every_router_saves_and_loads_without_pickles(cls, tmp_path):
+    req = make_requests(by_both, drop_mid_every=3)
+    feats = make_feats()
+    kw = {"steps": 20, "eval_every": 10} if issubclass(cls, (B.TorchRouter,
+                                                            B.PersonalizedRouter)) else {}
+    router = cls(feats, seed=0, **kw).fit(req.split("train"), req.split("val"))
+    test = req.split("test")
+    folder = router.save(tmp_path / cls.__name__)
+    with np.load(folder / "arrays.npz", allow_pickle=False):
+        pass  # a pickled object would refuse to load here
+    for pt in folder.glob("*.pt"):
+        torch.load(pt, weights_only=True)
+    loaded = B.Router.load(folder, feats)
+    assert type(loaded) is cls and loaded.params == router.params
+    np.testing.assert_allclose(loaded.scores(test), router.scores(test), rtol=1e-6, atol=1e-9)
+    other = NodeFeatures(feats.query_ids, feats.query_x, feats.tasks, feats.task_x,
+                         ["a", "b", "c"], feats.llm_x)
+    with pytest.raises(B.RouterError, match="trained on the LLMs"):
+        B.Router.load(folder, other)
+
+
+# ------------------------------------------------------------------ the shared trainer
+def test_trainer_reloads_the_validation_best_weights():
+    """The loss keeps pushing w up, validation is best at w = 1: the weights kept are those of
+    the best check, not the last, and training went on past it before stopping."""
+    torch.manual_seed(0)
+    module = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        module.weight.zero_()
+    w = lambda: module.weight[0, 0]  # noqa: E731
+    log = B.train_module(module, lambda: (w() - 10.0) ** 2, lambda: -float((w() - 1.0) ** 2),
+                         steps=200, lr=0.05, eval_every=1, patience=5)
+    best = int(np.argmax(log.val_metric))
+    assert log.step[-1] > log.best_step == log.step[best]  # stopped after passing the best
+    assert -float((w().detach() - 1.0) ** 2) == pytest.approx(log.val_metric[best])
+    assert log.val_metric[-1] < log.val_metric[best]
+
+
+def test_trainer_refuses_a_validation_that_is_never_finite():
+    module = torch.nn.Linear(1, 1)
+    with pytest.raises(RuntimeError, match="finite"):
+        B.train_module(module, lambda: module.weight.sum() ** 2, lambda: float("nan"),
+                       steps=5, lr=0.1, eval_every=1, patience=2)

@@ -1,0 +1,131 @@
+"""Bring your own bank (public API only) and the one experiment path over every router."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prlib import routers as R
+from prlib.bank import Bank, SchemaError
+from prlib.data import resolve_llms
+from prlib.errors import UnknownModelError
+from prlib.experiment import Setting, improvement, results_table, run_setting
+from prlib.simulate import simulate_judge, simulate_multi_cost
+
+LLM_TABLE = pd.DataFrame({
+    "llm": ["tiny", "medium", "huge"], "input_usd_per_m": [0.1, 1.0, 10.0],
+    "output_usd_per_m": [0.2, 2.0, 30.0],
+    "description": ["A tiny fast model for simple questions.", "A medium general model.",
+                    "A huge frontier model, strong at reasoning."]})
+
+
+def logged_frame(with_text: bool) -> pd.DataFrame:
+    """10 queries x 3 LLMs of hand-made logs: quality rises with size, longer answers cost more."""
+    rows = []
+    for i in range(10):
+        task = "math" if i % 2 else "writing"
+        for j, llm in enumerate(LLM_TABLE["llm"]):
+            row = {"query": f"{task} question number {i}: please help", "llm": llm, "task": task,
+                   "quality": [0.3, 0.6, 0.9][j] - 0.05 * (i % 3)}
+            if with_text:
+                row["response"] = " ".join(["step"] * (5 + 10 * j)) + f" answer {i}."
+            else:
+                row["output_tokens"] = 50 * (j + 1)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("with_text", [True, False], ids=["responses", "token-counts"])
+def test_bank_from_a_frame_costs_like_the_built_in_banks(with_text):
+    bank = Bank.from_frame("my-logs", logged_frame(with_text), LLM_TABLE,
+                           task_descriptions={"math": "Arithmetic word problems."})
+    assert len(bank.queries) == 10 and bank.llm_names == ["tiny", "medium", "huge"]
+    assert bank.has_text == with_text
+    b = bank.bank.merge(LLM_TABLE, on="llm")
+    expected = (b["input_tokens"] * b["input_usd_per_m"]
+                + b["output_tokens"] * b["output_usd_per_m"]) / 1e6
+    np.testing.assert_allclose(b["cost_usd"], expected)
+    assert (b["input_tokens"] > 0).all() and (b["output_tokens"] > 0).all()
+    desc = bank.task_descriptions()
+    assert desc["math"] == "Arithmetic word problems." and "writing" in desc["writing"]
+
+
+def test_bank_from_a_frame_says_what_is_wrong():
+    frame = logged_frame(True)
+    with pytest.raises(SchemaError, match=r"lacks columns \['quality'\]"):
+        Bank.from_frame("x", frame.drop(columns="quality"), LLM_TABLE)
+    with pytest.raises(UnknownModelError, match="the llms table passed to Bank.from_frame"):
+        Bank.from_frame("x", frame.replace({"llm": {"huge": "hugee"}}), LLM_TABLE)
+    with pytest.raises(SchemaError, match="'response' column .* or an 'output_tokens'"):
+        Bank.from_frame("x", frame.drop(columns="response"), LLM_TABLE)
+    with pytest.raises(SchemaError, match="quality outside"):
+        Bank.from_frame("x", frame.assign(quality=2.0), LLM_TABLE)
+    with pytest.raises(SchemaError, match="non-negative number"):
+        Bank.from_frame("x", frame, LLM_TABLE.assign(input_usd_per_m="free"))
+    with pytest.raises(SchemaError, match="no query has"):
+        Bank.from_frame("x", frame, LLM_TABLE, task_descriptions={"cooking": "..."})
+
+
+def test_an_unknown_source_is_named_as_such(tmp_path):
+    with pytest.raises(UnknownModelError, match="unknown source 'my-lab'.*Bank.from_frame"):
+        resolve_llms("my-lab", ["gpt-x"], tmp_path)
+
+
+SMALL = {c.__name__: {"steps": 10, "eval_every": 5} for c in R.registered()
+         if issubclass(c, (R.TorchRouter, R.PersonalizedRouter))}
+
+
+@pytest.mark.parametrize("feedback", ["utility", "choice"])
+def test_every_registered_router_runs_on_a_bank_of_your_own(feedback):
+    bank = Bank.from_frame("my-logs", logged_frame(True), LLM_TABLE)
+    prefs = simulate_multi_cost(bank) if feedback == "utility" else simulate_judge(bank)
+    setting = Setting("own bank", bank, prefs, feedback=feedback,
+                      metric="reward" if feedback == "utility" else "accuracy")
+    res = run_setting(setting, seeds=[0], params=SMALL)
+    assert res["router"].tolist() == [c.name for c in R.registered()]
+    assert res["reward"].notna().all() and (res["n_test"] > 0).all()
+    oracle = res.loc[res["router"] == R.OracleRouter.name, "reward"].item()
+    assert (res["reward"] <= oracle + 1e-9).all()
+
+
+def test_a_new_router_is_one_class_and_a_decorator():
+    """A toy router registered here shows up in the comparison (the path notebook 50 runs)
+    without touching any other file."""
+
+    @R.register
+    class AlwaysTheSecond(R.Router):
+        """Routes every request to the second LLM (a toy)."""
+
+        name, family = "Always the second LLM", "simple"
+
+        def _raw_scores(self, requests):
+            s = np.zeros((len(requests), self.n_llms))
+            s[:, 1] = 1.0
+            return s
+
+    try:
+        bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+        setting = Setting("toy", bank, simulate_multi_cost(bank))
+        res = run_setting(setting, seeds=[0, 1], params=SMALL)
+        assert AlwaysTheSecond.name in set(res["router"])
+        row = res[res["router"] == AlwaysTheSecond.name]
+        assert (row["family"] == "simple").all() and (row["cost_per_1k"] > 0).all()
+        table = results_table(res, ["reward"], mark="reward")
+        assert AlwaysTheSecond.name in table["router"].tolist()
+        assert improvement(res, "reward", R.PersonalizedRouter.name)["strongest_baseline"] != \
+            R.OracleRouter.name
+        assert AlwaysTheSecond.name in R.catalogue()["router"].tolist()
+    finally:
+        R.unregister(AlwaysTheSecond)
+    assert AlwaysTheSecond.name not in R.catalogue()["router"].tolist()
+
+
+def test_a_setting_refuses_mismatched_inputs():
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    prefs = simulate_multi_cost(bank)
+    with pytest.raises(ValueError, match="feedback"):
+        Setting("x", bank, prefs, feedback="stars")
+    other = Bank.from_frame("other", logged_frame(False), LLM_TABLE)
+    with pytest.raises(ValueError, match="over bank 'my-logs'"):
+        Setting("x", other, prefs)
+    with pytest.raises(R.RouterError, match="not a registered router"):
+        run_setting(Setting("x", bank, prefs), routers=[type("Loose", (R.Router,), {})])
