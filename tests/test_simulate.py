@@ -193,3 +193,76 @@ def test_contract_rejects_two_choices():
                           "utility": [1.0, 0.0], "chosen": [True, True]})
     with pytest.raises(PreferencesError, match="exactly one"):
         Preferences("x", "multi_cost", "tiny", users, inter)
+
+
+# ------------------------------------------------------------------ a plausible persona judge
+def gate_bank() -> Bank:
+    """One question, four answers: two correct and short, one correct and detailed, one broken
+    (GPT-4 1/10) that is the longest and most 'detailed' of all."""
+    answers = {
+        "terse": "Paris.",
+        "short": "The capital of France is Paris.",
+        "detailed": ("The capital of France is Paris. It has been the capital since the 10th "
+                     "century, is the seat of government, and with about two million people "
+                     "in the city proper it is also the country's largest city."),
+        "broken": ("The capital of France is Lyon. First, Lyon is large; second, it is old; "
+                   "third, it has many museums and rivers; then it has a famous cuisine; next "
+                   "it has silk; finally it hosts many events, therefore it is the capital, "
+                   "which gives the answer Lyon, as we get from all these many reasons above."),
+    }
+    q = pd.DataFrame({"query_id": ["q0"], "task": ["geo"], "turns": 1,
+                      "text": ["What is the capital of France? Explain."]})
+    llms = pd.DataFrame({"llm": list(answers), "family": "x", "size_b": 1.0,
+                         "input_usd_per_m": 1.0, "output_usd_per_m": 1.0, "description": ""})
+    quality = {"terse": 1.0, "short": 1.0, "detailed": 1.0, "broken": 0.0}
+    rows = pd.DataFrame({"query_id": "q0", "task": "geo", "llm": list(answers),
+                         "quality": [quality[m] for m in answers], "input_tokens": 10,
+                         "output_tokens": 10, "cost_usd": 1e-5, "response": list(answers.values())})
+    return Bank("gate", q, llms, rows)
+
+
+def test_quality_gate_lets_style_choose_among_adequate_answers_only():
+    """The detail-loving student picks the detailed correct answer; the playful persona, whose
+    style the broken answer suits best, picks it only when the gate's penalty is switched off."""
+    from prlib.simulate import QualityGate, judge_choices
+
+    js = judge_scores(gate_bank())
+    assert js.adequate[0].tolist() == [True, True, True, False]
+    pick = lambda scores, p: scores.llms[judge_choices(scores, p, temperature=0.0)[0]]  # noqa: E731
+    assert pick(js, "detailed_student") == "detailed"
+    assert pick(js, "concise_news_editor") in {"terse", "short"}
+    assert pick(js, "creative_humorous") != "broken"
+    ungated = judge_scores(gate_bank(), gate=QualityGate(penalty=0.0))
+    assert pick(ungated, "creative_humorous") == "broken"  # the gate is what keeps it away
+
+
+def test_persona_checks_on_real_answers(arena_bench_bank):
+    """On 40 real arena-bench questions with all 16 LLMs: no persona picks an answer GPT-4
+    scored <= 2/10 where another scored >= 8/10 in more than 2 % of queries, and at least 8 of
+    the 9 personas' picks differ from the neutral persona's the way their descriptions say."""
+    from prlib.simulate import STYLE_SIGNATURES, persona_checks
+
+    b = arena_bench_bank.subset(query_ids=arena_bench_bank.queries["query_id"][:40])
+    checks = persona_checks(judge_scores(b), temperature=0.5, seed=0)
+    assert (checks["bad_pick_rate"] < 0.02).all(), checks[["persona", "bad_pick_rate"]]
+    nine = checks[checks["persona"].isin(STYLE_SIGNATURES)]
+    assert len(nine) == 9 and nine["signature_holds"].sum() >= 8, nine
+
+
+def test_live_verdicts_become_choice_preferences():
+    from prlib.simulate import preferences_from_verdicts
+
+    b = tiny_bank()
+    verdicts = pd.DataFrame({
+        "query_id": ["q0", "q1", "q0", "q2"], "persona": ["warm_relatable"] * 2 + ["neutral"] * 2,
+        "judge_model": "m", "permutation": [["mid", "small"], ["small", "mid"], ["mid", "small"],
+                                            ["mid", "small", "big"]],
+        "choice_llm": ["small", "mid", "mid", None], "valid": [True, True, True, False]})
+    prefs = preferences_from_verdicts(verdicts, b)
+    assert prefs.meta["simulated"] is False and prefs.meta["invalid_verdicts_dropped"] == 1
+    c = prefs.choices().set_index(["user_id", "query_id"])["chosen_llm"].to_dict()
+    assert c == {("judge-warm_relatable", "q0"): "small", ("judge-warm_relatable", "q1"): "mid",
+                 ("judge-neutral", "q0"): "mid"}
+    assert set(prefs.interactions["llm"]) == {"small", "mid"}  # only the answers shown
+    with pytest.raises(PreferencesError, match="lack columns"):
+        preferences_from_verdicts(verdicts.drop(columns="permutation"), b)

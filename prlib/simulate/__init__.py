@@ -14,10 +14,11 @@ Every result is a :class:`Preferences` (the contract routers consume), saved und
 from prlib.simulate.bench import (BENCH_LLMS, JUDGE_ARCHETYPES, MULTI_COST_ARCHETYPES,
                                   BenchConfig, bench_summary, personaroute_bench)
 from prlib.simulate.judge import (ALL_PERSONAS, DEFAULT_TEMPERATURE, PERSONA_WEIGHTS,
-                                  STAND_IN_NOTE, STYLE_FEATURES, TERMS, JudgeScores,
-                                  agreement_matrix, chosen_profile, judge_choices,
-                                  judge_preferences, judge_scores, judge_validation,
-                                  simulate_judge, style_features)
+                                  STAND_IN_NOTE, STYLE_FEATURES, STYLE_SIGNATURES, TERMS,
+                                  JudgeScores, QualityGate, agreement_matrix, chosen_profile,
+                                  judge_choices, judge_preferences, judge_scores,
+                                  judge_validation, persona_checks, pick_shares,
+                                  preferences_from_verdicts, simulate_judge, style_features)
 from prlib.simulate.multicost import (COST_NOTE, PAPER_PS, best_llm_diversity, check_p,
                                       multi_cost_preferences, multi_cost_reward,
                                       normalized_cost, scorable_queries, simulate_multi_cost)
@@ -27,7 +28,8 @@ from prlib.simulate.preferences import (Preferences, PreferencesError, choose,
 __all__ = [
     "ALL_PERSONAS", "BENCH_LLMS", "COST_NOTE", "DEFAULT_TEMPERATURE", "JUDGE_ARCHETYPES",
     "MULTI_COST_ARCHETYPES", "PAPER_PS", "PERSONA_WEIGHTS", "STAND_IN_NOTE", "STYLE_FEATURES",
-    "TERMS", "BenchConfig", "JudgeScores", "Preferences", "PreferencesError", "agreement_matrix",
+    "STYLE_SIGNATURES", "QualityGate", "persona_checks", "pick_shares",
+    "preferences_from_verdicts", "TERMS", "BenchConfig", "JudgeScores", "Preferences", "PreferencesError", "agreement_matrix",
     "bench_summary", "best_llm_diversity", "check_p", "choose", "chosen_profile",
     "judge_choices", "judge_preferences", "judge_scores", "judge_validation",
     "multi_cost_preferences", "multi_cost_reward", "normalized_cost", "personaroute_bench",

@@ -1,26 +1,35 @@
 """The offline persona judge: a STAND-IN for an LLM-as-a-Judge that needs no API.
 
 PersonalizedRouter's second simulation asks an LLM, prompted with one of nine personas, to pick the
-best of the candidate answers. Offline, we score every real response ``r`` of a query for a
-persona ``k`` as a weighted sum of per-query standardised terms (z-scores across the query's
-candidate answers):
+best of the candidate answers. A plausible persona judge prefers a *style among adequate answers*;
+it does not prefer broken ones. Offline we therefore judge in two stages, on the real responses of
+each query (every term a z-score across the query's candidate answers):
 
-    score_k(r) = w_k,quality   * z(quality(r))                    [where the bank has scores]
-               + w_k,semantic  * z(cos(persona description, r))   [MiniLM, prlib.embed]
-               + w_k,relevance * z(cos(query, r))
-               + sum_f w_k,f   * z(style feature f of r)
+1. **Quality gate.** An answer is *adequate* when its real quality score (GPT-4 on arena-bench-v1)
+   reaches ``min(gate.absolute, best quality of the query - gate.margin)``; on banks or answers
+   without a score, when its text-only neutral score (relevance, length, structure) is at least
+   ``gate.proxy_z``. Inadequate answers lose ``gate.penalty`` times the spread (std, at least 1)
+   of the persona's style scores on the query.
+2. **Style among adequate answers.** ``style_k(r)`` = the persona's weighted sum of the
+   semantic match with its description, the relevance to the query and interpretable style
+   features (:func:`style_features`); plus ``w_k,quality * z(quality)`` where the bank has
+   scores.
 
-and the persona picks argmax(score + temperature * Gumbel noise), i.e. a softmax draw. Style
-features are interpretable text statistics (:func:`style_features`); the weights are the explicit
-table :data:`PERSONA_WEIGHTS`. A response with missing or empty text is never a candidate. The live
-judge (``prlib.llm.judge``) replaces this stand-in when an endpoint is available.
+    score_k(r) = style_k(r) + w_k,quality * z(quality(r)) - gate.penalty * spread_k,q * [r inadequate]
+
+and the persona picks argmax(score + temperature * Gumbel noise), i.e. a softmax draw. The weights
+are the explicit table :data:`PERSONA_WEIGHTS`; the gate's numbers are :class:`QualityGate`. A
+response with missing or empty text is never a candidate. Notebook 20 validates all ten personas
+(bad-pick rate, pick share of each LLM, style signatures). The live judge (``prlib.llm.judge``)
+replaces this stand-in when an endpoint is available; :func:`preferences_from_verdicts` turns its
+verdicts into the same :class:`~prlib.simulate.preferences.Preferences`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,9 +41,9 @@ from prlib.personas import NEUTRAL, PERSONAS, Persona
 from prlib.simulate.multicost import interactions_frame
 from prlib.simulate.preferences import Preferences, PreferencesError, choose
 
-STAND_IN_NOTE = ("SIMULATED: choices come from an offline persona judge (quality score + MiniLM "
-                 "semantic match + interpretable style features + Gumbel noise), a stand-in for "
-                 "an LLM-as-a-Judge; no LLM read these answers")
+STAND_IN_NOTE = ("SIMULATED: choices come from an offline persona judge (a quality gate, then "
+                 "MiniLM semantic match + interpretable style features among adequate answers + "
+                 "Gumbel noise), a stand-in for an LLM-as-a-Judge; no LLM read these answers")
 STYLE_FEATURES = ("length", "structure", "steps", "math", "code", "readability", "rare_words",
                   "personal")
 TERMS = ("quality", "semantic", "relevance") + STYLE_FEATURES
@@ -42,26 +51,63 @@ ALL_PERSONAS: tuple[Persona, ...] = (NEUTRAL,) + tuple(PERSONAS)
 DEFAULT_TEMPERATURE = 0.5
 
 # Per-persona weights of each standardised term. Reading a row: what the persona rewards (+) or
-# penalises (-). quality: the bank's real score; semantic: match with the persona's description;
+# penalises (-). The quality gate already keeps broken answers out, so among adequate answers a
+# style persona weighs quality little (0.2; more for the personas that value correctness). The
+# neutral persona values "only accuracy and helpfulness, whatever its style or length": quality
+# and relevance to the question, no style term. quality: the bank's real score; semantic: match with the persona's description;
 # relevance: match with the query; length: log word count; structure: list/heading lines;
 # steps: step-by-step markers; math: numbers and formula symbols; code: code blocks;
 # readability: Flesch reading ease (higher = plainer); rare_words: words outside a 30k vocabulary;
 # personal: second person, "I/we", exclamations.
 _W = {
     #                          qual  sem   rel   len   struc steps math  code  read  rare  pers
-    "neutral":                (1.00, 0.00, 0.40, 0.30, 0.15, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00),
-    "warm_relatable":         (0.40, 0.50, 0.20, 0.00, -0.40, -0.20, -0.30, -0.30, 0.40, -0.30, 0.80),
-    "creative_humorous":      (0.40, 0.70, 0.10, 0.10, -0.50, -0.30, -0.30, -0.30, 0.10, 0.40, 0.50),
-    "step_by_step_math":      (0.60, 0.30, 0.20, 0.20, 0.30, 0.90, 0.80, 0.10, 0.00, 0.00, -0.10),
-    "simple_direct_engineer": (0.60, 0.30, 0.30, -0.90, 0.10, -0.10, 0.00, 0.40, 0.40, -0.30, -0.30),
-    "detailed_student":       (0.60, 0.30, 0.20, 0.90, 0.40, 0.40, 0.10, 0.10, 0.00, 0.00, 0.10),
-    "precise_ir_specialist":  (0.90, 0.20, 0.70, -0.40, 0.10, 0.00, 0.10, 0.00, 0.00, 0.00, -0.40),
-    "concise_news_editor":    (0.60, 0.30, 0.40, -0.60, -0.20, -0.20, 0.00, -0.20, 0.20, 0.00, -0.30),
-    "eloquent_literature_lover": (0.40, 0.50, 0.10, 0.30, -0.60, -0.30, -0.40, -0.50, -0.40, 0.90, 0.00),
-    "vivid_early_educator":   (0.30, 0.50, 0.10, -0.40, -0.30, -0.20, -0.50, -0.50, 0.90, -0.70, 0.40),
+    "neutral":                (1.00, 0.00, 0.30, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00),
+    "warm_relatable":         (0.20, 0.50, 0.20, 0.00, -0.40, -0.20, -0.30, -0.30, 0.40, -0.30, 0.80),
+    "creative_humorous":      (0.20, 0.70, 0.10, 0.10, -0.50, -0.30, -0.30, -0.30, 0.10, 0.40, 0.50),
+    "step_by_step_math":      (0.40, 0.30, 0.20, 0.20, 0.30, 0.90, 0.80, 0.10, 0.00, 0.00, -0.10),
+    "simple_direct_engineer": (0.20, 0.30, 0.30, -0.90, 0.10, -0.10, 0.00, 0.40, 0.40, -0.30, -0.30),
+    "detailed_student":       (0.20, 0.30, 0.20, 0.90, 0.40, 0.40, 0.10, 0.10, 0.00, 0.00, 0.10),
+    "precise_ir_specialist":  (0.50, 0.20, 1.20, -0.50, 0.10, 0.00, 0.10, 0.00, 0.00, 0.00, -0.40),
+    "concise_news_editor":    (0.20, 0.30, 0.40, -0.60, -0.20, -0.20, 0.00, -0.20, 0.20, 0.00, -0.30),
+    "eloquent_literature_lover": (0.20, 0.50, 0.10, 0.30, -0.60, -0.30, -0.40, -0.50, -0.40, 0.90, 0.00),
+    "vivid_early_educator":   (0.20, 0.50, 0.10, -0.40, -0.30, -0.20, -0.50, -0.50, 0.90, -0.70, 0.40),
 }
 #: The explicit persona weight table (rows: persona names, columns: :data:`TERMS`).
 PERSONA_WEIGHTS = pd.DataFrame.from_dict(_W, orient="index", columns=list(TERMS))
+
+#: What each persona's description says its picks should show, as (style statistic, direction)
+#: against the neutral persona's picks: +1 = more of it, -1 = less. Statistics are columns of
+#: :func:`chosen_profile` (``words`` = word count, ``relevance`` = cosine with the query).
+STYLE_SIGNATURES: dict[str, tuple[str, int]] = {
+    "warm_relatable": ("personal", +1),  # conversational, encouraging
+    "creative_humorous": ("structure", -1),  # playful prose over dry, formulaic lists
+    "step_by_step_math": ("steps", +1),  # reasoning shown step by step
+    "simple_direct_engineer": ("words", -1),  # no filler, short
+    "detailed_student": ("words", +1),  # detailed explanations
+    "precise_ir_specialist": ("relevance", +1),  # exactly what was asked
+    "concise_news_editor": ("words", -1),  # complete yet concise
+    "eloquent_literature_lover": ("rare_words", +1),  # rich vocabulary
+    "vivid_early_educator": ("readability", +1),  # plain words a child could follow
+}
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """When an answer is adequate (see the module docstring). ``absolute`` and ``margin`` are on
+    the bank's quality scale in [0, 1] (GPT-4's 1-10 score s maps to (s - 1) / 9, so 0.7 is
+    s >= 7.3 and 2/9 is two points); ``proxy_z`` is a z-score of the text-only neutral score;
+    ``penalty`` times the spread of the persona's style scores on the query (their std, at
+    least 1) is subtracted from an inadequate answer's score, so 4 makes an inadequate pick rare
+    at temperature 0.5."""
+
+    absolute: float = 0.7
+    margin: float = 2.0 / 9.0
+    proxy_z: float = -0.75
+    penalty: float = 4.0
+
+
+#: Text-only stand-in for quality where the bank has no score: the neutral persona's text terms.
+PROXY_WEIGHTS = {"relevance": 0.4, "length": 0.3, "structure": 0.15}
 
 
 # ---------------------------------------------------------------------- style features
@@ -147,7 +193,8 @@ class JudgeScores:
 
     ``scores``: (n_personas, n_queries, n_llms), ``-inf`` where an LLM is no candidate (no row or
     no text); ``terms``: (n_terms, n_queries, n_llms) per-query z-scores of :data:`TERMS`;
-    ``raw``: long table (query_id, llm, quality, semantic per persona, relevance, style features).
+    ``adequate``: (n_queries, n_llms) the quality gate's verdict; ``raw``: long table (query_id,
+    llm, quality, semantic per persona, relevance, style features).
     """
 
     personas: list[str]
@@ -160,6 +207,8 @@ class JudgeScores:
     raw: pd.DataFrame
     use_quality: bool
     dropped: dict
+    adequate: np.ndarray | None = None
+    gate: QualityGate = field(default_factory=QualityGate)
 
     def mixed(self, weights: np.ndarray) -> np.ndarray:
         """Scores of a user mixing personas: ``weights`` (n_personas,) -> (n_queries, n_llms)."""
@@ -191,14 +240,28 @@ def require_texts(bank: Bank) -> None:
             "strategy for this bank")
 
 
+def adequate_answers(quality: np.ndarray, proxy_z: np.ndarray, cand: np.ndarray,
+                     gate: QualityGate, use_quality: bool) -> np.ndarray:
+    """The quality gate, (n_queries, n_llms) boolean: scored answers by their quality (at least
+    ``min(gate.absolute, best - gate.margin)``), unscored ones (or all, without ``use_quality``)
+    by the text-only proxy (``proxy_z >= gate.proxy_z``)."""
+    scored = cand & ~np.isnan(quality) if use_quality else np.zeros_like(cand)
+    best = np.max(np.where(scored, np.nan_to_num(quality, nan=-np.inf), -np.inf), axis=1)
+    bar = np.minimum(gate.absolute, best - gate.margin)[:, None]
+    by_quality = scored & (np.nan_to_num(quality, nan=-np.inf) >= bar - 1e-12)
+    by_proxy = cand & ~scored & (proxy_z >= gate.proxy_z)
+    return by_quality | by_proxy
+
+
 def judge_scores(bank: Bank, personas=ALL_PERSONAS, weights: pd.DataFrame = PERSONA_WEIGHTS,
                  use_quality: bool = True, query_ids: list[str] | None = None,
-                 progress: bool = False) -> JudgeScores:
+                 progress: bool = False, gate: QualityGate = QualityGate()) -> JudgeScores:
     """Score every response of ``bank`` (or of ``query_ids``) for every persona.
 
-    The quality term is used only when ``use_quality`` and the bank has scores; a response whose
-    quality is NaN then scores the query's mean (z = 0) on that term, and the count is reported
-    in ``dropped``. Responses without text are no candidates. Embeddings: MiniLM via prlib.embed.
+    The quality term and the quality gate read the bank's scores only when ``use_quality`` and
+    the bank has scores; a response whose quality is NaN then scores the query's mean (z = 0) on
+    the quality term and passes the gate by the text-only proxy; the counts are reported in
+    ``dropped``. Responses without text are no candidates. Embeddings: MiniLM via prlib.embed.
     """
     from prlib.embed import embed_texts
 
@@ -248,12 +311,20 @@ def judge_scores(bank: Bank, personas=ALL_PERSONAS, weights: pd.DataFrame = PERS
     for f in STYLE_FEATURES:
         shared[f] = _zscore(grid(feats[f]), cand)
     sem_z = np.stack([_zscore(grid(semantic[:, k]), cand) for k in range(len(personas))])
+    proxy = _zscore(sum(w * shared[t] for t, w in PROXY_WEIGHTS.items()), cand)
+    adequate = adequate_answers(quality, proxy, cand, gate, use_q)
     scores = np.zeros((len(personas),) + shape)
     for k, p in enumerate(personas):
         w = weights.loc[p.name]
-        total = sem_z[k] * w["semantic"]
+        style = sem_z[k] * w["semantic"]
         for t, z in shared.items():
-            total = total + w[t] * z
+            if t != "quality":
+                style = style + w[t] * z
+        with np.errstate(invalid="ignore"):
+            spread = np.nanstd(np.where(cand, style, np.nan), axis=1, keepdims=True)
+        spread = np.maximum(np.nan_to_num(spread), 1.0)
+        total = style + w["quality"] * shared["quality"] \
+            - gate.penalty * spread * (cand & ~adequate)
         scores[k] = np.where(cand, total, -np.inf)
     terms = np.stack([shared["quality"], sem_z.mean(axis=0)] +
                      [shared[t] for t in TERMS[2:]])
@@ -264,9 +335,11 @@ def judge_scores(bank: Bank, personas=ALL_PERSONAS, weights: pd.DataFrame = PERS
         raw[f"semantic_{p.name}"] = semantic[:, k]
     dropped = {"responses_without_text": n_empty, "queries_without_any_text": no_candidate,
                "quality_term": "used" if use_q else "not used (no scores or disabled)",
-               "responses_without_quality_scored_as_query_mean": q_missing}
+               "responses_without_quality_scored_as_query_mean": q_missing,
+               "inadequate_answers": int((cand & ~adequate).sum()),
+               "quality_gate": asdict(gate)}
     return JudgeScores([p.name for p in personas], qids, llms, scores, terms, cand, quality, raw,
-                       use_q, dropped)
+                       use_q, dropped, adequate, gate)
 
 
 def judge_choices(js: JudgeScores, persona: str, temperature: float = DEFAULT_TEMPERATURE,
@@ -396,10 +469,134 @@ def chosen_profile(js: JudgeScores, personas: list[str] | None = None,
     """Mean raw statistics (words, style features, quality) of the answers each persona picks."""
     personas = js.personas if personas is None else list(personas)
     raw = js.raw.set_index(["query_id", "llm"])
-    cols = ["quality", "words"] + list(STYLE_FEATURES)
+    cols = ["quality", "words", "relevance"] + list(STYLE_FEATURES)
     out = []
     for k, p in enumerate(personas):
         ch = judge_choices(js, p, temperature, seed + k)
         keys = [(js.query_ids[qi], js.llms[c]) for qi, c in enumerate(ch) if c >= 0]
         out.append(raw.loc[keys, cols].mean().rename(p))
     return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------------- persona checks
+#: A bad pick: an answer the bank scores at most this (GPT-4 <= 2/10) while another answer of the
+#: same query scores at least ``BAD_PICK_BEST`` (GPT-4 >= 8/10).
+BAD_PICK_WORST, BAD_PICK_BEST = 1.0 / 9.0, 7.0 / 9.0
+
+
+def persona_checks(js: JudgeScores, personas: list[str] | None = None,
+                   temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
+                   watch: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Per persona: the bad-pick rate (share of queries with an answer scored >= 8/10 whose pick
+    scored <= 2/10; NaN without scores), the mean quality of its picks, its three most-picked
+    LLMs, the share and rank of each LLM in ``watch``, and its style signature
+    (:data:`STYLE_SIGNATURES`) next to the neutral persona's. Each persona draws its own noise
+    (seed + persona index, as :func:`chosen_profile`)."""
+    personas = js.personas if personas is None else list(personas)
+    profile = chosen_profile(js, personas + (["neutral"] if "neutral" not in personas else []),
+                             temperature, seed)
+    q = np.where(js.candidate, js.quality, np.nan)
+    with np.errstate(invalid="ignore"), warnings_off():
+        best = np.nanmax(q, axis=1)
+    rows = []
+    for p in personas:
+        k = js.personas.index(p)
+        ch = judge_choices(js, p, temperature, seed + k)
+        ok = np.flatnonzero(ch >= 0)
+        picked = q[ok, ch[ok]]
+        at_risk = best[ok] >= BAD_PICK_BEST - 1e-9
+        bad = at_risk & (picked <= BAD_PICK_WORST + 1e-9)
+        shares = pd.Series(np.array(js.llms)[ch[ok]]).value_counts(normalize=True)
+        row = {"persona": p, "queries": len(ok),
+               "bad_pick_rate": float(bad.sum() / at_risk.sum()) if at_risk.any() else np.nan,
+               "picked_quality": float(np.nanmean(picked)) if np.isfinite(picked).any() else np.nan,
+               "adequate_picks": float(js.adequate[ok, ch[ok]].mean()),
+               "top_llms": ", ".join(f"{m} {v:.0%}" for m, v in shares.head(3).items())}
+        for m in watch:
+            row[f"share_{m}"] = float(shares.get(m, 0.0))
+            row[f"rank_{m}"] = int(list(shares.index).index(m) + 1) if m in shares else len(js.llms)
+        if p in STYLE_SIGNATURES:
+            stat, sign = STYLE_SIGNATURES[p]
+            mine, neutral = profile.loc[p, stat], profile.loc["neutral", stat]
+            row.update(signature=f"{stat} {'more' if sign > 0 else 'less'} than neutral",
+                       signature_value=float(mine), neutral_value=float(neutral),
+                       signature_holds=bool(sign * (mine - neutral) > 0))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pick_shares(js: JudgeScores, personas: list[str] | None = None,
+                temperature: float = DEFAULT_TEMPERATURE, seed: int = 0) -> pd.DataFrame:
+    """Share of each LLM among each persona's picks, (n_personas x n_llms), rows sum to 1."""
+    personas = js.personas if personas is None else list(personas)
+    out = {}
+    for p in personas:
+        ch = judge_choices(js, p, temperature, seed + js.personas.index(p))
+        out[p] = pd.Series(np.array(js.llms)[ch[ch >= 0]]).value_counts(normalize=True)
+    return pd.DataFrame(out).T.reindex(columns=js.llms).fillna(0.0)
+
+
+class warnings_off:
+    """Silence numpy's all-NaN warnings inside a block."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+# ---------------------------------------------------------------------- live verdicts
+def preferences_from_verdicts(verdicts: pd.DataFrame, bank: Bank,
+                              name: str | None = None) -> Preferences:
+    """Preferences of live LLM-judge users from :func:`prlib.llm.judge` verdicts.
+
+    One user per persona (``judge-<persona>``); a request per valid verdict; the candidates are
+    the answers the judge was shown (``permutation``), the pick has utility 1 and the others 0:
+    a live judge reveals its choice only, so routers learn from choices (feedback "choice").
+    Invalid verdicts (``valid`` false) are dropped and counted in ``meta``.
+    """
+    need = {"query_id", "persona", "permutation", "choice_llm", "valid"}
+    missing = sorted(need - set(verdicts.columns))
+    if missing:
+        raise PreferencesError(f"verdicts lack columns {missing}; pass the frame that "
+                               "prlib.llm.judge returns (one or more personas concatenated)")
+    valid = verdicts[verdicts["valid"].astype(bool)]
+    unknown = sorted(set(valid["query_id"]) - set(bank.queries["query_id"]))
+    if unknown:
+        raise PreferencesError(f"verdicts name queries not in bank {bank.name!r}: {unknown[:3]}")
+    llm_pos = {m: j for j, m in enumerate(bank.llm_names)}
+    q_pos = {q: i for i, q in enumerate(bank.queries["query_id"])}
+    personas = sorted(valid["persona"].unique())
+    cand = np.zeros((len(q_pos), len(llm_pos)), bool)
+    user_ids, rows, utils, chosen = [], [], [], []
+    for p in personas:
+        v = valid[valid["persona"] == p]
+        r = np.array([q_pos[q] for q in v["query_id"]], dtype=int)
+        u = np.full((len(v), len(llm_pos)), -np.inf)
+        pick = np.zeros(len(v), dtype=int)
+        for i, (shown, choice) in enumerate(zip(v["permutation"], v["choice_llm"])):
+            cols = [llm_pos[m] for m in shown]
+            if cand[r[i]].any() and set(np.flatnonzero(cand[r[i]])) != set(cols):
+                raise PreferencesError(f"query {v['query_id'].iloc[i]!r}: personas were shown "
+                                       "different answers; judge every persona on one bank")
+            u[i, cols] = 0.0
+            cand[r[i], cols] = True
+            pick[i] = llm_pos[choice]
+            u[i, pick[i]] = 1.0
+        user_ids.append(f"judge-{p}"), rows.append(r), utils.append(u), chosen.append(pick)
+    inter = interactions_frame(user_ids, rows, utils, chosen, cand,
+                               bank.queries["query_id"].tolist(), bank.llm_names)
+    users = pd.DataFrame({"user_id": user_ids, "strategy": "judge", "archetype": "live_judge",
+                          "params": [json.dumps({"persona": p}) for p in personas],
+                          "p": np.nan, "temperature": np.nan, "persona": personas})
+    meta = {"simulated": False,
+            "live": "choices of a live LLM judge (prlib.llm.judge), utility = 1 for the pick",
+            "judge_models": sorted(verdicts.get("judge_model", pd.Series(dtype=str)).dropna()
+                                   .unique().tolist()),
+            "invalid_verdicts_dropped": int(len(verdicts) - len(valid)), "llms": bank.llm_names}
+    return Preferences(name or f"live-judge-{bank.name}", "judge", bank.name, users, inter, meta)
