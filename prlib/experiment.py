@@ -9,19 +9,22 @@ and random routing are routers like any other.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from prlib.bank import Bank
 from prlib.config import seed_everything
 from prlib.features import NodeFeatures, node_features
-from prlib.metrics import picks_vary_share, routing_metrics
+from prlib.metrics import paired_difference, picks_vary_share, routing_metrics
 from prlib.report import mean_std
 from prlib.requests import build_requests, choice_only, split_queries
 from prlib.routers import Router, get_router, registered
@@ -29,8 +32,25 @@ from prlib.simulate.preferences import Preferences
 
 FEEDBACK = ("utility", "choice")
 #: Metrics a setting may name as its main one (columns of :func:`run_setting`'s frame).
-MAIN_METRICS = ("reward", "accuracy", "pct_oracle", "performance")
+MAIN_METRICS = ("reward", "accuracy", "score", "pct_oracle", "performance")
 UPPER_BOUND = "upper bound"
+#: What the oracle reads in each feedback kind (its row name in tables).
+ORACLE_READS = {"utility": "Oracle (reads realised test utilities)",
+                "choice": "Oracle (reads hidden persona scores)"}
+#: Torch threads of every fit: one, so one configuration gives one number wherever it runs.
+THREADS = 1
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run a block with ``n`` torch threads (``None``: leave them as they are)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -60,6 +80,11 @@ class Setting:
             raise ValueError(f"the preferences are over bank {self.preferences.bank_name!r}, not "
                              f"{self.bank.name!r}")
 
+    @property
+    def oracle_name(self) -> str:
+        """The oracle's row name here: what it reads (:data:`ORACLE_READS`)."""
+        return ORACLE_READS[self.feedback]
+
     @cached_property
     def feats(self) -> NodeFeatures:
         """The bank's node features (computed once, embeddings cached on disk)."""
@@ -68,18 +93,23 @@ class Setting:
 
 def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None = None,
                 seeds: Sequence[int] = (0,), params: Mapping[str, dict] | None = None,
-                progress: bool = False, fitted: dict | None = None) -> pd.DataFrame:
+                progress: bool = False, fitted: dict | None = None,
+                threads: int | None = THREADS) -> pd.DataFrame:
     """Fit every router on each seed's split and score it on that test split.
 
     ``routers``: registered router classes or names (default: every registered router, in
     table order); an unregistered one is an error. ``params``: hyper-parameters per router
     class name, on top of what the setting's feedback implies (``Router.params_for``).
-    ``fitted``: a dict to receive the fitted routers by ``(class name, seed)``.
+    ``fitted``: a dict to receive the fitted routers by ``(class name, seed)``. ``threads``:
+    torch threads while fitting and routing (default 1: deterministic, the same number on every
+    machine of one kind; ``None`` leaves them as they are).
 
-    Returns one row per (router, seed): ``setting``, ``router`` (display name), ``family``,
-    ``seed``, the :func:`~prlib.metrics.routing_metrics` columns, ``cost_per_1k`` (USD per
-    1,000 requests), ``picks_vary`` (share of test queries whose pick differs across users),
-    ``fit_s`` (seconds) and ``n_train`` / ``n_test`` requests.
+    Returns one row per (router, seed): ``setting``, ``router`` (display name; oracles are named
+    for what they read, :attr:`Setting.oracle_name`), ``family``, ``seed``, the
+    :func:`~prlib.metrics.routing_metrics` columns, ``cost_per_1k`` (USD per 1,000 requests),
+    ``picks_vary`` (share of test queries whose pick differs across users), ``picks_hash`` (a
+    fingerprint of the test picks, to find routers that route identically), ``fit_s``
+    (seconds) and ``n_train`` / ``n_test`` requests.
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
     params = dict(params or {})
@@ -89,31 +119,35 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     prefs = setting.preferences
     rows = []
     bar = tqdm(total=len(seeds) * len(classes), desc=setting.name, disable=not progress)
-    for seed in seeds:
-        split = split_queries(prefs.interactions["query_id"].unique(), setting.fractions,
-                              seed=seed)
-        req = build_requests(prefs.interactions, setting.bank, split)
-        train, val, test = (req.split(s) for s in ("train", "val", "test"))
-        if setting.feedback == "choice":
-            train, val = choice_only(train), choice_only(val)
-        for cls in classes:
-            bar.set_postfix_str(f"seed {seed} {cls.name}")
-            seed_everything(seed)
-            router = cls(setting.feats, seed=seed, **{**cls.params_for(setting.feedback),
-                                                      **params.get(cls.__name__, {})})
-            t0 = time.perf_counter()
-            router.fit(train, val)
-            fit_s = time.perf_counter() - t0
-            picks = router.route(test)
-            metrics = routing_metrics(test, picks)
-            rows.append({"setting": setting.name, "router": cls.name, "family": cls.family,
-                         "seed": seed, **metrics,
-                         "cost_per_1k": 1000 * metrics.get("cost_usd", np.nan),
-                         "picks_vary": picks_vary_share(test, picks), "fit_s": fit_s,
-                         "n_train": len(train), "n_test": len(test)})
-            if fitted is not None:
-                fitted[(cls.__name__, seed)] = router
-            bar.update()
+    with torch_threads(threads):
+        for seed in seeds:
+            split = split_queries(prefs.interactions["query_id"].unique(), setting.fractions,
+                                  seed=seed)
+            req = build_requests(prefs.interactions, setting.bank, split)
+            train, val, test = (req.split(s) for s in ("train", "val", "test"))
+            if setting.feedback == "choice":
+                train, val = choice_only(train), choice_only(val)
+            for cls in classes:
+                bar.set_postfix_str(f"seed {seed} {cls.name}")
+                seed_everything(seed)
+                router = cls(setting.feats, seed=seed, **{**cls.params_for(setting.feedback),
+                                                          **params.get(cls.__name__, {})})
+                t0 = time.perf_counter()
+                router.fit(train, val)
+                fit_s = time.perf_counter() - t0
+                picks = router.route(test)
+                metrics = routing_metrics(test, picks)
+                rows.append({"setting": setting.name,
+                             "router": setting.oracle_name if cls.reads_labels else cls.name,
+                             "family": cls.family, "seed": seed, **metrics,
+                             "cost_per_1k": 1000 * metrics.get("cost_usd", np.nan),
+                             "picks_vary": picks_vary_share(test, picks),
+                             "picks_hash": hashlib.sha1(np.asarray(picks, np.int64).tobytes())
+                             .hexdigest()[:12], "fit_s": fit_s,
+                             "n_train": len(train), "n_test": len(test)})
+                if fitted is not None:
+                    fitted[(cls.__name__, seed)] = router
+                bar.update()
     bar.close()
     return pd.DataFrame(rows)
 
@@ -139,9 +173,21 @@ def results_table(results: pd.DataFrame, metrics: Sequence[str],
     for m in metrics:
         out[m] = [mean_std(g.get_group(r)[m].to_numpy(), fmts.get(m, default)) for r in order]
     out["seeds"] = [g.get_group(r)["seed"].nunique() for r in order]
+    if "picks_hash" in results:
+        out["same_picks_as"] = [", ".join(same_picks(results).get(r, [])) for r in order]
     if mark is not None:
         best = strongest(results, mark)
         out["best"] = np.where(out["router"] == best, "best (excl. oracle)", "")
+    return out
+
+
+def same_picks(results: pd.DataFrame) -> dict[str, list[str]]:
+    """For each router, the routers that made exactly the same test picks on every seed (the
+    same router in effect, whatever its name)."""
+    sig = results.sort_values("seed").groupby("router", sort=False)["picks_hash"].agg(tuple)
+    out = {}
+    for r, h in sig.items():
+        out[r] = [o for o, ho in sig.items() if o != r and ho == h]
     return out
 
 
@@ -157,27 +203,57 @@ def strongest(results: pd.DataFrame, metric: str, exclude: Sequence[str] = ()) -
 
 
 def improvement(results: pd.DataFrame, metric: str, ours: str) -> dict:
-    """Relative improvement (%) of ``ours`` over the strongest other router (upper bounds
-    excluded, strongest = best mean ``metric`` over seeds), computed per seed on the same split,
-    then mean and std over seeds. A negative value means that baseline beats ours."""
+    """Ours against the strongest other router (upper bounds excluded; strongest = best mean
+    ``metric`` over seeds): the paired difference per seed on the same split, its mean and 95 %
+    Student-t confidence interval (absolute and relative to the baseline's mean), and the
+    verdict: ``"ours wins"`` / ``"baseline wins"`` when the interval excludes 0, else ``"tie"``."""
     base = strongest(results, metric, exclude=(ours,))
     a = results[results["router"] == ours].set_index("seed")[metric]
     b = results[results["router"] == base].set_index("seed")[metric].reindex(a.index)
-    pct = 100.0 * (a - b) / b.abs()
+    d = paired_difference(a.to_numpy(), b.to_numpy())
+    scale = 100.0 / abs(float(b.mean())) if float(b.mean()) else float("nan")
+    if d["ci_low"] > 0:
+        verdict = "ours wins"
+    elif d["ci_high"] < 0:
+        verdict = "baseline wins"
+    else:
+        verdict = "tie" if np.isfinite(d["ci_low"]) else "one seed: no interval"
     return {"metric": metric, "ours": ours, "strongest_baseline": base,
             "ours_mean": float(a.mean()), "baseline_mean": float(b.mean()),
-            "improvement_pct_mean": float(pct.mean()),
-            "improvement_pct_std": float(pct.std(ddof=0)), "per_seed_pct": pct.to_dict(),
-            "ours_wins": bool(a.mean() > b.mean())}
+            "diff_mean": d["mean"], "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"],
+            "diff_pct_mean": d["mean"] * scale, "diff_pct_ci_low": d["ci_low"] * scale,
+            "diff_pct_ci_high": d["ci_high"] * scale, "seeds": d["n"],
+            "per_seed_diff": (a - b).to_dict(), "verdict": verdict,
+            "ours_wins": verdict == "ours wins"}
 
 
-def describe_improvement(imp: dict, fmt: str = ".1f") -> str:
-    """One sentence stating the computed improvement (or that a baseline wins)."""
-    spread = mean_std(list(imp["per_seed_pct"].values()), fmt)
-    if imp["ours_wins"]:
-        return (f"{imp['ours']} beats the strongest baseline, {imp['strongest_baseline']}, on "
-                f"{imp['metric']} by {spread} % (mean ± std over seeds; "
-                f"{imp['ours_mean']:.4f} vs {imp['baseline_mean']:.4f}).")
-    return (f"The strongest baseline, {imp['strongest_baseline']}, BEATS {imp['ours']} on "
-            f"{imp['metric']}: ours differs by {spread} % (mean ± std over seeds; "
-            f"{imp['ours_mean']:.4f} vs {imp['baseline_mean']:.4f}).")
+def improvement_row(name: str, imp: dict, fmt: str = ".3f") -> dict:
+    """One row of a summary table: means, the paired difference with its 95 % CI, the verdict."""
+    ci = (f"[{imp['diff_ci_low']:+{fmt}}, {imp['diff_ci_high']:+{fmt}}]"
+          if np.isfinite(imp["diff_ci_low"]) else "n/a (one seed)")
+    pct = (f"{imp['diff_pct_mean']:+.1f} [{imp['diff_pct_ci_low']:+.1f}, "
+           f"{imp['diff_pct_ci_high']:+.1f}]" if np.isfinite(imp["diff_pct_ci_low"])
+           else f"{imp['diff_pct_mean']:+.1f}")
+    return {"table": name, "metric": imp["metric"], "ours": format(imp["ours_mean"], fmt),
+            "strongest_baseline": imp["strongest_baseline"],
+            "baseline": format(imp["baseline_mean"], fmt),
+            "ours_minus_baseline": format(imp["diff_mean"], "+" + fmt), "ci95": ci,
+            "relative_pct_ci95": pct, "seeds": imp["seeds"], "verdict": imp["verdict"]}
+
+
+def describe_improvement(imp: dict, fmt: str = ".3f") -> str:
+    """One sentence stating the paired difference and its verdict (or that a baseline wins)."""
+    ci = (f"95 % CI [{imp['diff_ci_low']:+{fmt}}, {imp['diff_ci_high']:+{fmt}}]"
+          if np.isfinite(imp["diff_ci_low"]) else "one seed, no interval")
+    head = {"ours wins": f"{imp['ours']} beats the strongest baseline, "
+                         f"{imp['strongest_baseline']},",
+            "baseline wins": f"The strongest baseline, {imp['strongest_baseline']}, BEATS "
+                             f"{imp['ours']}:",
+            "tie": f"{imp['ours']} and the strongest baseline, {imp['strongest_baseline']}, "
+                   "are not told apart:",
+            }.get(imp["verdict"], f"{imp['ours']} against the strongest baseline, "
+                                  f"{imp['strongest_baseline']} (one seed, no verdict):")
+    return (f"{head} ours - baseline on {imp['metric']} = {imp['diff_mean']:+{fmt}} "
+            f"({ci}; paired over {imp['seeds']} seed{'s' if imp['seeds'] != 1 else ''}; "
+            f"{imp['ours_mean']:{fmt}} vs "
+            f"{imp['baseline_mean']:{fmt}}).")

@@ -126,13 +126,22 @@ def build_graph(req: Requests, feats: NodeFeatures, visible: np.ndarray,
         g[rel].source_request = src_req  # the request each edge reports (checked for leaks)
     g.request_user, g.request_query, g.request_task, g.request_profile = ut, qt, tt, pt
     g.visible = torch.tensor(visible)
+    # one id per (user, query): a hidden request's pair must not also be visible as another node
+    g.request_pair = torch.as_tensor(pd.MultiIndex.from_arrays([u_idx, q_idx]).factorize()[0])
     return g
 
 
 def check_no_label_leak(g: HeteroData, hidden: np.ndarray) -> None:
     """Raise AssertionError if any edge of a ``hidden`` request carries feedback or links the
-    request to its user/LLM in the label-bearing direction."""
-    hidden = torch.as_tensor(np.flatnonzero(np.asarray(hidden, dtype=bool)))
+    request to its user/LLM in the label-bearing direction, if an aggregated edge reports a
+    hidden request, or if a hidden request's (user, query) is also a visible request.
+    PersonalizedRouter runs it on the first training step and on every ``scores`` call."""
+    hidden_mask = torch.as_tensor(np.asarray(hidden, dtype=bool))
+    hidden = torch.as_tensor(np.flatnonzero(hidden_mask.numpy()))
+    if "request_pair" in g:  # the same (user, query) hidden and visible: its label is in sight
+        both = torch.isin(g.request_pair[hidden_mask], g.request_pair[~hidden_mask])
+        assert not both.any(), (f"{int(both.sum())} hidden requests are also visible as another "
+                                "request of the same user and query")
     ei = g["llm", "offered_to", "request"].edge_index
     at = g["llm", "offered_to", "request"].edge_attr
     leaked = torch.isin(ei[1], hidden) & (at.abs().sum(1) > 0)

@@ -19,12 +19,17 @@ def pareto_front(quality, cost) -> np.ndarray:
 
 
 def routing_metrics(requests, picks) -> dict[str, float]:
-    """Metrics of routing ``requests`` (a :class:`prlib.graph.Requests`) to LLM indices ``picks``.
+    """Metrics of routing ``requests`` (a :class:`prlib.requests.Requests`) to LLM indices
+    ``picks`` (n,).
 
     reward: mean utility of the picked LLM (the user's reward in the multi-cost setting, the
-    persona score in the judge setting); oracle_reward: mean of the per-request best utility;
-    pct_oracle: reward / oracle_reward; accuracy: share of picks equal to the user's choice;
-    performance / cost_usd: mean bank quality and USD cost of the picked LLMs.
+    hidden persona score in the judge setting); oracle_reward: mean of the per-request best
+    utility; random_reward: mean over requests of the candidates' mean utility (the expected
+    reward of a uniformly random pick); **score**: the one normalised score of every table,
+    ``100 * (reward - random_reward) / (oracle_reward - random_reward)``, so that random routing
+    scores 0 and the oracle 100 in every setting; pct_oracle: reward / oracle_reward (the
+    paper's "% of oracle", meaningful for multi-cost rewards only); accuracy: share of picks equal
+    to the user's choice; performance / cost_usd: mean bank quality and USD cost of the picks.
     """
     picks = np.asarray(picks, dtype=int)
     rows = np.arange(len(picks))
@@ -34,13 +39,32 @@ def routing_metrics(requests, picks) -> dict[str, float]:
         raise ValueError("a pick names an LLM that is not a candidate of its request")
     reward = float(requests.utility[rows, picks].mean())
     oracle = float(np.nanmax(requests.utility, axis=1).mean())
-    out = {"reward": reward, "oracle_reward": oracle,
+    random = float(np.nanmean(requests.utility, axis=1).mean())
+    span = oracle - random
+    out = {"reward": reward, "oracle_reward": oracle, "random_reward": random,
+           "score": 100.0 * (reward - random) / span if span > 0 else float("nan"),
            "pct_oracle": 100.0 * reward / oracle if oracle else float("nan"),
            "accuracy": float((picks == requests.chosen).mean())}
     if requests.quality is not None:
         out["performance"] = float(np.nanmean(requests.quality[rows, picks]))
         out["cost_usd"] = float(np.nanmean(requests.cost[rows, picks]))
     return out
+
+
+def paired_difference(a, b, confidence: float = 0.95) -> dict[str, float]:
+    """Paired difference ``a - b`` over seeds (same split per seed): mean, std and a Student-t
+    confidence interval of the mean (``ci_low``, ``ci_high``; NaN with fewer than 2 seeds)."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    if n < 2:
+        return {"mean": mean, "std": float("nan"), "ci_low": float("nan"),
+                "ci_high": float("nan"), "n": n}
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
+    return {"mean": mean, "std": float(d.std(ddof=1)), "ci_low": mean - half,
+            "ci_high": mean + half, "n": n}
 
 
 def picks_vary_share(requests, picks) -> float:

@@ -60,6 +60,16 @@ def save_table(df: pd.DataFrame, name: str, cfg: RunConfig | None = None,
     return csv
 
 
+def save_text(text: str, name: str, cfg: RunConfig | None = None, *,
+              folder: str | Path | None = None) -> Path:
+    """Save a computed paragraph (e.g. a notebook's findings) as ``name.md`` into
+    :func:`output_folder`, so the README can quote it (``<!-- text:NAME -->``); returns the
+    path. Every number in such a text is formatted from results, never typed."""
+    path = output_folder(cfg, folder) / f"{name}.md"
+    path.write_text(text.strip() + "\n")
+    return path
+
+
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     """A Markdown table without the optional ``tabulate`` dependency."""
     def cell(v) -> str:
@@ -81,12 +91,14 @@ def mean_std(values, fmt: str = ".3f") -> str:
     return f"{format(arr.mean(), fmt)} ± {format(arr.std(), fmt)}"
 
 
-_TABLE_BLOCK = r"(<!-- table:(?P<name>[\w\-]+) -->\n)(?P<body>.*?)(<!-- /table -->)"
+_TABLE_BLOCK = (r"(<!-- (?P<kind>table|text):(?P<name>[\w\-]+) -->\n)(?P<body>.*?)"
+                r"(<!-- /(?P=kind) -->)")
 
 
 def sync_readme(readme: Path | None = None, figures: Path | None = None) -> list[str]:
-    """Copy each ``figures/NAME.md`` table into the README block marked
-    ``<!-- table:NAME -->`` ... ``<!-- /table -->``; returns the names updated."""
+    """Copy each ``figures/NAME.md`` table (or computed text) into the README block marked
+    ``<!-- table:NAME -->`` ... ``<!-- /table -->`` (``text`` for prose); returns the names
+    updated."""
     import re
 
     from prlib.config import REPO_ROOT
@@ -100,14 +112,15 @@ def sync_readme(readme: Path | None = None, figures: Path | None = None) -> list
         table = (figures / f"{m['name']}.md").read_text()
         if table != m["body"]:
             updated.append(m["name"])
-        return m.group(1) + table + m.group(4)
+        return m.group(1) + table + m.group(5)
 
     readme.write_text(re.sub(_TABLE_BLOCK, fill, text, flags=re.S))
     return updated
 
 
 def readme_tables(readme: Path) -> dict[str, str]:
-    """The tables the README shows, by name (for the test that they match ``figures/``)."""
+    """The tables and computed texts the README shows, by name (for the test that they match
+    ``figures/``)."""
     import re
 
     return {m["name"]: m["body"] for m in re.finditer(_TABLE_BLOCK, readme.read_text(), re.S)}

@@ -53,8 +53,8 @@ class GraphRouterGNN(TorchRouter):
 
     name = "GraphRouter (GNN, no users)"
     family = "non-personalised"
-    loss = "mse"
-    defaults = {**TorchRouter.defaults, "steps": 200, "hidden": 32, "hide_share": 0.3}
+    defaults = {**TorchRouter.defaults, "steps": 200, "hidden": 32, "hide_share": 0.3,
+                "loss": "mse"}
 
     def _query_x(self) -> torch.Tensor:
         return self.feats.query_x
@@ -119,7 +119,7 @@ class ReferenceDesignRouter(GraphRouterGNN):
 
     name = "Released PersonalizedRouter design"
     family = "released design"
-    loss = "ce"
+    defaults = {**GraphRouterGNN.defaults, "loss": "ce"}
 
     def _prepare(self, train):
         self.n_users_ = int(train.frame["user_id"].nunique())

@@ -14,11 +14,16 @@ from prlib.routers.training import TorchRouter, mlp
 
 @register
 class MLPRouter(TorchRouter):
-    """Non-personalised MLP classifier: query embedding -> the chosen LLM (cross-entropy,
-    pooled users)."""
+    """Non-personalised MLP on the query embedding (pooled users): regresses every candidate's
+    utility when users reveal utilities, else a cross-entropy on the chosen LLM."""
 
     name = "MLP classifier"
     family = "non-personalised"
+
+    @classmethod
+    def params_for(cls, feedback: str) -> dict:
+        """Loss parity with ours: regress the candidates' utilities when users reveal them."""
+        return {"loss": "mse"} if feedback == "utility" else {}
 
     def _make_net(self):
         return mlp(self.feats.query_x.shape[1], self.params["hidden"], self.n_llms)
@@ -29,12 +34,14 @@ class MLPRouter(TorchRouter):
 
 @register
 class UserMLPRouter(TorchRouter):
-    """Personalised MLP: [query embedding, learned user embedding] -> the chosen LLM. Users not
-    seen in training get a zero embedding."""
+    """Personalised MLP: [query embedding, learned user embedding] -> a score per LLM, regressing
+    utilities when users reveal them, else a cross-entropy on the chosen LLM. Users not seen in
+    training get a zero embedding."""
 
     name = "MLP + user embedding"
     family = "personalised"
     defaults = {**TorchRouter.defaults, "user_dim": 16}
+    params_for = MLPRouter.params_for
 
     def _prepare(self, train):
         self.users_ = sorted(train.frame["user_id"].unique())
@@ -61,7 +68,7 @@ class MFRouter(TorchRouter):
 
     name = "Matrix factorisation (RouteLLM)"
     family = "non-personalised"
-    loss = "mse"
+    defaults = {**TorchRouter.defaults, "loss": "mse"}
 
     def _make_net(self):
         d = self.params["hidden"]

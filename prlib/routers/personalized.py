@@ -35,7 +35,7 @@ from torch_geometric.nn import GATConv, HeteroConv, MessagePassing
 
 from prlib.config import resolve_device, seed_everything
 from prlib.features import NodeFeatures, llm_row, query_row
-from prlib.graph import EDGE_DIM, build_graph
+from prlib.graph import EDGE_DIM, build_graph, check_no_label_leak
 from prlib.requests import Requests, concat_requests
 from prlib.routers.base import Router, RouterError, register
 from prlib.routers.training import History, train_module
@@ -191,9 +191,14 @@ class PersonalizedRouter(Router):
         return PersonalizedRouterGNN(metadata, dims, c.hidden, c.layers, c.heads,
                                      c.dropout).to(self.device)
 
-    def _logits(self, req: Requests, visible: np.ndarray, targets: np.ndarray) -> torch.Tensor:
-        g = build_graph(req, self.feats, visible, self.users_, self.config.use_utility).to(
-            self.device)
+    def _logits(self, req: Requests, visible: np.ndarray, targets: np.ndarray,
+                check_leaks: bool = False) -> torch.Tensor:
+        """Logits (n_targets, n_llms) of the ``targets`` requests from the graph in which only
+        ``visible`` requests carry feedback; ``check_leaks`` runs :func:`check_no_label_leak`."""
+        g = build_graph(req, self.feats, visible, self.users_, self.config.use_utility)
+        if check_leaks:
+            check_no_label_leak(g, ~np.asarray(visible, dtype=bool))
+        g = g.to(self.device)
         if self.model is None:
             self.model = self._new_model(g.metadata())
         h = self.model.encode(g)
@@ -224,6 +229,8 @@ class PersonalizedRouter(Router):
         with torch.no_grad():
             self._logits(val_both, val_is_ctx, ~val_is_ctx)  # lazy init of the model
 
+        first_step = [True]
+
         def step_loss() -> torch.Tensor:
             context, targets = [], []
             for rows in by_user.values():
@@ -234,7 +241,9 @@ class PersonalizedRouter(Router):
             context, targets = np.concatenate(context), np.concatenate(targets)
             sub = train.select(np.concatenate([context, targets]))
             hidden = np.arange(len(sub)) >= len(context)
-            return self._loss(self._logits(sub, ~hidden, hidden), sub.select(hidden))
+            logits = self._logits(sub, ~hidden, hidden, check_leaks=first_step[0])
+            first_step[0] = False
+            return self._loss(logits, sub.select(hidden))
 
         self.log_ = train_module(
             self.model, step_loss, lambda: self._val_metric(val_both, val_is_ctx, val),
@@ -273,7 +282,7 @@ class PersonalizedRouter(Router):
         both = concat_requests(self.history_, requests)
         is_hist = np.arange(len(both)) < len(self.history_)
         self.model.eval()
-        return self._logits(both, is_hist, ~is_hist).cpu().numpy()
+        return self._logits(both, is_hist, ~is_hist, check_leaks=True).cpu().numpy()
 
     def route(self, requests: Requests) -> np.ndarray:
         """Index of the chosen LLM per request, shape (n,)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Callable
 
 import numpy as np
 import torch
@@ -80,15 +80,14 @@ class TorchRouter(Router):
 
     Subclasses implement ``_make_net()`` (the module, from ``feats`` and fitted state only, so
     :meth:`load` can rebuild it) and ``_forward(requests)`` ((n, n_llms) tensor); they may set
-    fitted state from the training data in ``_prepare(train)``. ``loss`` is ``"ce"`` (softmax
-    over candidates on the chosen LLM) or ``"mse"`` (utilities of candidates); ``_loss`` may be
-    overridden.
+    fitted state from the training data in ``_prepare(train)``. The hyper-parameter ``loss`` is
+    ``"ce"`` (softmax over candidates on the chosen LLM) or ``"mse"`` (utilities of candidates);
+    ``_loss`` may be overridden.
     """
 
-    loss: ClassVar[str] = "ce"
     selection = "early stopping"
     defaults = {"steps": 300, "hidden": 64, "lr": 3e-3, "weight_decay": 1e-4,
-                "batch_size": 512, "eval_every": 10, "patience": 8}
+                "batch_size": 512, "eval_every": 10, "patience": 8, "loss": "ce"}
 
     def _prepare(self, train: Requests) -> None:
         """Fitted state that the module's shape depends on (default: none)."""
@@ -110,7 +109,7 @@ class TorchRouter(Router):
 
     def _loss(self, out: torch.Tensor, batch: Requests) -> torch.Tensor:
         cand, util, chosen = self._targets(batch)
-        if self.loss == "ce":
+        if self.params["loss"] == "ce":
             return F.cross_entropy(out.masked_fill(~cand, NEG), chosen)
         return ((out - util) ** 2 * cand).sum() / cand.sum().clamp(min=1)
 

@@ -1,0 +1,99 @@
+"""Deliberate bugs that the test suite must catch: ``python tests/mutations.py``.
+
+Each mutation below is applied to a fresh copy of the repository; the named tests then run and
+must FAIL. The script prints one line per mutation and exits non-zero if any mutation survives.
+
+1. ``no-checkpoint-reload``: the trainer keeps the last weights instead of reloading the
+   validation-best ones -> ``test_trainer_reloads_the_validation_best_weights``,
+   ``test_checkpoint_is_the_validation_best``.
+2. ``targets-also-context``: a training step's target requests are also visible context ->
+   ``test_scores_do_not_depend_on_the_hidden_labels`` (the leak check on the first step fires).
+3. ``label-on-hidden-edge``: a hidden request's feedback rides on its LLM edges ->
+   ``test_no_label_of_a_hidden_request_reaches_message_passing``.
+4. ``oracle-reads-train``: the oracle routes by the training utilities, not the test labels ->
+   ``test_oracle_is_the_row_max_and_random_is_seeded``.
+5. ``split-leaks-test-query``: the query split puts a held-out query into train as well ->
+   ``test_splits_are_disjoint_by_query_and_seeded``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: name -> (file, [(old, new), ...], tests that must fail)
+MUTATIONS = {
+    "no-checkpoint-reload": (
+        "prlib/routers/training.py",
+        [("    module.load_state_dict(best_state)  # the validation-selected checkpoint",
+          "    pass  # MUTATION")],
+        ["tests/test_routers.py::test_trainer_reloads_the_validation_best_weights",
+         "tests/test_personalized.py::test_checkpoint_is_the_validation_best"]),
+    "targets-also-context": (
+        "prlib/routers/personalized.py",
+        [("context.append(rows[n_t:n_t + c.context_per_user])",
+          "context.append(rows[:n_t + c.context_per_user])")],
+        ["tests/test_personalized.py::test_scores_do_not_depend_on_the_hidden_labels"]),
+    "label-on-hidden-edge": (
+        "prlib/graph.py",
+        [("fb = fb * vis_edge[:, None]  # hidden requests: no feedback at all",
+          "fb = fb  # MUTATION")],
+        ["tests/test_personalized.py::test_no_label_of_a_hidden_request_reaches_message_passing"]),
+    "oracle-reads-train": (
+        "prlib/routers/simple.py",
+        [("        scores = np.array(requests.utility, dtype=float)\n",
+          "        scores = np.tile(self.train_mean_, (len(requests), 1))\n"),
+         ("    reads_labels = True\n",
+          "    reads_labels = True\n\n    def fit(self, train, val, *, progress=False):\n"
+          "        self.train_mean_ = col_nanmean(train.utility)\n        return self\n")],
+        ["tests/test_routers.py::test_oracle_is_the_row_max_and_random_is_seeded"]),
+    "split-leaks-test-query": (
+        "prlib/requests.py",
+        [("    return QuerySplit(perm[:n_train].tolist(),",
+          "    return QuerySplit(perm[:n_train].tolist() + perm[-1:].tolist(),")],
+        ["tests/test_personalized.py::test_splits_are_disjoint_by_query_and_seeded"]),
+}
+
+
+def run(name: str, file: str, edits: list[tuple[str, str]], tests: list[str]) -> bool:
+    """Apply one mutation to a copy of the repository and run ``tests``; True if they fail."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "repo"
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", "build", ".git",
+                                                                  "figures", "data"))
+        path = copy / file
+        text = path.read_text()
+        for old, new in edits:
+            if old not in text:
+                raise SystemExit(f"{name}: the code to mutate is gone from {file}: {old!r}")
+            text = text.replace(old, new)
+        path.write_text(text)
+        env = {**os.environ, "PYTHONPATH": str(copy), "PRLIB_SMOKE": "1",
+               "PRLIB_CACHE_DIR": os.environ.get("PRLIB_CACHE_DIR", str(ROOT / "build" / "cache")),
+               "PRLIB_DATA_DIR": os.environ.get("PRLIB_DATA_DIR", str(ROOT.parent / "shared" /
+                                                                     "data"))}
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               "--no-header", "-o", "addopts=", *tests], cwd=copy, env=env,
+                              capture_output=True, text=True)
+        return proc.returncode == 1 and " failed" in proc.stdout  # a test failed, not a crash
+
+
+def main() -> int:
+    survived = []
+    for name, (file, edits, tests) in MUTATIONS.items():
+        caught = run(name, file, edits, tests)
+        print(f"{'caught  ' if caught else 'SURVIVED'} {name:24s} by {', '.join(t.split('::')[1] for t in tests)}",
+              flush=True)
+        if not caught:
+            survived.append(name)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
