@@ -8,7 +8,7 @@ registered with :func:`register`. Its life: ``Router(feats, seed=0, **params)``,
 ``save(folder)`` / ``Router.load(folder, feats)``.
 
 Fitted state is every attribute whose name ends with ``_`` (arrays, numbers, strings, lists,
-dicts, :class:`~prlib.requests.Requests`, :class:`~prlib.routers.training.History`) plus the
+dicts, :class:`~prlib.requests.Requests`, :class:`History`) plus the
 torch modules named by ``_modules()``. ``save`` writes it as JSON + ``.npz`` arrays + torch state
 dicts: no pickles, so a saved router loads in any later version that has the same class.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -79,6 +79,16 @@ def pick_one(requests: Requests, preferred: np.ndarray, fallback: np.ndarray) ->
     s[rows, fallback] = 0.0
     s[rows, preferred] = 1.0
     return mask_scores(s, requests)
+
+
+@dataclass
+class History:
+    """What training recorded at each validation check."""
+
+    step: list[int] = field(default_factory=list)  # optimizer step of each check
+    train_loss: list[float] = field(default_factory=list)  # loss of that step's batch
+    val_metric: list[float] = field(default_factory=list)  # validation metric (higher = better)
+    best_step: int | None = None  # the step whose weights were reloaded
 
 
 # ------------------------------------------------------------------ registry
@@ -148,8 +158,6 @@ def catalogue(family: str | None = None) -> pd.DataFrame:
 # ------------------------------------------------------------------ state (de)serialisation
 def _encode(value, arrays: dict, frames: dict, where: str):
     """JSON-able tree for ``value``; arrays and frames go into side tables by key."""
-    from prlib.routers.training import History
-
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, np.generic):
@@ -184,8 +192,6 @@ def _encode(value, arrays: dict, frames: dict, where: str):
 
 
 def _decode(tree, arrays, frames):
-    from prlib.routers.training import History
-
     if isinstance(tree, list):
         return [_decode(v, arrays, frames) for v in tree]
     if not isinstance(tree, dict):

@@ -4,7 +4,6 @@ the validation-best weights reloaded before anything is scored on test."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -15,17 +14,8 @@ from tqdm.auto import tqdm
 
 from prlib.config import seed_everything
 from prlib.requests import Requests
-from prlib.routers.base import NEG, Router, RouterError, candidates, query_embeddings, reward_of
-
-
-@dataclass
-class History:
-    """What training recorded at each validation check."""
-
-    step: list[int] = field(default_factory=list)  # optimizer step of each check
-    train_loss: list[float] = field(default_factory=list)  # loss of that step's batch
-    val_metric: list[float] = field(default_factory=list)  # validation metric (higher = better)
-    best_step: int | None = None  # the step whose weights were reloaded
+from prlib.routers.base import (NEG, History, Router, RouterError, candidates,  # noqa: F401
+                                query_embeddings, reward_of)
 
 
 def train_module(module: torch.nn.Module, step_loss: Callable[[], torch.Tensor],
