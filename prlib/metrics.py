@@ -51,20 +51,26 @@ def routing_metrics(requests, picks) -> dict[str, float]:
     return out
 
 
-def paired_difference(a, b, confidence: float = 0.95) -> dict[str, float]:
-    """Paired difference ``a - b`` over seeds (same split per seed): mean, std and a Student-t
-    confidence interval of the mean (``ci_low``, ``ci_high``; NaN with fewer than 2 seeds)."""
+def mean_ci(values, confidence: float = 0.95) -> dict[str, float]:
+    """Mean over seeds with a Student-t confidence interval of the mean (``ci_low``,
+    ``ci_high``; NaN with fewer than 2 values), plus ``std`` (ddof 1) and ``n``."""
     from scipy import stats
 
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    n = len(d)
-    mean = float(d.mean()) if n else float("nan")
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    mean = float(v.mean()) if n else float("nan")
     if n < 2:
         return {"mean": mean, "std": float("nan"), "ci_low": float("nan"),
                 "ci_high": float("nan"), "n": n}
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
-    return {"mean": mean, "std": float(d.std(ddof=1)), "ci_low": mean - half,
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * v.std(ddof=1) / np.sqrt(n))
+    return {"mean": mean, "std": float(v.std(ddof=1)), "ci_low": mean - half,
             "ci_high": mean + half, "n": n}
+
+
+def paired_difference(a, b, confidence: float = 0.95) -> dict[str, float]:
+    """Paired difference ``a - b`` over seeds (same split per seed): :func:`mean_ci` of the
+    per-seed differences."""
+    return mean_ci(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), confidence)
 
 
 def picks_vary_share(requests, picks) -> float:

@@ -150,3 +150,15 @@ def test_smoke_numbers_are_pinned(llmrouter_bank):
     assert res.loc[setting.oracle_name, "score"] == pytest.approx(100.0)
     assert abs(res.loc["Random", "score"]) < 5  # random routing scores about 0 by definition
     assert reward["PersonalizedRouter (ours)"] == pytest.approx(0.331965, abs=0.01)
+
+
+def test_routers_that_route_identically_are_marked():
+    """same_picks_as names the routers whose test picks equal on every seed, and only those."""
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    setting = Setting("marks", bank, simulate_multi_cost(bank))
+    res = run_setting(setting, [R.CheapestRouter, R.RandomRouter, R.OracleRouter], seeds=[0, 1])
+    cheap = res[res["router"] == "Cheapest LLM"].copy().assign(router="Cheapest again")
+    table = results_table(pd.concat([res, cheap]), ["reward"])
+    marks = dict(zip(table["router"], table["same_picks_as"]))
+    assert marks["Cheapest LLM"] == "Cheapest again" and marks["Cheapest again"] == "Cheapest LLM"
+    assert marks["Random"] == "" and marks[setting.oracle_name] == ""

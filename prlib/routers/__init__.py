@@ -21,9 +21,9 @@ Adding a router is one class with a docstring, ``name``, ``family`` and ``@regis
 ``python -m prlib.routers`` lists the registered routers.
 """
 
-from prlib.routers.base import (FAMILIES, Router, RouterError, catalogue, description,
-                                get_router, register, registered, unregister)
-from prlib.routers.training import History, TorchRouter, train_module
+from prlib.routers.base import (FAMILIES, History, Router, RouterError, catalogue,
+                                description, get_router, register, registered, unregister)
+from prlib.routers.training import TorchRouter, train_module
 
 # importing the family modules registers their routers, in table order
 from prlib.routers import simple, neighbours, neural, graph, contrastive, cascade  # noqa: E402,F401,I001

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from prlib.config import seed_everything
 from prlib.requests import Requests
-from prlib.routers.base import (NEG, History, Router, RouterError, candidates,  # noqa: F401
+from prlib.routers.base import (NEG, History, Router, RouterError, candidates,
                                 query_embeddings, reward_of)
 
 

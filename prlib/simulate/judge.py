@@ -453,12 +453,22 @@ def judge_validation(js: JudgeScores, persona: str = "neutral",
             "chance_1_over_n": 1.0 / len(js.llms)}
 
 
+def persona_picks(js: JudgeScores, personas: list[str] | None = None,
+                  temperature: float = DEFAULT_TEMPERATURE, seed: int = 0) -> dict[str, np.ndarray]:
+    """Each persona's picks, ``{persona: (n_queries,) column index, -1 = no candidate}``. Every
+    persona draws its own noise, seed + its index in ``js.personas``, so a persona's picks are the
+    same whichever subset of personas is asked for (all persona reports read these)."""
+    personas = js.personas if personas is None else list(personas)
+    return {p: judge_choices(js, p, temperature, seed + js.personas.index(p)) for p in personas}
+
+
 def agreement_matrix(js: JudgeScores, personas: list[str] | None = None,
                      temperature: float = DEFAULT_TEMPERATURE, seed: int = 0) -> pd.DataFrame:
     """Share of queries on which two personas pick the same answer, (n_personas x n_personas).
-    Each persona's choices use its own noise draw (seed + persona index)."""
-    personas = js.personas if personas is None else list(personas)
-    ch = np.stack([judge_choices(js, p, temperature, seed + k) for k, p in enumerate(personas)])
+    Each persona's choices are its :func:`persona_picks`."""
+    picks = persona_picks(js, personas, temperature, seed)
+    personas = list(picks)
+    ch = np.stack(list(picks.values()))
     ok = (ch >= 0).all(axis=0)
     m = (ch[:, None, ok] == ch[None, :, ok]).mean(axis=2)
     return pd.DataFrame(m, index=personas, columns=personas)
@@ -466,13 +476,16 @@ def agreement_matrix(js: JudgeScores, personas: list[str] | None = None,
 
 def chosen_profile(js: JudgeScores, personas: list[str] | None = None,
                    temperature: float = DEFAULT_TEMPERATURE, seed: int = 0) -> pd.DataFrame:
-    """Mean raw statistics (words, style features, quality) of the answers each persona picks."""
-    personas = js.personas if personas is None else list(personas)
+    """Mean raw statistics (words, relevance, style features, quality) of the answers each
+    persona picks (its :func:`persona_picks`)."""
+    return _profile(js, persona_picks(js, personas, temperature, seed))
+
+
+def _profile(js: JudgeScores, picks: dict[str, np.ndarray]) -> pd.DataFrame:
     raw = js.raw.set_index(["query_id", "llm"])
     cols = ["quality", "words", "relevance"] + list(STYLE_FEATURES)
     out = []
-    for k, p in enumerate(personas):
-        ch = judge_choices(js, p, temperature, seed + k)
+    for p, ch in picks.items():
         keys = [(js.query_ids[qi], js.llms[c]) for qi, c in enumerate(ch) if c >= 0]
         out.append(raw.loc[keys, cols].mean().rename(p))
     return pd.DataFrame(out)
@@ -489,19 +502,16 @@ def persona_checks(js: JudgeScores, personas: list[str] | None = None,
                    watch: tuple[str, ...] = ()) -> pd.DataFrame:
     """Per persona: the bad-pick rate (share of queries with an answer scored >= 8/10 whose pick
     scored <= 2/10; NaN without scores), the mean quality of its picks, its three most-picked
-    LLMs, the share and rank of each LLM in ``watch``, and its style signature
-    (:data:`STYLE_SIGNATURES`) next to the neutral persona's. Each persona draws its own noise
-    (seed + persona index, as :func:`chosen_profile`)."""
+    LLMs, the share and rank of each LLM in ``watch`` (rank = n_llms if never picked), and its style signature
+    (:data:`STYLE_SIGNATURES`) next to the neutral persona's; all from :func:`persona_picks`."""
     personas = js.personas if personas is None else list(personas)
-    profile = chosen_profile(js, personas + (["neutral"] if "neutral" not in personas else []),
-                             temperature, seed)
+    picks = persona_picks(js, list(dict.fromkeys(personas + ["neutral"])), temperature, seed)
+    profile = _profile(js, picks)
     q = np.where(js.candidate, js.quality, np.nan)
-    with np.errstate(invalid="ignore"), warnings_off():
-        best = np.nanmax(q, axis=1)
+    best = np.max(np.nan_to_num(q, nan=-np.inf), axis=1)  # -inf: no scored answer
     rows = []
     for p in personas:
-        k = js.personas.index(p)
-        ch = judge_choices(js, p, temperature, seed + k)
+        ch = picks[p]
         ok = np.flatnonzero(ch >= 0)
         picked = q[ok, ch[ok]]
         at_risk = best[ok] >= BAD_PICK_BEST - 1e-9
@@ -528,26 +538,9 @@ def persona_checks(js: JudgeScores, personas: list[str] | None = None,
 def pick_shares(js: JudgeScores, personas: list[str] | None = None,
                 temperature: float = DEFAULT_TEMPERATURE, seed: int = 0) -> pd.DataFrame:
     """Share of each LLM among each persona's picks, (n_personas x n_llms), rows sum to 1."""
-    personas = js.personas if personas is None else list(personas)
-    out = {}
-    for p in personas:
-        ch = judge_choices(js, p, temperature, seed + js.personas.index(p))
-        out[p] = pd.Series(np.array(js.llms)[ch[ch >= 0]]).value_counts(normalize=True)
+    out = {p: pd.Series(np.array(js.llms)[ch[ch >= 0]]).value_counts(normalize=True)
+           for p, ch in persona_picks(js, personas, temperature, seed).items()}
     return pd.DataFrame(out).T.reindex(columns=js.llms).fillna(0.0)
-
-
-class warnings_off:
-    """Silence numpy's all-NaN warnings inside a block."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
 
 
 # ---------------------------------------------------------------------- live verdicts
