@@ -34,9 +34,8 @@ SMOKE_SIZES: dict[str, Any] = {
     "max_llms": 10,
     "judge_queries": 8,  # arena-bench queries the persona judge embeds (notebook 20)
     "text_bank_queries": 3,  # mt-bench / arena-hard queries judged (notebook 20)
-    "steps": 30,  # PersonalizedRouter optimizer steps (notebooks 40, 50)
+    "steps": 30,  # optimizer steps of every torch router (notebooks 40, 50)
     "router_judge_queries": 60,  # arena-bench queries of the judge setting (notebooks 40, 50)
-    "baseline_steps": 60,  # optimizer steps of the torch baselines (notebook 50)
     "arena_hard_queries": 40,  # arena-hard-v0.1 queries the persona judge scores (notebook 50)
 }
 

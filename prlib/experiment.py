@@ -10,6 +10,7 @@ and random routing are routers like any other.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,12 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from prlib.bank import Bank
-from prlib.config import seed_everything
+from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS, seed_everything
 from prlib.features import NodeFeatures, node_features
 from prlib.metrics import paired_difference, picks_vary_share, routing_metrics
 from prlib.report import mean_std
-from prlib.requests import build_requests, choice_only, split_queries
+from prlib.requests import SPLITS, build_requests, choice_only, split_queries
 from prlib.routers import Router, get_router, registered
+from prlib.routers.base import grid_points, reward_of
 from prlib.simulate.preferences import Preferences
 
 FEEDBACK = ("utility", "choice")
@@ -87,8 +89,119 @@ class Setting:
 
     @cached_property
     def feats(self) -> NodeFeatures:
-        """The bank's node features (computed once, embeddings cached on disk)."""
-        return self.features if self.features is not None else node_features(self.bank)
+        """The bank's node features with its answer texts' embeddings where it has answers
+        (computed once, embeddings cached on disk)."""
+        return (self.features if self.features is not None
+                else node_features(self.bank, answers=True))
+
+
+def setting_views(setting: Setting, seed: int):
+    """``(train, val, test)`` requests of one seed's query split: train and val as the routers
+    see them (choice-only views when ``setting.feedback == "choice"``), test with true labels."""
+    split = split_queries(setting.preferences.interactions["query_id"].unique(),
+                          setting.fractions, seed=seed)
+    req = build_requests(setting.preferences.interactions, setting.bank, split)
+    train, val, test = (req.split(s) for s in ("train", "val", "test"))
+    if setting.feedback == "choice":
+        train, val = choice_only(train), choice_only(val)
+    return train, val, test
+
+
+def _new_router(cls: type[Router], setting: Setting, seed: int, params: Mapping) -> Router:
+    """A seeded router with the setting's implied and the given hyper-parameters."""
+    seed_everything(seed)
+    return cls(setting.feats, seed=seed, **{**cls.params_for(setting.feedback), **params})
+
+
+def _check_params(classes, params: Mapping) -> dict:
+    params = dict(params or {})
+    unknown = sorted(set(params) - {c.__name__ for c in classes})
+    if unknown:
+        raise ValueError(f"params name routers that are not run: {unknown}")
+    return params
+
+
+@dataclass
+class Tuning:
+    """What :func:`tune_setting` tried and chose.
+
+    ``frame``: one row per (router, grid point, seed): ``router`` (display name), ``class``,
+    ``point`` (the grid point as text), ``seed``, ``val_metric`` (validation reward of the
+    routers' view; accuracy with choice-only feedback), ``fit_s`` and ``chosen`` (the point
+    with the best mean over the tuning seeds). ``chosen``: the chosen point per class name.
+    """
+
+    frame: pd.DataFrame
+    chosen: dict[str, dict]
+    base: dict[str, dict]
+
+    def params(self) -> dict[str, dict]:
+        """Hyper-parameters per class name for :func:`run_setting`: the given ones with the
+        chosen grid point on top."""
+        return {c: {**self.base.get(c, {}), **p} for c, p in
+                {**{c: {} for c in self.base}, **self.chosen}.items()}
+
+    def table(self) -> pd.DataFrame:
+        """One row per router: its grid, the chosen point and its mean validation metric."""
+        rows = []
+        for (name, cls), g in self.frame.groupby(["router", "class"], sort=False):
+            means = g.groupby("point", sort=False)["val_metric"].mean()
+            best = g.loc[g["chosen"], "point"].iloc[0]
+            rows.append({"router": name, "class": cls, "grid_points": len(means),
+                         "chosen": best, "val_metric_chosen": means[best],
+                         "val_metric_worst": means.min(),
+                         "tuning_fit_s": g["fit_s"].sum()})
+        return pd.DataFrame(rows)
+
+
+def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None = None,
+                 seeds: Sequence[int] = DEVELOPMENT_SEEDS[:1],
+                 params: Mapping[str, dict] | None = None, progress: bool = False,
+                 threads: int | None = THREADS) -> Tuning:
+    """Choose each router's hyper-parameters from its declared ``grid`` on validation.
+
+    Every router with a grid (the same :data:`~prlib.routers.base.GRID_POINTS` points each,
+    ours included) is fitted once per point on the train split of each of ``seeds``
+    (**development seeds**: the report seeds are never looked at) and scored on that split's
+    validation requests as the router sees them; the point with the best mean wins (ties: the
+    first point). ``params`` are fixed hyper-parameters under the grid (e.g. ``steps``).
+    Routers without a grid, or that cannot run on the setting, are not fitted here.
+    """
+    classes = [get_router(r) for r in (registered() if routers is None else routers)]
+    params = _check_params(classes, params)
+    if set(seeds) & set(REPORT_SEEDS):
+        raise ValueError(f"tuning seeds {sorted(set(seeds) & set(REPORT_SEEDS))} are report "
+                         f"seeds; tune on development seeds {DEVELOPMENT_SEEDS}")
+    tuned = [c for c in classes if c.grid and not c.unavailable(setting.feats)]
+    rows = []
+    total = len(seeds) * sum(len(grid_points(c)) for c in tuned)
+    bar = tqdm(total=total, desc=f"tuning · {setting.name}", disable=not progress)
+    with torch_threads(threads):
+        for seed in seeds:
+            train, val, _ = setting_views(setting, seed)
+            for cls in tuned:
+                for point in grid_points(cls):
+                    bar.set_postfix_str(f"seed {seed} {cls.name} {point}")
+                    router = _new_router(cls, setting, seed,
+                                         {**params.get(cls.__name__, {}), **point})
+                    t0 = time.perf_counter()
+                    router.fit(train, val)
+                    fit_s = time.perf_counter() - t0
+                    rows.append({"setting": setting.name, "router": cls.name,
+                                 "class": cls.__name__, "point": json.dumps(point),
+                                 "seed": seed, "val_metric": reward_of(val, router.scores(val)),
+                                 "fit_s": fit_s})
+                    bar.update()
+    bar.close()
+    frame = pd.DataFrame(rows, columns=["setting", "router", "class", "point", "seed",
+                                        "val_metric", "fit_s"])
+    chosen = {}
+    for cls in tuned:
+        means = frame[frame["class"] == cls.__name__].groupby("point", sort=False)[
+            "val_metric"].mean()
+        chosen[cls.__name__] = json.loads(means.idxmax())
+    frame["chosen"] = [json.loads(p) == chosen[c] for c, p in zip(frame["class"], frame["point"])]
+    return Tuning(frame, chosen, {c.__name__: dict(params.get(c.__name__, {})) for c in classes})
 
 
 def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None = None,
@@ -99,44 +212,42 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
 
     ``routers``: registered router classes or names (default: every registered router, in
     table order); an unregistered one is an error. ``params``: hyper-parameters per router
-    class name, on top of what the setting's feedback implies (``Router.params_for``).
-    ``fitted``: a dict to receive the fitted routers by ``(class name, seed)``. ``threads``:
-    torch threads while fitting and routing (default 1: deterministic, the same number on every
-    machine of one kind; ``None`` leaves them as they are).
+    class name (e.g. :meth:`Tuning.params`), on top of what the setting's feedback implies
+    (``Router.params_for``). ``fitted``: a dict to receive the fitted routers by ``(class
+    name, seed)``. ``threads``: torch threads while fitting and routing (default 1:
+    deterministic, the same number on every machine of one kind; ``None`` leaves them as they
+    are).
+
+    A router that cannot run on the setting (:meth:`~prlib.routers.Router.unavailable`, e.g.
+    a cascade on a bank without answer texts) is not fitted; the frame's
+    ``attrs["not_run"]`` maps its name to the reason, and :func:`results_table` lists it.
 
     Returns one row per (router, seed): ``setting``, ``router`` (display name; oracles are named
     for what they read, :attr:`Setting.oracle_name`), ``family``, ``seed``, the
-    :func:`~prlib.metrics.routing_metrics` columns, ``cost_per_1k`` (USD per 1,000 requests),
+    :func:`~prlib.metrics.routing_metrics` columns (with every LLM a router calls charged,
+    :meth:`~prlib.routers.Router.calls`), ``cost_per_1k`` (USD per 1,000 requests),
     ``picks_vary`` (share of test queries whose pick differs across users), ``picks_hash`` (a
     fingerprint of the test picks, to find routers that route identically), ``fit_s``
     (seconds) and ``n_train`` / ``n_test`` requests.
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
-    params = dict(params or {})
-    unknown = sorted(set(params) - {c.__name__ for c in classes})
-    if unknown:
-        raise ValueError(f"params name routers that are not run: {unknown}")
-    prefs = setting.preferences
+    params = _check_params(classes, params)
+    not_run = {c.name: c.unavailable(setting.feats) for c in classes
+               if c.unavailable(setting.feats)}
+    classes = [c for c in classes if c.name not in not_run]
     rows = []
     bar = tqdm(total=len(seeds) * len(classes), desc=setting.name, disable=not progress)
     with torch_threads(threads):
         for seed in seeds:
-            split = split_queries(prefs.interactions["query_id"].unique(), setting.fractions,
-                                  seed=seed)
-            req = build_requests(prefs.interactions, setting.bank, split)
-            train, val, test = (req.split(s) for s in ("train", "val", "test"))
-            if setting.feedback == "choice":
-                train, val = choice_only(train), choice_only(val)
+            train, val, test = setting_views(setting, seed)
             for cls in classes:
                 bar.set_postfix_str(f"seed {seed} {cls.name}")
-                seed_everything(seed)
-                router = cls(setting.feats, seed=seed, **{**cls.params_for(setting.feedback),
-                                                          **params.get(cls.__name__, {})})
+                router = _new_router(cls, setting, seed, params.get(cls.__name__, {}))
                 t0 = time.perf_counter()
                 router.fit(train, val)
                 fit_s = time.perf_counter() - t0
                 picks = router.route(test)
-                metrics = routing_metrics(test, picks)
+                metrics = routing_metrics(test, picks, router.calls(test, picks))
                 rows.append({"setting": setting.name,
                              "router": setting.oracle_name if cls.reads_labels else cls.name,
                              "family": cls.family, "seed": seed, **metrics,
@@ -149,7 +260,31 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
                     fitted[(cls.__name__, seed)] = router
                 bar.update()
     bar.close()
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs["not_run"] = not_run
+    return out
+
+
+def tune_and_run(setting: Setting, seeds: Sequence[int], params: Mapping[str, dict] | None = None,
+                 tune_seeds: Sequence[int] = DEVELOPMENT_SEEDS[:1],
+                 routers: Sequence[type[Router] | str] | None = None, progress: bool = False,
+                 fitted: dict | None = None) -> tuple[Tuning, pd.DataFrame]:
+    """:func:`tune_setting` on ``tune_seeds``, then :func:`run_setting` on ``seeds`` with the
+    chosen points: the one protocol of every comparison table."""
+    tuning = tune_setting(setting, routers, tune_seeds, params, progress=progress)
+    results = run_setting(setting, routers, seeds, tuning.params(), progress=progress,
+                          fitted=fitted)
+    return tuning, results
+
+
+def split_metrics(router: Router, setting: Setting, seed: int,
+                  metric: str | None = None) -> dict[str, float]:
+    """A fitted router's ``metric`` (default: the setting's) on the train, val and test
+    requests of ``seed``'s split (train and val as the router saw them): a gap between train
+    and the others shows overfitting."""
+    metric = metric or setting.metric
+    views = dict(zip(SPLITS, setting_views(setting, seed)))
+    return {name: routing_metrics(req, router.route(req))[metric] for name, req in views.items()}
 
 
 def results_table(results: pd.DataFrame, metrics: Sequence[str],
@@ -178,6 +313,11 @@ def results_table(results: pd.DataFrame, metrics: Sequence[str],
     if mark is not None:
         best = strongest(results, mark)
         out["best"] = np.where(out["router"] == best, "best (excl. oracle)", "")
+    for name, reason in results.attrs.get("not_run", {}).items():
+        row = {c: "" for c in out.columns}
+        row.update({"router": name, "family": get_router(name).family,
+                    metrics[0]: f"not run: {reason}", "seeds": 0})
+        out = pd.concat([out, pd.DataFrame([row])], ignore_index=True)
     return out
 
 

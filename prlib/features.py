@@ -4,9 +4,12 @@
 query       MiniLM embedding of the query text + log input tokens, shape (n_queries, 385)
 task        MiniLM embedding of the task's description paragraph, shape (n_tasks, 384)
 llm         MiniLM embedding of the LLM's description + log prices, shape (n_llms, 386)
+answer      MiniLM embedding of each LLM's answer text, shape (n_queries, n_llms, 384), only for
+            banks with responses and when asked for (``answers=True``); zeros where no answer
 ==========  =============================================================================
 
-Every router gets these (most use the query rows only); embeddings are cached on disk.
+Every router gets these (most use the query rows only); embeddings are cached on disk. Only a
+cascade reads the answers (it calls an LLM, then reads the answer to decide whether to stop).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from prlib.bank import Bank
@@ -31,10 +35,13 @@ class NodeFeatures:
     task_x: torch.Tensor  # (n_tasks, 384)
     llms: list[str]
     llm_x: torch.Tensor  # (n_llms, 386)
+    answer_x: torch.Tensor | None = None  # (n_queries, n_llms, 384); None: no answer texts
+    answer_ok: torch.Tensor | None = None  # (n_queries, n_llms) bool: an answer text exists
 
 
-def node_features(bank: Bank, progress: bool = False) -> NodeFeatures:
-    """MiniLM embeddings of queries, task descriptions and LLM descriptions (+ token/price logs)."""
+def node_features(bank: Bank, progress: bool = False, answers: bool = False) -> NodeFeatures:
+    """MiniLM embeddings of queries, task descriptions and LLM descriptions (+ token/price logs);
+    with ``answers`` also of the bank's answer texts (when it has any)."""
     q = bank.queries
     q_emb = embed_texts(q["text"].tolist(), progress=progress)
     tokens = bank.bank.groupby("query_id")["input_tokens"].median().reindex(q["query_id"])
@@ -45,8 +52,19 @@ def node_features(bank: Bank, progress: bool = False) -> NodeFeatures:
     l_emb = embed_texts(bank.llms["description"].tolist())
     prices = np.log1p(bank.llms[["input_usd_per_m", "output_usd_per_m"]].to_numpy(dtype=float))
     as_t = lambda a: torch.tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+    answer_x = answer_ok = None
+    if answers and bank.has_text:
+        b = bank.bank[bank.bank["response"].notna()]
+        i = pd.Index(q["query_id"]).get_indexer(b["query_id"])
+        j = pd.Index(bank.llm_names).get_indexer(b["llm"])
+        emb = np.zeros((len(q), len(bank.llm_names), q_emb.shape[1]), np.float32)
+        emb[i, j] = embed_texts(b["response"].astype(str).tolist(), progress=progress)
+        ok = np.zeros((len(q), len(bank.llm_names)), bool)
+        ok[i, j] = True
+        answer_x, answer_ok = torch.from_numpy(emb), torch.from_numpy(ok)
     return NodeFeatures(q["query_id"].tolist(), as_t(np.hstack([q_emb, q_extra])), tasks,
-                        as_t(t_emb), bank.llm_names, as_t(np.hstack([l_emb, prices])))
+                        as_t(t_emb), bank.llm_names, as_t(np.hstack([l_emb, prices])),
+                        answer_x, answer_ok)
 
 
 def query_row(text: str, input_tokens: int | None = None) -> torch.Tensor:

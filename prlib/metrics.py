@@ -18,18 +18,21 @@ def pareto_front(quality, cost) -> np.ndarray:
     return front
 
 
-def routing_metrics(requests, picks) -> dict[str, float]:
+def routing_metrics(requests, picks, calls=None) -> dict[str, float]:
     """Metrics of routing ``requests`` (a :class:`prlib.requests.Requests`) to LLM indices
-    ``picks`` (n,).
+    ``picks`` (n,); ``calls`` (n, n_llms) bool: every LLM called per request (a cascade's
+    tries; default: the pick only).
 
     reward: mean utility of the picked LLM (the user's reward in the multi-cost setting, the
-    hidden persona score in the judge setting); oracle_reward: mean of the per-request best
+    hidden persona score in the judge setting) minus the ``requests.call_cost`` of every other
+    LLM called (what the user paid for answers that were thrown away); oracle_reward: mean of the per-request best
     utility; random_reward: mean over requests of the candidates' mean utility (the expected
     reward of a uniformly random pick); **score**: the one normalised score of every table,
     ``100 * (reward - random_reward) / (oracle_reward - random_reward)``, so that random routing
     scores 0 and the oracle 100 in every setting; pct_oracle: reward / oracle_reward (the
     paper's "% of oracle", meaningful for multi-cost rewards only); accuracy: share of picks equal
-    to the user's choice; performance / cost_usd: mean bank quality and USD cost of the picks.
+    to the user's choice; performance: mean bank quality of the picks; cost_usd: mean USD cost of
+    every LLM called; calls: mean number of LLMs called per request.
     """
     picks = np.asarray(picks, dtype=int)
     rows = np.arange(len(picks))
@@ -37,17 +40,33 @@ def routing_metrics(requests, picks) -> dict[str, float]:
         raise ValueError(f"{len(picks)} picks for {len(requests)} requests")
     if np.isnan(requests.utility[rows, picks]).any():
         raise ValueError("a pick names an LLM that is not a candidate of its request")
-    reward = float(requests.utility[rows, picks].mean())
+    if calls is None:
+        calls = np.zeros(requests.utility.shape, bool)
+        calls[rows, picks] = True
+    calls = np.asarray(calls, dtype=bool)
+    if calls.shape != requests.utility.shape or not calls[rows, picks].all():
+        raise ValueError(f"calls must be a bool array of shape {requests.utility.shape} that "
+                         "includes every pick")
+    if (calls & np.isnan(requests.utility)).any():
+        raise ValueError("calls name an LLM that is not a candidate of its request")
+    extra = calls.copy()
+    extra[rows, picks] = False
+    charged = 0.0
+    if requests.call_cost is not None:
+        charged = np.where(extra, np.nan_to_num(requests.call_cost), 0.0).sum(1)
+    reward = float((requests.utility[rows, picks] - charged).mean())
     oracle = float(np.nanmax(requests.utility, axis=1).mean())
     random = float(np.nanmean(requests.utility, axis=1).mean())
     span = oracle - random
     out = {"reward": reward, "oracle_reward": oracle, "random_reward": random,
            "score": 100.0 * (reward - random) / span if span > 0 else float("nan"),
            "pct_oracle": 100.0 * reward / oracle if oracle else float("nan"),
-           "accuracy": float((picks == requests.chosen).mean())}
+           "accuracy": float((picks == requests.chosen).mean()),
+           "calls": float(calls.sum(1).mean())}
     if requests.quality is not None:
         out["performance"] = float(np.nanmean(requests.quality[rows, picks]))
-        out["cost_usd"] = float(np.nanmean(requests.cost[rows, picks]))
+        # a request whose called LLMs have an unknown (NaN) cost is left out of the mean
+        out["cost_usd"] = float(np.nanmean(np.where(calls, requests.cost, 0.0).sum(1)))
     return out
 
 

@@ -8,7 +8,7 @@ val / test shared by all users, so a test query has never been seen with a label
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,10 @@ class Requests:
     chosen: np.ndarray  # int index of the chosen LLM per request
     quality: np.ndarray | None = None  # (n, n_llms) bank quality, for reporting only
     cost: np.ndarray | None = None  # (n, n_llms) bank cost in USD, for reporting only
+    #: (n, n_llms) utility the user loses by *calling* that LLM (multi-cost users:
+    #: ``(1 - p) * cost_norm``, already inside ``utility`` for the picked LLM); charged for every
+    #: further LLM a cascade calls. ``None``: calling costs the user no utility (judge users).
+    call_cost: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -72,12 +76,12 @@ class Requests:
         mask = np.asarray(mask)
         pick = lambda a: None if a is None else a[mask]  # noqa: E731
         return Requests(self.frame.iloc[mask].reset_index(drop=True), self.llms, self.utility[mask],
-                        self.chosen[mask], pick(self.quality), pick(self.cost))
+                        self.chosen[mask], pick(self.quality), pick(self.cost),
+                        pick(self.call_cost))
 
     def renamed(self, user_id: str) -> "Requests":
         """The same requests asked by another (e.g. a new) user."""
-        return Requests(self.frame.assign(user_id=user_id), self.llms, self.utility, self.chosen,
-                        self.quality, self.cost)
+        return replace(self, frame=self.frame.assign(user_id=user_id))
 
     def split(self, name: str) -> "Requests":
         """The requests of one split ("train", "val" or "test")."""
@@ -111,10 +115,14 @@ def build_requests(interactions: pd.DataFrame, bank: Bank, split: QuerySplit) ->
     chosen[r[picked]] = col[picked]
     if (chosen < 0).any():
         raise RequestsError(f"{int((chosen < 0).sum())} requests have no chosen LLM")
+    call_cost = None
+    if "call_cost" in inter:
+        call_cost = np.full((len(key), len(llms)), np.nan)
+        call_cost[r, col] = inter["call_cost"].to_numpy(dtype=float)
     rows = pd.Index(bank.queries["query_id"]).get_indexer(key["query_id"])
     quality = bank.matrix("quality").to_numpy(dtype=float)[rows]
     cost = bank.matrix("cost_usd").to_numpy(dtype=float)[rows]
-    return Requests(key, llms, utility, chosen, quality, cost)
+    return Requests(key, llms, utility, chosen, quality, cost, call_cost)
 
 
 def concat_requests(a: Requests, b: Requests) -> Requests:
@@ -127,7 +135,8 @@ def concat_requests(a: Requests, b: Requests) -> Requests:
 
     return Requests(pd.concat([a.frame, b.frame], ignore_index=True), a.llms,
                     np.vstack([a.utility, b.utility]), np.concatenate([a.chosen, b.chosen]),
-                    both(a.quality, b.quality), both(a.cost, b.cost))
+                    both(a.quality, b.quality), both(a.cost, b.cost),
+                    both(a.call_cost, b.call_cost))
 
 
 def choice_only(requests: Requests) -> Requests:
@@ -135,5 +144,4 @@ def choice_only(requests: Requests) -> Requests:
     LLM, 0 for the other candidates (NaN stays NaN), so validation reward = accuracy."""
     u = np.where(requests.candidates, 0.0, np.nan)
     u[np.arange(len(u)), requests.chosen] = 1.0
-    return Requests(requests.frame, requests.llms, u, requests.chosen, requests.quality,
-                    requests.cost)
+    return replace(requests, utility=u)

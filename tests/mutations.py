@@ -14,6 +14,13 @@ must FAIL. The script prints one line per mutation and exits non-zero if any mut
    ``test_oracle_is_the_row_max_and_random_is_seeded``.
 5. ``split-leaks-test-query``: the query split puts a held-out query into train as well ->
    ``test_splits_are_disjoint_by_query_and_seeded``.
+6. ``routerdc-rank-negatives``: RouterDC's negatives are the bottom half by rank (an arbitrary
+   fixed half of the LLMs when choice-only utilities tie) ->
+   ``test_routerdc_contrasts_the_pick_with_every_other_answer_on_choice_feedback``.
+7. ``cascade-charges-the-last-call-only``: FrugalGPT reports only the LLM that answered as
+   called -> ``test_frugalgpt_is_charged_for_every_llm_it_calls``.
+8. ``tuning-keeps-the-worst-point``: the tuner keeps the grid point with the worst validation
+   metric -> ``test_tuning_picks_the_validation_best_point_on_development_seeds_only``.
 """
 
 from __future__ import annotations
@@ -58,6 +65,23 @@ MUTATIONS = {
         [("    return QuerySplit(perm[:n_train].tolist(),",
           "    return QuerySplit(perm[:n_train].tolist() + perm[-1:].tolist(),")],
         ["tests/test_personalized.py::test_splits_are_disjoint_by_query_and_seeded"]),
+    "routerdc-rank-negatives": (
+        "prlib/routers/contrastive.py",
+        [("        neg = cand & (u < top) & (u <= med)",
+          "        neg = cand & (rank >= cand.sum(1, keepdim=True) - cand.sum(1, keepdim=True) // 2)"
+          " & (u < top)")],
+        ["tests/test_routers.py::"
+         "test_routerdc_contrasts_the_pick_with_every_other_answer_on_choice_feedback"]),
+    "cascade-charges-the-last-call-only": (
+        "prlib/routers/cascade.py",
+        [("        return calls\n", "        return super().calls(requests, picks)\n")],
+        ["tests/test_experiment.py::test_frugalgpt_is_charged_for_every_llm_it_calls"]),
+    "tuning-keeps-the-worst-point": (
+        "prlib/experiment.py",
+        [("        chosen[cls.__name__] = json.loads(means.idxmax())",
+          "        chosen[cls.__name__] = json.loads(means.idxmin())")],
+        ["tests/test_experiment.py::"
+         "test_tuning_picks_the_validation_best_point_on_development_seeds_only"]),
 }
 
 

@@ -142,10 +142,11 @@ def test_smoke_numbers_are_pinned(llmrouter_bank):
     setting = Setting("pin", bank, simulate_multi_cost(bank))
     res = run_setting(setting, [R.BestPerUserTaskRouter, R.PerUserKNNRouter, R.OracleRouter,
                                 R.RandomRouter, R.PersonalizedRouter], seeds=[0],
-                      params={"PersonalizedRouter": {"steps": 30}}).set_index("router")
+                      params={"PersonalizedRouter": {"steps": 30},
+                              "PerUserKNNRouter": {"k": 10}}).set_index("router")
     reward = res["reward"]
     assert reward["Best LLM per user and task"] == pytest.approx(0.361916, abs=1e-4)
-    assert reward["kNN per user"] == pytest.approx(0.336481, abs=1e-4)
+    assert reward["kNN per user"] == pytest.approx(0.323018, abs=1e-4)
     assert reward[setting.oracle_name] == pytest.approx(0.449361, abs=1e-4)
     assert res.loc[setting.oracle_name, "score"] == pytest.approx(100.0)
     assert abs(res.loc["Random", "score"]) < 5  # random routing scores about 0 by definition
@@ -162,3 +163,106 @@ def test_routers_that_route_identically_are_marked():
     marks = dict(zip(table["router"], table["same_picks_as"]))
     assert marks["Cheapest LLM"] == "Cheapest again" and marks["Cheapest again"] == "Cheapest LLM"
     assert marks["Random"] == "" and marks[setting.oracle_name] == ""
+
+
+# ------------------------------------------------------------------ selection budget (grids)
+def test_every_router_with_hyper_parameters_gets_the_same_grid_budget():
+    """Ours and every baseline with hyper-parameters declare exactly GRID_POINTS points; a
+    router that declares another number is refused at registration."""
+    from prlib.routers.base import GRID_POINTS, grid_points
+
+    for cls in R.registered():
+        if cls.defaults:
+            assert len(grid_points(cls)) == GRID_POINTS, cls.__name__
+    with pytest.raises(R.RouterError, match="same selection budget"):
+        @R.register
+        class Greedy(R.Router):
+            """Tries more points than the others."""
+            name, family = "Greedy", "simple"
+            defaults = {"a": 1}
+            grid = {"a": [1, 2, 3, 4, 5]}
+    assert "Greedy" not in {c.__name__ for c in R.registered()}
+
+
+def test_tuning_picks_the_validation_best_point_on_development_seeds_only():
+    """tune_setting fits every grid point and keeps the one with the best validation reward;
+    run_setting then runs that point. Report seeds are refused for tuning."""
+    from prlib.experiment import tune_and_run, tune_setting
+
+    @R.register
+    class FixedLLM(R.Router):
+        """Always the LLM named by its hyper-parameter (a toy with a known best point)."""
+        name, family = "Fixed LLM (toy)", "simple"
+        defaults = {"llm": 0, "unused": 0}
+        grid = {"llm": [0, 1], "unused": [0, 1]}
+
+        def _raw_scores(self, requests):
+            s = np.zeros((len(requests), self.n_llms))
+            s[:, self.params["llm"]] = 1.0
+            return s
+
+    try:
+        bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+        setting = Setting("tune", bank, simulate_multi_cost(bank, ps=(1.0,)))
+        tuning = tune_setting(setting, [FixedLLM], seeds=[0])
+        assert len(tuning.frame) == 4
+        # quality only (p = 1): the medium LLM (index 1) beats the tiny one on validation
+        assert tuning.chosen["FixedLLM"] == {"llm": 1, "unused": 0}
+        assert tuning.frame["chosen"].sum() == 1
+        _, res = tune_and_run(setting, [100], routers=[FixedLLM], tune_seeds=[0])
+        test = setting_views_test(setting, 100)
+        assert res["reward"].iloc[0] == pytest.approx(np.nanmean(test.utility[:, 1]))
+        with pytest.raises(ValueError, match="report seeds"):
+            tune_setting(setting, [FixedLLM], seeds=[100])
+    finally:
+        R.unregister(FixedLLM)
+
+
+def setting_views_test(setting, seed):
+    from prlib.experiment import setting_views
+
+    return setting_views(setting, seed)[2]
+
+
+# ------------------------------------------------------------------ cascades pay for every call
+def test_frugalgpt_is_charged_for_every_llm_it_calls():
+    """A cascade that calls cheap LLMs first pays for each: its cost is the sum over the LLMs it
+    called, and a multi-cost user's reward loses (1 - p) * cost_norm of every rejected one."""
+    from prlib.experiment import setting_views
+    from prlib.metrics import routing_metrics
+
+    bank = Bank.from_frame("my-logs", logged_frame(True), LLM_TABLE)
+    setting = Setting("cascade", bank, simulate_multi_cost(bank, ps=(0.9, 0.95)))
+    train, val, test = setting_views(setting, 0)
+    router = R.FrugalGPTRouter(setting.feats, max_chain=3).fit(train, val)
+    assert len(router.chain_) == 3
+    router.thresholds_ = np.array([np.inf, np.inf])  # reject every answer: all three are called
+    picks = router.route(test)
+    calls = router.calls(test, picks)
+    assert calls.all() and (picks == router.chain_[-1]).all()
+    m = routing_metrics(test, picks, calls)
+    rows = np.arange(len(test))
+    assert m["cost_usd"] == pytest.approx(test.cost.sum(1).mean())
+    assert m["calls"] == 3
+    extra = test.call_cost.sum(1) - test.call_cost[rows, picks]
+    assert m["reward"] == pytest.approx((test.utility[rows, picks] - extra).mean())
+    assert m["reward"] < routing_metrics(test, picks)["reward"]  # charging the calls costs
+
+
+def test_frugalgpt_is_listed_not_run_on_a_bank_without_answers():
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    setting = Setting("no answers", bank, simulate_multi_cost(bank))
+    res = run_setting(setting, [R.CheapestRouter, R.FrugalGPTRouter], seeds=[0])
+    assert set(res["router"]) == {"Cheapest LLM"}
+    assert "no answer texts" in res.attrs["not_run"]["FrugalGPT (cascade)"]
+    table = results_table(res, ["reward"])
+    row = table[table["router"] == "FrugalGPT (cascade)"].iloc[0]
+    assert row["reward"].startswith("not run") and row["seeds"] == 0
+    with pytest.raises(R.RouterError, match="no answer texts"):
+        R.FrugalGPTRouter(setting.feats).fit(*setting_views_test_pair(setting))
+
+
+def setting_views_test_pair(setting):
+    from prlib.experiment import setting_views
+
+    return setting_views(setting, 0)[:2]

@@ -31,8 +31,10 @@ def make_feats(n_q: int = N_Q, dim: int = 8, seed: int = 0) -> NodeFeatures:
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(2, dim)) * 3
     x = centers[np.arange(n_q) % 2] + rng.normal(size=(n_q, dim)) * 0.3
+    answers = torch.tensor(rng.normal(size=(n_q, len(LLMS), 4)), dtype=torch.float32)
     return NodeFeatures([f"q{i:02d}" for i in range(n_q)], torch.tensor(x, dtype=torch.float32),
-                        ["t0", "t1"], torch.randn(2, 4), LLMS, torch.randn(3, 5))
+                        ["t0", "t1"], torch.randn(2, 4), LLMS, torch.randn(3, 5), answers,
+                        torch.ones(n_q, len(LLMS), dtype=torch.bool))
 
 
 def make_requests(utility_fn, users=("frugal", "quality"), n_q: int = N_Q,
@@ -169,6 +171,23 @@ def test_frugal_cascade_chain_and_one_hot_scores():
     assert ((s == 1.0).sum(1) == 1).all()
 
 
+def test_routerdc_contrasts_the_pick_with_every_other_answer_on_choice_feedback():
+    """Choice-only utilities are one-hot: every candidate not picked must be a negative (a rank
+    cut would keep an arbitrary fixed half of them), the pick the only positive."""
+    router = B.RouterDC(make_feats())
+    util = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    cand = torch.tensor([[True, True, True], [True, True, True], [True, False, True]])
+    pos, neg = router._contrast_sets(cand, util)
+    assert pos.tolist() == (util == 1).tolist()
+    assert neg.tolist() == (cand & (util == 0)).tolist()
+    graded = torch.tensor([[0.9, 0.5, 0.1, 0.0]])  # utilities: bottom half by value
+    pos, neg = B.RouterDC(NodeFeatures(["q"], torch.zeros(1, 2), ["t"], torch.zeros(1, 2),
+                                       list("abcd"), torch.zeros(4, 2)))._contrast_sets(
+        torch.ones(1, 4, dtype=torch.bool), graded)
+    assert pos.tolist() == [[True, True, False, False]]
+    assert neg.tolist() == [[False, False, True, True]]
+
+
 def test_reference_design_never_personalises():
     """Opposite users: the released design gives both the same LLM on every query."""
     req = make_requests(by_both)
@@ -245,7 +264,7 @@ def test_unregistered_or_malformed_routers_are_errors():
         B.register(type("Clash", (B.Router,), {"__doc__": "x", "name": "Random",
                                                  "family": "simple"}))
     with pytest.raises(B.RouterError, match="hyper-parameter"):
-        B.KNNRouter(make_feats(), k=3)
+        B.KNNRouter(make_feats(), neighbours=3)
 
 
 @pytest.mark.parametrize("cls", B.registered(), ids=lambda c: c.__name__)

@@ -16,6 +16,7 @@ dicts: no pickles, so a saved router loads in any later version that has the sam
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,10 @@ from prlib.requests import Requests
 FAMILIES = ("simple", "non-personalised", "personalised", "released design", "upper bound", "ours")
 #: Finite stand-in for -inf inside losses.
 NEG = -1e9
+#: The selection budget of every router with hyper-parameters (ours included): its declared
+#: ``grid`` has exactly this many points, each fitted once and compared on validation
+#: (:func:`prlib.experiment.tune_setting`).
+GRID_POINTS = 4
 
 
 class RouterError(ValueError):
@@ -102,6 +107,14 @@ def register(cls: type["Router"]) -> type["Router"]:
     if not cls.name or cls.family not in FAMILIES:
         raise RouterError(f"{cls.__name__}: set the class attributes name (a display name) and "
                           f"family (one of {FAMILIES}); got {cls.name!r}, {cls.family!r}")
+    n_points = grid_size(cls.grid)
+    if cls.grid and n_points != GRID_POINTS:
+        raise RouterError(f"{cls.__name__}: its grid {cls.grid} has {n_points} points; every "
+                          f"router gets the same selection budget of {GRID_POINTS} points")
+    unknown = sorted(set(cls.grid) - set(cls.defaults))
+    if unknown:
+        raise RouterError(f"{cls.__name__}: grid names {unknown}, which are not hyper-parameters "
+                          f"(defaults: {sorted(cls.defaults)})")
     if not (cls.__doc__ or "").strip():
         raise RouterError(f"{cls.__name__}: write a docstring; its first paragraph describes "
                           "the router in tables")
@@ -111,6 +124,17 @@ def register(cls: type["Router"]) -> type["Router"]:
                               f"{other.__name__}")
     _REGISTRY[cls.__name__] = cls
     return cls
+
+
+def grid_size(grid: dict) -> int:
+    """Number of points of a grid ``{param: [values]}`` (its Cartesian product; 0 if empty)."""
+    return int(np.prod([len(v) for v in grid.values()])) if grid else 0
+
+
+def grid_points(cls: type["Router"]) -> list[dict]:
+    """The points of a router's declared ``grid`` (``[{}]`` when it declares none)."""
+    keys = list(cls.grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*cls.grid.values())] or [{}]
 
 
 def unregister(cls: type["Router"] | str) -> None:
@@ -149,9 +173,12 @@ def description(cls: type["Router"]) -> str:
 
 
 def catalogue(family: str | None = None) -> pd.DataFrame:
-    """Every registered router: family, name, class, what validation selects, description."""
+    """Every registered router: family, name, class, what validation selects (inside ``fit``,
+    and the declared grid), description."""
     return pd.DataFrame([{"family": c.family, "router": c.name, "class": c.__name__,
-                          "selected on validation": c.selection, "description": description(c)}
+                          "selected on validation": c.selection,
+                          "grid": ", ".join(f"{k} in {v}" for k, v in c.grid.items()) or "—",
+                          "description": description(c)}
                          for c in registered(family)])
 
 
@@ -184,7 +211,7 @@ def _encode(value, arrays: dict, frames: dict, where: str):
     if isinstance(value, Requests):
         return {"__requests__": {k: _encode(getattr(value, k), arrays, frames, where)
                                  for k in ("frame", "llms", "utility", "chosen", "quality",
-                                           "cost")}}
+                                           "cost", "call_cost")}}
     if isinstance(value, History):
         return {"__history__": _encode(asdict(value), arrays, frames, where)}
     raise RouterError(f"cannot save {where} of type {type(value).__name__}: fitted state must "
@@ -227,6 +254,9 @@ class Router:
     selection: ClassVar[str] = "—"  # what validation chooses (for tables)
     reads_labels: ClassVar[bool] = False  # True only for upper bounds (oracles)
     defaults: ClassVar[dict] = {}  # hyper-parameters and their default values
+    #: Hyper-parameter values tried on validation, ``{param: [values]}``: empty, or exactly
+    #: :data:`GRID_POINTS` points (the same selection budget for every router).
+    grid: ClassVar[dict] = {}
 
     def __init__(self, feats: NodeFeatures, seed: int = 0, **params):
         unknown = sorted(set(params) - set(self.defaults))
@@ -236,6 +266,13 @@ class Router:
         self.feats, self.seed = feats, int(seed)
         self.params = {**self.defaults, **params}
         self.n_llms = len(feats.llms)
+
+    @classmethod
+    def unavailable(cls, feats: NodeFeatures) -> str | None:
+        """Why this router cannot run on ``feats`` (e.g. it needs answer texts the bank does not
+        have), or ``None`` when it can. Experiments list such a router as "not run" with this
+        reason instead of fitting it."""
+        return None
 
     @classmethod
     def params_for(cls, feedback: str) -> dict:
@@ -256,6 +293,14 @@ class Router:
     def route(self, requests: Requests) -> np.ndarray:
         """Index of the picked LLM per request, shape (n,)."""
         return self.scores(requests).argmax(1)
+
+    def calls(self, requests: Requests, picks: np.ndarray) -> np.ndarray:
+        """Boolean (n, n_llms): the LLMs called to answer each request (the pick included), so
+        that metrics charge each of them. Default: only the picked LLM is called; a cascade
+        calls every LLM it tries."""
+        out = np.zeros((len(requests), self.n_llms), bool)
+        out[np.arange(len(requests)), np.asarray(picks, dtype=int)] = True
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(seed={self.seed}, {self.params})"

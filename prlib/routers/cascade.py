@@ -1,12 +1,14 @@
-"""Cost-aware routers: HybridLLM (small vs large) and a FrugalGPT-style cascade."""
+"""Cost-aware routers: HybridLLM (small vs large) and the FrugalGPT cascade."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy.special import expit
 
-from prlib.routers.base import (Router, candidates, col_nanmean, pick_one, query_embeddings,
-                                register, reward_of)
+from prlib.metrics import routing_metrics
+from prlib.routers.base import (Router, RouterError, candidates, col_nanmean, pick_one,
+                                query_embeddings, register, reward_of)
 
 
 def cost_order(train) -> np.ndarray:
@@ -31,6 +33,8 @@ class HybridLLMRouter(Router):
     name = "HybridLLM"
     family = "non-personalised"
     selection = "threshold"
+    defaults = {"C": 1.0}
+    grid = {"C": [0.01, 0.1, 1.0, 10.0]}
 
     def fit(self, train, val, *, progress=False):
         from sklearn.linear_model import LogisticRegression
@@ -42,7 +46,7 @@ class HybridLLMRouter(Router):
         x = query_embeddings(self.feats, train)[ok]
         self.coef_ = self.intercept_ = None  # logistic regression weights, (1, d) and (1,)
         if len(np.unique(y)) == 2:
-            clf = LogisticRegression(C=1.0, max_iter=500).fit(x, y)
+            clf = LogisticRegression(C=self.params["C"], max_iter=500).fit(x, y)
             self.coef_, self.intercept_ = clf.coef_, clf.intercept_
         self.const_ = float(y.mean()) if len(y) else 0.5
         p = self._p_large(val)
@@ -69,24 +73,37 @@ class HybridLLMRouter(Router):
 
 @register
 class FrugalGPTRouter(Router):
-    """FrugalGPT-style cascade over cost-ordered LLMs, stopping at the first whose predicted
-    utility (a ridge regression on the query embedding) clears its tuned threshold.
+    """FrugalGPT cascade: call cost-ordered LLMs one after another and stop at the first whose
+    *answer* a scorer accepts (its predicted utility, from the query and answer embeddings,
+    reaches a threshold tuned on val); every LLM called is charged. Needs answer texts.
 
-    The chain: LLMs by mean training cost, keeping each one only if
-    its mean training utility beats every cheaper one kept (at most ``max_chain``). A ridge
-    answer scorer per chained LLM predicts its utility from the query embedding; the cascade
-    stops at the first LLM whose predicted utility reaches its threshold (the last LLM
-    otherwise). Thresholds: coordinate ascent on val over quantile grids. Scores are 1 for the
-    LLM where the cascade stops."""
+    The chain: LLMs by mean training cost, keeping each one only if its mean training utility
+    beats every cheaper one kept (the last ``max_chain``). A ridge answer scorer per chained LLM
+    predicts the request's utility of that LLM from [query embedding, answer embedding]. The
+    cascade calls the first LLM, scores its answer, and stops when the score reaches that LLM's
+    threshold, else calls the next (the last LLM always answers). Thresholds: coordinate ascent
+    on val over quantile grids, maximising val reward with every call charged. On a bank
+    without answer texts it does not run (a cascade that cannot read answers is not one)."""
 
     name = "FrugalGPT (cascade)"
     family = "non-personalised"
     selection = "thresholds (coordinate ascent)"
-    defaults = {"max_chain": 4, "ridge_alpha": 1.0}
+    defaults = {"max_chain": 3, "ridge_alpha": 1.0}
+    grid = {"max_chain": [2, 3], "ridge_alpha": [1.0, 10.0]}
+
+    @classmethod
+    def unavailable(cls, feats) -> str | None:
+        if feats.answer_x is None:
+            return ("the bank has no answer texts: a cascade reads each answer before deciding "
+                    "to stop")
+        return None
 
     def fit(self, train, val, *, progress=False):
         from sklearn.linear_model import Ridge
 
+        reason = self.unavailable(self.feats)
+        if reason:
+            raise RouterError(f"{type(self).__name__} cannot run here: {reason}")
         mean_u = col_nanmean(train.utility)
         chain, best = [], -np.inf
         for m in cost_order(train):
@@ -95,15 +112,15 @@ class FrugalGPTRouter(Router):
                 best = mean_u[m]
         max_chain = self.params["max_chain"]
         self.chain_ = chain[-max_chain:] if len(chain) > max_chain else chain
-        x = query_embeddings(self.feats, train)
         coef, intercept = [], []
-        for m in self.chain_:
-            ok = candidates(train)[:, m]
+        for m in self.chain_[:-1]:
+            x, ok = self._scorer_input(train, m)
+            ok &= candidates(train)[:, m]
             ridge = Ridge(alpha=self.params["ridge_alpha"]).fit(x[ok], train.utility[ok, m])
             coef.append(ridge.coef_)
             intercept.append(float(ridge.intercept_))
-        self.scorer_coef_ = np.array(coef)  # (len(chain), d)
-        self.scorer_intercept_ = np.array(intercept)  # (len(chain),)
+        self.scorer_coef_ = np.array(coef).reshape(len(coef), -1)  # (len(chain) - 1, d)
+        self.scorer_intercept_ = np.array(intercept)  # (len(chain) - 1,)
         pred = self._predict(val)
         self.thresholds_ = np.full(len(self.chain_) - 1, np.inf)
         for _ in range(2):
@@ -111,27 +128,53 @@ class FrugalGPTRouter(Router):
                 def val_reward(t, i=i):
                     th = self.thresholds_.copy()
                     th[i] = t
-                    return reward_of(val, self._cascade(val, pred, th))
+                    stop, calls = self._cascade(val, pred, th)
+                    return routing_metrics(val, stop, calls)["reward"]
                 self.thresholds_[i] = max(threshold_grid(pred[:, i]), key=val_reward)
         return self
 
+    def _scorer_input(self, requests, m: int):
+        """[query embedding, answer embedding of LLM m] per request, (n, d), and whether the
+        answer text exists, (n,)."""
+        idx = pd.Index(self.feats.query_ids).get_indexer(requests.frame["query_id"])
+        x = np.hstack([query_embeddings(self.feats, requests), self.feats.answer_x.numpy()[idx, m]])
+        return x, self.feats.answer_ok.numpy()[idx, m].copy()
+
     def _predict(self, requests) -> np.ndarray:
-        """Predicted utility of each chained LLM, shape (n, len(chain))."""
-        x = query_embeddings(self.feats, requests)
-        if not len(x):
-            return np.zeros((0, len(self.chain_)))
-        return np.stack([x @ self.scorer_coef_[i] + self.scorer_intercept_[i]
-                         for i in range(len(self.chain_))], 1)
+        """Predicted utility of each chained LLM's answer but the last, (n, len(chain) - 1)."""
+        cols = []
+        for i, m in enumerate(self.chain_[:-1]):
+            x, ok = self._scorer_input(requests, m)
+            cols.append(np.where(ok, x @ self.scorer_coef_[i] + self.scorer_intercept_[i],
+                                 -np.inf))  # no answer text: never accepted
+        return np.stack(cols, 1) if cols else np.zeros((len(requests), 0))
 
     def _cascade(self, requests, pred, thresholds):
+        """The LLM where the cascade stops, (n,), and every LLM it called, (n, n_llms) bool."""
         cand = candidates(requests)
         n = len(requests)
-        stop = np.full(n, self.chain_[-1])
-        done = np.zeros(n, bool)
+        last = self.chain_[-1]
+        stop = np.full(n, -1)
+        calls = np.zeros((n, self.n_llms), bool)
         for i, m in enumerate(self.chain_[:-1]):
-            here = ~done & cand[:, m] & (pred[:, i] >= thresholds[i])
-            stop[here], done = m, done | here
-        return pick_one(requests, stop, np.full(n, self.chain_[-1]))
+            open_ = (stop < 0) & cand[:, m]
+            calls[open_, m] = True
+            here = open_ & (pred[:, i] >= thresholds[i])
+            stop[here] = m
+        rest = stop < 0
+        fallback = np.where(cand[:, last], last, cand.argmax(1))  # any candidate if not last
+        stop[rest] = fallback[rest]
+        calls[np.flatnonzero(rest), fallback[rest]] = True
+        return stop, calls
 
     def _raw_scores(self, requests):
-        return self._cascade(requests, self._predict(requests), self.thresholds_)
+        stop, _ = self._cascade(requests, self._predict(requests), self.thresholds_)
+        return pick_one(requests, stop, stop)
+
+    def calls(self, requests, picks):
+        """Every LLM the cascade called (the cheaper ones whose answers it rejected, and the
+        one that answered)."""
+        stop, calls = self._cascade(requests, self._predict(requests), self.thresholds_)
+        if not np.array_equal(stop, np.asarray(picks)):
+            raise RouterError("FrugalGPT.calls: picks differ from the cascade's own stops")
+        return calls

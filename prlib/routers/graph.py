@@ -53,8 +53,8 @@ class GraphRouterGNN(TorchRouter):
 
     name = "GraphRouter (GNN, no users)"
     family = "non-personalised"
-    defaults = {**TorchRouter.defaults, "steps": 200, "hidden": 32, "hide_share": 0.3,
-                "loss": "mse"}
+    defaults = {**TorchRouter.defaults, "hidden": 32, "hide_share": 0.3, "loss": "mse"}
+    grid = {"hidden": [32, 64], "lr": [1e-3, 3e-3]}
 
     def _query_x(self) -> torch.Tensor:
         return self.feats.query_x

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from prlib.routers.base import Router, query_embeddings, register, reward_of
+from prlib.routers.base import Router, query_embeddings, register
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -37,12 +37,12 @@ def knn_predict(x_unit: np.ndarray, y: np.ndarray, xq: np.ndarray, ks) -> dict[i
 @register
 class KNNRouter(Router):
     """Pooled kNN (cosine over query embeddings): predicts an LLM's utility on a query as its
-    mean utility over all users on the k most similar training queries; k tuned on val."""
+    mean utility over all users on the k most similar training queries (k from the grid)."""
 
     name = "kNN (pooled)"
     family = "non-personalised"
-    selection = "k"
-    defaults = {"k_grid": [1, 3, 5, 10, 20, 50]}
+    defaults = {"k": 10}
+    grid = {"k": [3, 10, 30, 100]}
 
     def _fit_pooled(self, train) -> None:
         by_q = pd.DataFrame(train.utility).groupby(train.frame["query_id"].to_numpy()).mean()
@@ -55,22 +55,17 @@ class KNNRouter(Router):
 
     def fit(self, train, val, *, progress=False):
         self._fit_pooled(train)
-        return self._tune(val)
-
-    def _tune(self, val):
-        grid = tuple(self.params["k_grid"])
-        preds = self._predict(val, grid)
-        self.k_ = int(max(grid, key=lambda k: (reward_of(val, preds[k]), -k)))
         return self
 
     def _raw_scores(self, requests):
-        return self._predict(requests, [self.k_])[self.k_]
+        k = int(self.params["k"])
+        return self._predict(requests, [k])[k]
 
 
 @register
 class PerUserKNNRouter(KNNRouter):
     """Personalised kNN: neighbours among the requesting user's own training requests (their
-    utilities); one k for all users, tuned on val; unknown users fall back to pooled kNN."""
+    utilities); one k for all users (from the grid); unknown users fall back to pooled kNN."""
 
     name = "kNN per user"
     family = "personalised"
@@ -81,7 +76,7 @@ class PerUserKNNRouter(KNNRouter):
         groups = train.frame.groupby("user_id").indices.items()
         self.user_x_ = {u: unit_rows(x[r]) for u, r in groups}
         self.user_y_ = {u: train.utility[r] for u, r in groups}
-        return self._tune(val)
+        return self
 
     def _predict(self, requests, ks):
         x = query_embeddings(self.feats, requests)

@@ -165,6 +165,7 @@ class PersonalizedRouter(Router):
     family = "ours"
     selection = "early stopping (validation-best checkpoint)"
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.name != "seed"}
+    grid = {"lr": [2e-3, 5e-3], "dropout": [0.0, 0.1]}
 
     def __init__(self, feats: NodeFeatures, seed: int = 0, **params):
         super().__init__(feats, seed, **params)
@@ -309,7 +310,8 @@ class PersonalizedRouter(Router):
             raise KeyError(f"unknown task {task!r}; known tasks: {self.feats.tasks}")
         qid = f"__new__{len(self.feats.query_ids)}"
         self.feats = replace(self.feats, query_ids=self.feats.query_ids + [qid],
-                             query_x=torch.cat([self.feats.query_x, row]))
+                             query_x=torch.cat([self.feats.query_x, row]), answer_x=None,
+                             answer_ok=None)
         n = len(self.feats.llms)
         request = Requests(pd.DataFrame({"user_id": [user_id], "query_id": [qid], "task": [task],
                                          "split": ["new"]}), self.feats.llms,
@@ -326,12 +328,13 @@ class PersonalizedRouter(Router):
         if history is not None and history.llms != self.feats.llms + [name]:
             raise ValueError(f"history must be over the LLMs {self.feats.llms + [name]}")
         self.feats = replace(self.feats, llms=self.feats.llms + [name], llm_x=torch.cat(
-            [self.feats.llm_x, llm_row(description, input_usd_per_m, output_usd_per_m)]))
+            [self.feats.llm_x, llm_row(description, input_usd_per_m, output_usd_per_m)]),
+            answer_x=None, answer_ok=None)
         self.n_llms = len(self.feats.llms)
         old = self.history_
         pad = lambda a: None if a is None else np.hstack([a, np.full((len(a), 1), np.nan)])  # noqa: E731
         self.history_ = Requests(old.frame, self.feats.llms, pad(old.utility), old.chosen,
-                                 pad(old.quality), pad(old.cost))
+                                 pad(old.quality), pad(old.cost), pad(old.call_cost))
         if history is not None:
             self.history_ = concat_requests(self.history_, history)
 

@@ -75,9 +75,11 @@ class TorchRouter(Router):
     ``_loss`` may be overridden.
     """
 
-    selection = "early stopping"
-    defaults = {"steps": 300, "hidden": 64, "lr": 3e-3, "weight_decay": 1e-4,
-                "batch_size": 512, "eval_every": 10, "patience": 8, "loss": "ce"}
+    selection = "early stopping (validation-best checkpoint)"
+    #: the same step budget and early-stopping rule as ours (:class:`TrainConfig`)
+    defaults = {"steps": 1000, "hidden": 64, "lr": 3e-3, "weight_decay": 1e-4,
+                "batch_size": 512, "eval_every": 25, "patience": 10, "loss": "ce"}
+    grid = {"hidden": [64, 128], "lr": [1e-3, 3e-3]}
 
     def _prepare(self, train: Requests) -> None:
         """Fitted state that the module's shape depends on (default: none)."""

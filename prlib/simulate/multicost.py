@@ -144,7 +144,15 @@ def multi_cost_preferences(bank: Bank, users: pd.DataFrame,
         rows.append(r), utils.append(util), chosen.append(ch)
     inter = interactions_frame(users["user_id"].tolist(), rows, utils, chosen, grid.candidate,
                                kept, grid.llms)
+    # what calling an LLM costs the user in reward units: a cascade that calls several LLMs
+    # is charged this for each one it calls (prlib.metrics.routing_metrics)
+    cost_norm = pd.Series(grid.cost_norm.ravel(), index=pd.MultiIndex.from_product(
+        [grid.query_ids, grid.llms]))
+    p_of = dict(zip(users["user_id"], users["p"].astype(float)))
+    inter["call_cost"] = (1.0 - inter["user_id"].map(p_of).to_numpy()) * cost_norm.reindex(
+        pd.MultiIndex.from_arrays([inter["query_id"], inter["llm"]])).to_numpy()
     meta = {"reward": "p * quality - (1 - p) * cost_norm", "cost_normalisation": COST_NOTE,
+            "call_cost": "(1 - p) * cost_norm: the reward a call of that LLM costs the user",
             "choice": "argmax reward (temperature 0) or softmax(reward / temperature) draw",
             "ties": TIE_NOTE, "seed": seed, "llms": grid.llms,
             "queries_scored": len(kept), "queries_dropped_nan_quality": len(dropped),
