@@ -64,7 +64,9 @@ def routing_metrics(requests, picks, calls=None) -> dict[str, float]:
            "accuracy": float((picks == requests.chosen).mean()),
            "calls": float(calls.sum(1).mean())}
     if requests.quality is not None:
-        out["performance"] = float(np.nanmean(requests.quality[rows, picks]))
+        q = requests.quality[rows, picks]
+        # a bank without quality scores (e.g. arena-hard) has none: NaN, and no warning
+        out["performance"] = float(np.nanmean(q)) if np.isfinite(q).any() else float("nan")
         # a request whose called LLMs have an unknown (NaN) cost is left out of the mean
         out["cost_usd"] = float(np.nanmean(np.where(calls, requests.cost, 0.0).sum(1)))
     return out
