@@ -101,7 +101,7 @@ def setting_views(setting: Setting, seed: int):
     split = split_queries(setting.preferences.interactions["query_id"].unique(),
                           setting.fractions, seed=seed)
     req = build_requests(setting.preferences.interactions, setting.bank, split)
-    train, val, test = (req.split(s) for s in ("train", "val", "test"))
+    train, val, test = (req.split(s) for s in SPLITS)
     if setting.feedback == "choice":
         train, val = choice_only(train), choice_only(val)
     return train, val, test
@@ -138,8 +138,8 @@ class Tuning:
     def params(self) -> dict[str, dict]:
         """Hyper-parameters per class name for :func:`run_setting`: the given ones with the
         chosen grid point on top."""
-        return {c: {**self.base.get(c, {}), **p} for c, p in
-                {**{c: {} for c in self.base}, **self.chosen}.items()}
+        return {c: {**self.base.get(c, {}), **self.chosen.get(c, {})}
+                for c in {**self.base, **self.chosen}}
 
     def table(self) -> pd.DataFrame:
         """One row per router: its grid, the chosen point and its mean validation metric."""
@@ -232,8 +232,8 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
     params = _check_params(classes, params)
-    not_run = {c.name: c.unavailable(setting.feats) for c in classes
-               if c.unavailable(setting.feats)}
+    reasons = {c.name: c.unavailable(setting.feats) for c in classes}
+    not_run = {name: why for name, why in reasons.items() if why}
     classes = [c for c in classes if c.name not in not_run]
     rows = []
     bar = tqdm(total=len(seeds) * len(classes), desc=setting.name, disable=not progress)

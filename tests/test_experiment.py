@@ -8,7 +8,7 @@ from prlib import routers as R
 from prlib.bank import Bank, SchemaError
 from prlib.data import resolve_llms
 from prlib.errors import UnknownModelError
-from prlib.experiment import Setting, improvement, results_table, run_setting
+from prlib.experiment import Setting, improvement, results_table, run_setting, setting_views
 from prlib.simulate import simulate_judge, simulate_multi_cost
 
 LLM_TABLE = pd.DataFrame({
@@ -210,7 +210,7 @@ def test_tuning_picks_the_validation_best_point_on_development_seeds_only():
         assert tuning.chosen["FixedLLM"] == {"llm": 1, "unused": 0}
         assert tuning.frame["chosen"].sum() == 1
         _, res = tune_and_run(setting, [100], routers=[FixedLLM], tune_seeds=[0])
-        test = setting_views_test(setting, 100)
+        test = setting_views(setting, 100)[2]
         assert res["reward"].iloc[0] == pytest.approx(np.nanmean(test.utility[:, 1]))
         with pytest.raises(ValueError, match="report seeds"):
             tune_setting(setting, [FixedLLM], seeds=[100])
@@ -218,17 +218,10 @@ def test_tuning_picks_the_validation_best_point_on_development_seeds_only():
         R.unregister(FixedLLM)
 
 
-def setting_views_test(setting, seed):
-    from prlib.experiment import setting_views
-
-    return setting_views(setting, seed)[2]
-
-
 # ------------------------------------------------------------------ cascades pay for every call
 def test_frugalgpt_is_charged_for_every_llm_it_calls():
     """A cascade that calls cheap LLMs first pays for each: its cost is the sum over the LLMs it
     called, and a multi-cost user's reward loses (1 - p) * cost_norm of every rejected one."""
-    from prlib.experiment import setting_views
     from prlib.metrics import routing_metrics
 
     bank = Bank.from_frame("my-logs", logged_frame(True), LLM_TABLE)
@@ -259,10 +252,4 @@ def test_frugalgpt_is_listed_not_run_on_a_bank_without_answers():
     row = table[table["router"] == "FrugalGPT (cascade)"].iloc[0]
     assert row["reward"].startswith("not run") and row["seeds"] == 0
     with pytest.raises(R.RouterError, match="no answer texts"):
-        R.FrugalGPTRouter(setting.feats).fit(*setting_views_test_pair(setting))
-
-
-def setting_views_test_pair(setting):
-    from prlib.experiment import setting_views
-
-    return setting_views(setting, 0)[:2]
+        R.FrugalGPTRouter(setting.feats).fit(*setting_views(setting, 0)[:2])
