@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Mapping, Sequence
@@ -23,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prlib.bank import Bank
-from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS, seed_everything
+from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS, seed_everything, torch_threads
 from prlib.features import NodeFeatures, node_features
 from prlib.metrics import paired_difference, picks_vary_share, routing_metrics
 from prlib.report import mean_std
@@ -41,18 +40,6 @@ ORACLE_READS = {"utility": "Oracle (reads realised test utilities)",
                 "choice": "Oracle (reads hidden persona scores)"}
 #: Torch threads of every fit: one, so one configuration gives one number wherever it runs.
 THREADS = 1
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Run a block with ``n`` torch threads (``None``: leave them as they are)."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass

@@ -27,13 +27,14 @@ from prlib.routers.training import TorchRouter, train_module
 
 # importing the family modules registers their routers, in table order
 from prlib.routers import simple, neighbours, neural, graph, contrastive, cascade  # noqa: E402,F401,I001
-from prlib.routers import personalized  # noqa: E402,F401
+from prlib.routers import personalized, personalized_v2  # noqa: E402,F401
 from prlib.routers.cascade import FrugalGPTRouter, HybridLLMRouter  # noqa: E402
 from prlib.routers.contrastive import RouterDC  # noqa: E402
 from prlib.routers.graph import GraphRouterGNN, ReferenceDesignRouter  # noqa: E402
 from prlib.routers.neighbours import KNNRouter, PerUserKNNRouter  # noqa: E402
 from prlib.routers.neural import MFRouter, MLPRouter, UserMLPRouter  # noqa: E402
 from prlib.routers.personalized import PersonalizedRouter, TrainConfig  # noqa: E402
+from prlib.routers.personalized_v2 import PersonalizedRouterV2, V2Config  # noqa: E402
 from prlib.routers.simple import (BestPerUserRouter, BestPerUserTaskRouter,  # noqa: E402
                                   BestSingleRouter, CheapestRouter, MostExpensiveRouter,
                                   OracleRouter, RandomRouter)
@@ -45,4 +46,5 @@ __all__ = [
     "BestPerUserTaskRouter", "OracleRouter", "KNNRouter", "PerUserKNNRouter", "MLPRouter",
     "UserMLPRouter", "MFRouter", "GraphRouterGNN", "ReferenceDesignRouter", "RouterDC",
     "HybridLLMRouter", "FrugalGPTRouter", "PersonalizedRouter", "TrainConfig",
+    "PersonalizedRouterV2", "V2Config",
 ]

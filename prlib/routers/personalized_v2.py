@@ -1,0 +1,298 @@
+"""PersonalizedRouter v2: retrieval and lookup messages in the graph, O(1) routing per request.
+
+Each request hears its user's visible history along typed edges (:mod:`prlib.routers.retrieval`):
+its (user, task) profile's mean feedback per LLM (the lookup table), its user's, its task's over
+all users, and the feedback of retrieved requests: the user's k most similar visible requests
+and the k most similar visible queries of anybody. A learned attention over the retrieved
+neighbours (query-embedding keys and values, plus similarity) weighs their feedback per LLM.
+For every (request, candidate LLM) an MLP embeds these messages; the score is an MLP over
+``[e, h_query * h_llm, mean over candidates of e]`` plus a linear read-out of the messages, so
+the model can reproduce a lookup table or a per-user kNN and combine them with the query and
+LLM embeddings.
+
+Training is leave-one-query-out on the training history: a training request hears every other
+visible request except those of its own query, exactly as a new query would; its messages are
+computed once per fit, so a step is a mini-batch through small MLPs. Scoring new requests
+computes only their own messages from cached sums and neighbour searches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prlib.config import resolve_device, seed_everything, torch_threads
+from prlib.features import NodeFeatures, query_row
+from prlib.requests import Requests, concat_requests
+from prlib.routers.base import Router, RouterError, register, reward_of
+from prlib.routers.retrieval import (CHANNELS, N_STATIC, FeedbackStore, Messages,
+                                     check_no_label_leak_v2)
+from prlib.routers.training import History, train_module
+
+
+@dataclass
+class V2Config:
+    """Hyper-parameters of :class:`PersonalizedRouterV2`."""
+
+    hidden: int = 64
+    k: int = 20  # retrieved neighbours per request (user's and pooled)
+    k_small: int = 5  # a second, sharper per-user kNN mean
+    attention: bool = True  # learned attention over the retrieved neighbours
+    dropout: float = 0.1
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    steps: int = 1000
+    batch_size: int = 1024
+    eval_every: int = 25
+    patience: int = 10
+    loss: str = "utility"  # "utility" (MSE on the utilities) or "choice" (cross-entropy)
+    device: str = "auto"
+    #: torch threads while fitting and scoring: the model is small, and a second thread costs
+    #: more than it brings whenever the machine is shared (None: leave torch's setting)
+    threads: int | None = 1
+
+
+class RetrievalScorer(nn.Module):
+    """Scores (n, n_llms) from a batch's :class:`~prlib.routers.retrieval.Messages`."""
+
+    def __init__(self, query_dim: int, llm_dim: int, hidden: int, attention: bool,
+                 dropout: float):
+        super().__init__()
+        self.hidden, self.attention = hidden, attention
+        self.query = nn.Sequential(nn.Linear(query_dim, hidden), nn.ReLU(),
+                                   nn.Linear(hidden, hidden))
+        self.llm = nn.Linear(llm_dim, hidden)
+        if attention:
+            self.key = nn.Linear(hidden, hidden, bias=False)
+            self.sim_weight = nn.Parameter(torch.tensor([5.0, 5.0]))
+        d_in = N_STATIC + (2 * CHANNELS if attention else 0)
+        self.message = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, hidden), nn.ReLU())
+        self.out = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, 1))
+        self.readout = nn.Linear(d_in, 1)
+        # start as the lookup table: the score is the profile's mean feedback value (message
+        # feature 0), and the MLP learns what to add to it
+        with torch.no_grad():
+            self.readout.weight.zero_()
+            self.readout.weight[0, 0] = 1.0
+            self.readout.bias.zero_()
+            self.out[-1].weight.zero_()
+            self.out[-1].bias.zero_()
+
+    def attend(self, hq, hn, nb_sim, nb_ok, nb_values, nb_observed, which: int):
+        """Attention-weighted feedback of the neighbours, (n, M, C); ``hn`` (n, K, H) are the
+        neighbours' query states."""
+        logit = (self.key(hq)[:, None, :] * hn).sum(-1) / self.hidden ** 0.5
+        logit = logit + self.sim_weight[which] * nb_sim
+        logit = logit.masked_fill(~nb_ok, float("-inf"))
+        alpha = torch.softmax(logit, 1).nan_to_num(0.0) * nb_ok  # (n, K); no neighbour: 0
+        w = alpha[..., None] * nb_observed  # (n, K, M)
+        return (w[..., None] * nb_values).sum(1) / w.sum(1).clamp(min=1e-6)[..., None]
+
+    def forward(self, hq, h_queries, llm_x, msg: Messages, nb: dict) -> torch.Tensor:
+        """``hq`` (n, H): the requests' query states; ``h_queries`` (n_queries, H): every
+        feature query's state (the neighbours' keys are gathered from it)."""
+        parts = [msg.static]
+        if self.attention:
+            parts += [self.attend(hq, h_queries[nb["user_q"]], msg.user_sim, nb["user_ok"],
+                                  nb["user_values"], nb["user_observed"], 0),
+                      self.attend(hq, h_queries[nb["pool_q"]], msg.pool_sim, nb["pool_ok"],
+                                  nb["pool_values"], nb["pool_observed"], 1)]
+        z = torch.cat(parts, -1)  # (n, M, d_in)
+        e = self.message(z)  # (n, M, H)
+        hm = self.llm(llm_x)  # (M, H)
+        ctx = e.mean(1, keepdim=True).expand_as(e)
+        s = self.out(torch.cat([e, hq[:, None, :] * hm[None], ctx], -1)).squeeze(-1)
+        return s + self.readout(z).squeeze(-1)
+
+
+@register
+class PersonalizedRouterV2(Router):
+    """Ours, v2: a graph of the visible feedback history in which each request hears its
+    (user, task) profile, its user, its task, and the feedback of retrieved similar requests
+    (the user's and anybody's), with learned attention over the retrieved; an MLP scores every
+    candidate LLM from these messages and the query and LLM embeddings. Routing a new request
+    reads cached sums and runs one neighbour search (O(1) in the history's size per user)."""
+
+    name = "PersonalizedRouter v2 (ours)"
+    family = "ours"
+    selection = "early stopping (validation-best checkpoint)"
+    defaults = {f.name: f.default for f in fields(V2Config)}
+    grid = {"lr": [1e-3, 3e-3], "dropout": [0.0, 0.2]}
+
+    def __init__(self, feats: NodeFeatures, seed: int = 0, **params):
+        super().__init__(feats, seed, **params)
+        self.config = V2Config(**self.params)
+        self.device = resolve_device(self.config.device)
+        self.model: RetrievalScorer | None = None
+        self.history_: Requests | None = None
+        self.log_ = History()
+
+    @classmethod
+    def params_for(cls, feedback: str) -> dict:
+        """Choice-only feedback: a cross-entropy on the pick."""
+        return {"loss": "choice"} if feedback == "choice" else {}
+
+    # -------------------------------------------------------------- state
+    def _new_store(self) -> FeedbackStore:
+        f = self.feats
+        return FeedbackStore(f.query_ids, f.query_x.numpy(), f.tasks, f.llms, self.config.k,
+                             self.config.k_small)
+
+    def _new_model(self) -> RetrievalScorer:
+        c = self.config
+        return RetrievalScorer(self.feats.query_x.shape[1], self.feats.llm_x.shape[1], c.hidden,
+                               c.attention, c.dropout).to(self.device)
+
+    def _neighbours(self, msg: Messages) -> dict:
+        """Features and feedback of the retrieved neighbours, gathered for the scorer."""
+        st = self.store_
+        n, k = msg.user_nb.shape
+        user_ok = msg.user_nb >= 0
+        rows = msg.user_nb.clamp(min=0)
+        if len(st.values):
+            u_q = torch.as_tensor(st.row_query)[rows]
+            u_v = torch.as_tensor(st.values)[rows]
+            u_o = torch.as_tensor(st.observed)[rows] & user_ok[..., None]
+        else:
+            u_q = torch.zeros(n, k, dtype=torch.long)
+            u_v = torch.zeros(n, k, len(st.llms), CHANNELS)
+            u_o = torch.zeros(n, k, len(st.llms), dtype=torch.bool)
+        ids, _, mean = st.pooled()
+        pool_ok = msg.pool_nb >= 0
+        pq = msg.pool_nb.clamp(min=0)
+        if len(ids):
+            p_q, p_v = torch.as_tensor(ids)[pq], torch.as_tensor(mean)[pq]
+        else:
+            p_q = torch.zeros(n, k, dtype=torch.long)
+            p_v = torch.zeros(n, k, len(st.llms), CHANNELS)
+        p_o = pool_ok[..., None].expand(*pool_ok.shape, len(st.llms))
+        dev = self.device
+        return {"user_q": u_q.to(dev), "user_ok": user_ok.to(dev), "user_values": u_v.to(dev),
+                "user_observed": u_o.float().to(dev), "pool_q": p_q.to(dev),
+                "pool_ok": pool_ok.to(dev), "pool_values": p_v.to(dev),
+                "pool_observed": p_o.float().to(dev)}
+
+    def _logits(self, req: Requests, msg: Messages, query_x: torch.Tensor | None = None):
+        """Logits (n, n_llms), -inf for non-candidates."""
+        dev = self.device
+        h_queries = self.model.query(self.feats.query_x.to(dev))  # (n_queries, H)
+        if query_x is None:
+            idx = pd.Index(self.feats.query_ids).get_indexer(req.frame["query_id"])
+            hq = h_queries[torch.as_tensor(idx, device=dev)]
+        else:
+            hq = self.model.query(query_x.to(dev))
+        msg_d = Messages(*(t.to(dev) for t in (msg.static, msg.user_nb, msg.user_sim,
+                                                msg.pool_nb, msg.pool_sim)))
+        s = self.model(hq, h_queries, self.feats.llm_x.to(dev), msg_d, self._neighbours(msg))
+        cand = torch.as_tensor(~np.isnan(req.utility), device=dev)
+        return s.masked_fill(~cand, float("-inf"))
+
+    # -------------------------------------------------------------- training
+    def fit(self, train: Requests, val: Requests, *, progress: bool = False):
+        """Leave-one-query-out training on ``train``; checkpoint selected on ``val``."""
+        with torch_threads(self.config.threads):
+            return self._fit(train, val, progress)
+
+    def _fit(self, train: Requests, val: Requests, progress: bool):
+        c = self.config
+        seed_everything(self.seed)
+        rng = np.random.default_rng(self.seed)
+        self.store_ = self._new_store()
+        self.store_.add(train)
+        train_msg = self.store_.messages(train)  # each request without its own query's rows
+        check_no_label_leak_v2(self.store_, train, train_msg)
+        val_msg = self.store_.messages(val)
+        self.model = self._new_model()
+        util = torch.as_tensor(np.nan_to_num(train.utility), dtype=torch.float32)
+        cand = torch.as_tensor(~np.isnan(train.utility))
+        chosen = torch.as_tensor(train.chosen)
+
+        def step_loss():
+            idx = rng.choice(len(train), min(c.batch_size, len(train)), replace=False)
+            logits = self._logits(train.select(idx), train_msg.select(torch.as_tensor(idx)))
+            if c.loss == "choice":
+                return F.cross_entropy(logits, chosen[idx].to(self.device))
+            m = cand[idx].to(self.device)
+            return F.mse_loss(logits[m], util[idx].to(self.device)[m])
+
+        def val_metric():
+            return reward_of(val, self._logits(val, val_msg).double().cpu().numpy())
+
+        self.log_ = train_module(self.model, step_loss, val_metric, steps=c.steps, lr=c.lr,
+                                 weight_decay=c.weight_decay, eval_every=c.eval_every,
+                                 patience=c.patience, progress=progress, desc=self.name)
+        self.history_ = train
+        return self
+
+    # -------------------------------------------------------------- inference
+    @torch.no_grad()
+    def scores(self, requests: Requests) -> np.ndarray:
+        """Logits (n, n_llms) from the cached history; -inf = not a candidate. A request whose
+        (user, query) already has visible feedback is refused (its label is in sight); a user
+        without history gets the population's messages (task and pooled neighbours)."""
+        self._check_fitted()
+        st = self.store_
+        seen = [(st.upos.get(u, -1), st.qpos.get(q, -1)) in st.row_of
+                for u, q in zip(requests.frame["user_id"], requests.frame["query_id"])]
+        if any(seen):
+            raise ValueError(f"{sum(seen)} requests already have visible feedback for their "
+                             "(user, query): scoring them would read their own label")
+        self.model.eval()
+        with torch_threads(self.config.threads):
+            msg = st.messages(requests)
+            check_no_label_leak_v2(st, requests, msg)
+            return self._logits(requests, msg).cpu().numpy()
+
+    def add_user(self, history: Requests) -> None:
+        """Make feedback visible (new users or new requests of known ones), no retraining:
+        only the sums of the touched users, profiles, tasks and queries change."""
+        self._check_fitted()
+        self.store_.add(history)
+        self.history_ = concat_requests(self.history_, history)
+
+    record_feedback = add_user
+
+    @torch.no_grad()
+    def route_text(self, user_id: str, query_text: str, task: str | None = None) -> str:
+        """The LLM picked for ``user_id`` and a new query text (the router's features do not
+        grow). ``task`` defaults to the task whose description is closest to the query."""
+        self._check_fitted()
+        row = query_row(query_text)
+        if task is None:
+            sims = F.cosine_similarity(self.feats.task_x, row[:, :-1])
+            task = self.feats.tasks[int(sims.argmax())]
+        elif task not in self.feats.tasks:
+            raise KeyError(f"unknown task {task!r}; known tasks: {self.feats.tasks}")
+        n = len(self.feats.llms)
+        req = Requests(pd.DataFrame({"user_id": [user_id], "query_id": ["__text__"],
+                                     "task": [task], "split": ["new"]}), self.feats.llms,
+                       np.zeros((1, n)), np.zeros(1, dtype=int))
+        self.model.eval()
+        with torch_threads(self.config.threads):
+            msg = self.store_.messages(req, query_x=row.numpy())
+            return self.feats.llms[int(self._logits(req, msg, row).argmax())]
+
+    def _check_fitted(self) -> None:
+        if self.model is None or self.history_ is None:
+            raise RouterError("the router is not fitted: call fit(train, val) or load(path)")
+
+    # -------------------------------------------------------------- persistence
+    def fitted_state(self) -> dict:
+        return {"history_": self.history_, "log_": self.log_}
+
+    def _modules(self):
+        self._check_fitted()
+        return {"model": self.model}
+
+    def _rebuild(self) -> None:
+        self.store_ = self._new_store()
+        self.store_.add(self.history_)
+        self.model = self._new_model()
+

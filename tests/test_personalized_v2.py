@@ -1,0 +1,139 @@
+"""PersonalizedRouter v2: its messages equal an explicit edge-list computation, never carry the
+label of the request's own query, and routing reads a cache that does not grow."""
+
+import numpy as np
+import pytest
+import torch
+
+from prlib import routers as R
+from prlib.requests import Requests
+from prlib.routers.retrieval import (FeedbackStore, Messages, check_no_label_leak_v2,
+                                     reference_messages)
+from test_routers import by_both, by_query, make_feats, make_requests
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return make_requests(by_both, drop_mid_every=4)
+
+
+def store_of(feats, history, k=5, k_small=2):
+    st = FeedbackStore(feats.query_ids, feats.query_x.numpy(), feats.tasks, feats.llms, k, k_small)
+    st.add(history)
+    return st
+
+
+@pytest.mark.parametrize("which", ["new requests", "leave-one-query-out on the history"])
+def test_v2_messages_equal_the_explicit_edge_lists(toy, which):
+    feats = make_feats()
+    train = toy.split("train")
+    req = toy.split("test") if which == "new requests" else train
+    cached = store_of(feats, train).messages(req).static
+    ref = reference_messages(train, req, feats.query_ids, feats.query_x.numpy(), 5, 2)
+    np.testing.assert_allclose(cached.numpy(), ref.numpy(), atol=1e-5)
+
+
+def test_v2_messages_do_not_depend_on_the_labels_of_their_own_query(toy):
+    """Scramble every user's feedback on one training query: the messages of that query's
+    requests do not move (others may)."""
+    feats = make_feats()
+    train = toy.split("train")
+    before = store_of(feats, train).messages(train)
+    q0 = train.frame["query_id"].iloc[0]
+    rows = (train.frame["query_id"] == q0).to_numpy()
+    util = train.utility.copy()
+    util[rows] = np.where(np.isnan(util[rows]), np.nan, np.random.default_rng(1).random(
+        util[rows].shape))
+    scrambled = Requests(train.frame, train.llms, util, np.nanargmax(util, 1))
+    after = store_of(feats, scrambled).messages(scrambled)
+    np.testing.assert_allclose(after.static[rows].numpy(), before.static[rows].numpy(), atol=1e-6)
+    assert not np.allclose(after.static[~rows].numpy(), before.static[~rows].numpy())
+
+
+def test_v2_leak_check_catches_a_request_that_retrieves_its_own_query(toy):
+    feats = make_feats()
+    train = toy.split("train")
+    st = store_of(feats, train)
+    msg = st.messages(train)
+    check_no_label_leak_v2(st, train, msg)
+    bad = msg.user_nb.clone()
+    bad[0, 0] = 0  # row 0 is the request itself
+    with pytest.raises(AssertionError, match="own query"):
+        check_no_label_leak_v2(st, train, Messages(msg.static, bad, msg.user_sim, msg.pool_nb,
+                                                   msg.pool_sim))
+
+
+@pytest.fixture(scope="module")
+def fitted(toy):
+    return R.PersonalizedRouterV2(make_feats(), steps=100, batch_size=64).fit(
+        toy.split("train"), toy.split("val"))
+
+
+def test_v2_learns_users_and_queries(toy, fitted):
+    test = toy.split("test")
+    assert (fitted.route(test) == test.chosen).mean() >= 0.9
+    req = make_requests(by_query)
+    r = R.PersonalizedRouterV2(make_feats(), steps=100, batch_size=64).fit(
+        req.split("train"), req.split("val"))
+    assert (r.route(req.split("test")) == req.split("test").chosen).mean() >= 0.9
+
+
+def test_v2_refuses_to_score_a_request_whose_feedback_is_visible(toy, fitted):
+    with pytest.raises(ValueError, match="own label"):
+        fitted.scores(toy.split("train").select(np.arange(3)))
+
+
+def test_v2_cold_user_gets_the_population_route_and_add_user_changes_it(toy, fitted):
+    test = toy.split("test")
+    new = test.renamed("newcomer")
+    s = fitted.scores(new)
+    assert np.isfinite(s[~np.isnan(new.utility)]).all()
+    import copy
+
+    r = copy.deepcopy(fitted)
+    hist = toy.split("val").select(toy.split("val").frame["user_id"].to_numpy() == "frugal")
+    r.add_user(hist.renamed("newcomer"))
+    assert not np.allclose(r.scores(new), s)
+
+
+def test_v2_route_text_does_not_grow_the_router():
+    """1,000 new query texts routed: the router's features and history stay as they were, and
+    the Python heap does not grow with the calls."""
+    import tracemalloc
+
+    from prlib.bank import Bank
+    from prlib.experiment import Setting, setting_views
+    from prlib.simulate import simulate_multi_cost
+    from test_experiment import LLM_TABLE, logged_frame
+
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    setting = Setting("text", bank, simulate_multi_cost(bank))
+    train, val, _ = setting_views(setting, 0)
+    router = R.PersonalizedRouterV2(setting.feats, steps=20).fit(train, val)
+    n_queries, n_rows = len(router.feats.query_ids), len(router.store_.row_user)
+    user = train.frame["user_id"].iloc[0]
+    router.route_text(user, "math question number 3: please help")  # warm (embedding cached)
+    tracemalloc.start()
+    router.route_text(user, "math question number 3: please help")
+    before = tracemalloc.get_traced_memory()[0]
+    picks = {router.route_text(user, "math question number 3: please help") for _ in range(1000)}
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(picks) == 1 and picks <= set(bank.llm_names)
+    assert len(router.feats.query_ids) == n_queries and len(router.store_.row_user) == n_rows
+    assert grown < 200_000, f"the heap grew by {grown} bytes over 1,000 calls"
+
+
+def test_v2_saves_and_loads(toy, fitted, tmp_path):
+    folder = fitted.save(tmp_path / "v2")
+    loaded = R.Router.load(folder, make_feats())
+    test = toy.split("test")
+    np.testing.assert_allclose(loaded.scores(test), fitted.scores(test), atol=1e-5)
+
+
+def test_v2_scores_are_the_same_batched_or_one_by_one(toy, fitted):
+    test = toy.split("test")
+    batched = fitted.scores(test)
+    single = np.vstack([fitted.scores(test.select([i])) for i in range(0, len(test), 7)])
+    np.testing.assert_allclose(single, batched[::7], atol=1e-5)
+    torch.set_num_threads(torch.get_num_threads())
