@@ -227,7 +227,8 @@ class PersonalizedRouterV2(Router):
 
         self.log_ = train_module(self.model, step_loss, val_metric, steps=c.steps, lr=c.lr,
                                  weight_decay=c.weight_decay, eval_every=c.eval_every,
-                                 patience=c.patience, progress=progress, desc=self.name)
+                                 patience=c.patience, progress=progress, desc=self.name,
+                                 check_at_start=True)
         self.history_ = train
         return self
 

@@ -22,18 +22,29 @@ def train_module(module: torch.nn.Module, step_loss: Callable[[], torch.Tensor],
                  val_metric: Callable[[], float], *, steps: int, lr: float,
                  weight_decay: float = 0.0, eval_every: int = 10, patience: int = 8,
                  min_delta: float = 1e-9, progress: bool = False,
-                 desc: str = "train") -> History:
+                 desc: str = "train", check_at_start: bool = False) -> History:
     """Train ``module`` in place and reload its validation-best weights.
 
     ``step_loss()`` computes one mini-batch loss (the module is in train mode); every
     ``eval_every`` steps and at the last step ``val_metric()`` is computed in eval mode without
     gradients. Training stops after ``patience`` checks without an improvement of more than
-    ``min_delta``; the weights of the best check are then loaded back into ``module``.
+    ``min_delta``; the weights of the best check are then loaded back into ``module``. With
+    ``check_at_start`` the untrained weights are checked too (step 0), so a module initialised
+    at a sound solution is kept when training does not beat it on validation.
     """
     opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     log = History()
     best, best_state, wait = -np.inf, None, 0
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False, mininterval=10)
+    if check_at_start:
+        module.eval()
+        with torch.no_grad():
+            metric = float(val_metric())
+        log.step.append(0)
+        log.train_loss.append(float("nan"))
+        log.val_metric.append(metric)
+        if np.isfinite(metric):
+            best, best_state, log.best_step = metric, copy.deepcopy(module.state_dict()), 0
     for step in bar:
         module.train()
         loss = step_loss()
