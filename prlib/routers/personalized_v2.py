@@ -182,7 +182,7 @@ class PersonalizedRouterV2(Router):
     def _logits(self, req: Requests, msg: Messages, query_x: torch.Tensor | None = None):
         """Logits (n, n_llms), -inf for non-candidates."""
         dev = self.device
-        h_queries = self.model.query(self.feats.query_x.to(dev))  # (n_queries, H)
+        h_queries = self._query_states()  # (n_queries, H)
         if query_x is None:
             idx = pd.Index(self.feats.query_ids).get_indexer(req.frame["query_id"])
             hq = h_queries[torch.as_tensor(idx, device=dev)]
@@ -194,11 +194,24 @@ class PersonalizedRouterV2(Router):
         cand = torch.as_tensor(~np.isnan(req.utility), device=dev)
         return s.masked_fill(~cand, float("-inf"))
 
+    def _query_states(self) -> torch.Tensor:
+        """Every feature query's state (n_queries, H); cached once the weights are final (after
+        ``fit`` or ``load``), recomputed while training."""
+        if getattr(self, "_frozen", False):
+            if getattr(self, "_hq_cache", None) is None:
+                with torch.no_grad():
+                    self._hq_cache = self.model.query(self.feats.query_x.to(self.device))
+            return self._hq_cache
+        return self.model.query(self.feats.query_x.to(self.device))
+
     # -------------------------------------------------------------- training
     def fit(self, train: Requests, val: Requests, *, progress: bool = False):
         """Leave-one-query-out training on ``train``; checkpoint selected on ``val``."""
+        self._frozen, self._hq_cache = False, None
         with torch_threads(self.config.threads):
-            return self._fit(train, val, progress)
+            self._fit(train, val, progress)
+        self._frozen = True
+        return self
 
     def _fit(self, train: Requests, val: Requests, progress: bool):
         c = self.config
@@ -296,4 +309,5 @@ class PersonalizedRouterV2(Router):
         self.store_ = self._new_store()
         self.store_.add(self.history_)
         self.model = self._new_model()
+        self._frozen, self._hq_cache = True, None  # filled lazily, after the weights load
 
