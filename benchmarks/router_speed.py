@@ -1,66 +1,148 @@
-"""Benchmark (not a timed test): PersonalizedRouter training time and routing throughput.
+"""Benchmark (not a timed test): training time, peak memory and routing speed of ours and of the
+strongest baselines.
 
-Trains the 9-user multi-cost model on the full LLMRouter bank (the paper's users, default
-hyper-parameters) and times batched routing of the test requests. Writes
-``figures/40_router_benchmark.json`` and the README's sentence (``40_router_benchmark.md``).
-Run: ``.venv/bin/python benchmarks/router_speed.py``.
+Setting: the nine paper users (simulated multi-cost users) on the full LLMRouter bank, split of
+seed 0, default hyper-parameters. Each router runs in its own fresh process, so its peak memory is
+its own: fit time, the process's peak resident memory (``ru_maxrss``, data and libraries
+included) and its resident memory before the fit, batched routing throughput of the test
+requests (best of 3, after a warm-up; 1 and 2 torch threads), and single-request latency
+p50 / p99 over ``--calls`` warm calls of ``route`` on one request each (the one-row requests are
+built before the clock starts). Writes ``figures/40_router_benchmark.json`` and the README's
+sentence ``figures/40_router_benchmark.md``.
+
+Run: ``python benchmarks/router_speed.py`` (``--routers`` to choose, ``--calls`` for the latency
+sample). Runs take a few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 
-import torch
+import numpy as np
 
-from prlib import data
-from prlib.config import REPO_ROOT, resolve_device
-from prlib.features import node_features
-from prlib.metrics import routing_metrics
-from prlib.requests import build_requests, split_queries
-from prlib.routers import PersonalizedRouter
-from prlib.simulate import simulate_multi_cost
+#: Ours and the strongest baselines of notebook 50 (the per-user lookup table, per-user kNN and
+#: the MLP with a user embedding).
+DEFAULT_ROUTERS = ["PersonalizedRouterV2", "BestPerUserTaskRouter", "PerUserKNNRouter",
+                   "UserMLPRouter"]
 
 
-def main() -> dict:
+def _rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(router_class: str, calls: int) -> dict:
+    """Fit one router and time it (run in a fresh process by :func:`main`)."""
+    import torch
+
+    from prlib import data
+    from prlib.config import resolve_device, torch_threads
+    from prlib.features import node_features
+    from prlib.metrics import routing_metrics
+    from prlib.requests import build_requests, split_queries
+    from prlib.routers import get_router
+    from prlib.simulate import simulate_multi_cost
+
     bank = data.load_bank("llmrouter")
     prefs = simulate_multi_cost(bank)
     req = build_requests(prefs.interactions, bank, split_queries(bank.queries["query_id"], seed=0))
-    feats = node_features(bank, progress=True)  # cached on disk after the first run
+    feats = node_features(bank, progress=False)  # cached on disk after the first run
     train, val, test = req.split("train"), req.split("val"), req.split("test")
-    start = time.perf_counter()
-    router = PersonalizedRouter(feats, seed=0).fit(train, val, progress=True)
-    fit_s = time.perf_counter() - start
-    router.scores(test)  # warm-up
-    runs = []
-    for _ in range(3):
+    cls = get_router(router_class)
+    rss_before = _rss_mb()
+    with torch_threads(1):
         start = time.perf_counter()
-        picks = router.route(test)
-        runs.append(time.perf_counter() - start)
-    route_s = min(runs)
+        router = cls(feats, seed=0).fit(train, val)
+        fit_s = time.perf_counter() - start
+    rss_after_fit = _rss_mb()
+    throughput = {}
+    for threads in (1, 2):
+        if hasattr(router, "config") and hasattr(router.config, "threads"):
+            router.config.threads = threads  # ours sets its own thread count when scoring
+        with torch_threads(threads):
+            picks = router.route(test)  # warm-up
+            runs = []
+            for _ in range(3):
+                start = time.perf_counter()
+                picks = router.route(test)
+                runs.append(time.perf_counter() - start)
+        throughput[f"requests_per_second_{threads}_thread{'s' if threads > 1 else ''}"] = round(
+            len(test) / min(runs))
+    if hasattr(router, "config") and hasattr(router.config, "threads"):
+        router.config.threads = 1
+    rng = np.random.default_rng(0)
+    singles = [test.select([int(i)]) for i in rng.choice(len(test), calls + 50)]
+    latency = []
+    with torch_threads(1):
+        for i, one in enumerate(singles):
+            start = time.perf_counter()
+            router.route(one)
+            if i >= 50:  # the first 50 calls warm up
+                latency.append(time.perf_counter() - start)
+    lat_ms = 1e3 * np.asarray(latency)
+    log = getattr(router, "log_", None)
+    return {
+        "router": cls.name, "class": router_class, "device": resolve_device("auto"),
+        "fit_seconds": round(fit_s, 2), "fit_torch_threads": 1,
+        "steps_run": int(log.step[-1]) if log is not None and len(log.step) else None,
+        "best_step": getattr(log, "best_step", None),
+        "peak_rss_mb": round(_rss_mb()), "rss_before_fit_mb": round(rss_before),
+        "peak_rss_after_fit_mb": round(rss_after_fit), **throughput,
+        "single_request_p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
+        "single_request_p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
+        "single_request_calls": len(lat_ms),
+        "test_reward": round(routing_metrics(test, picks)["reward"], 4),
+        "train_requests": len(train), "test_requests": len(test),
+        "torch_version": torch.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--routers", nargs="+", default=DEFAULT_ROUTERS, help="class names")
+    parser.add_argument("--calls", type=int, default=1000, help="single-request calls timed")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one router
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure(args.one, args.calls)))
+        return {}
+    from prlib.config import REPO_ROOT
+
+    rows = []
+    for name in args.routers:
+        print(f"[router_speed] {name} ...", flush=True)
+        out = subprocess.run([sys.executable, __file__, "--one", name, "--calls", str(args.calls)],
+                             check=True, capture_output=True, text=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1], indent=1), flush=True)
     result = {
-        "what": "PersonalizedRouter, multi-cost, LLMRouter bank, 9 paper users (simulated)",
-        "device": resolve_device("auto"), "torch_threads": torch.get_num_threads(),
+        "what": "fit, memory and routing speed; multi-cost, full LLMRouter bank, the 9 paper users "
+                "(simulated), split of seed 0, default hyper-parameters, one process per router",
         "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "train_requests": len(train), "val_requests": len(val), "test_requests": len(test),
-        "fit_seconds": round(fit_s, 1), "steps_run": router.log_.step[-1],
-        "best_step": router.log_.best_step,
-        "route_seconds_batched": round(route_s, 3),
-        "requests_per_second": round(len(test) / route_s),
-        "note": "routing time includes encoding the whole history graph once for the batch",
-        "test_metrics": routing_metrics(test, picks),
+        "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+        "routers": rows,
     }
     out = REPO_ROOT / "figures" / "40_router_benchmark.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
+    ours = rows[0]
     out.with_suffix(".md").write_text(  # the README's sentence, from the numbers above
-        f"On CPU ({result['cpu_count']} cores, {result['torch_threads']} torch threads) the "
-        f"nine-user multi-cost model trains in {result['fit_seconds']:.0f} s "
-        f"({result['steps_run']} steps, early-stopped) and routes "
-        f"{result['requests_per_second']:,} requests/s batched "
-        "(`figures/40_router_benchmark.json`, `benchmarks/router_speed.py`).\n")
-    print(json.dumps(result, indent=1))
+        f"On CPU ({result['cpu_count']} cores, device {ours['device']}) {ours['router']} trains "
+        f"the nine-user multi-cost model on the full LLMRouter bank ({ours['train_requests']:,} "
+        f"training requests) in {ours['fit_seconds']:.0f} s on one torch thread (peak memory "
+        f"{ours['peak_rss_mb']:,} MB for the whole process), routes "
+        f"{ours['requests_per_second_1_thread']:,} requests/s batched on one thread "
+        f"({ours['requests_per_second_2_threads']:,} on two) and a single request in "
+        f"{ours['single_request_p50_ms']:.1f} ms (p50) / {ours['single_request_p99_ms']:.1f} ms "
+        f"(p99) over {ours['single_request_calls']:,} calls; baselines in "
+        "`figures/40_router_benchmark.json` (`benchmarks/router_speed.py`).\n")
+    print(out.with_suffix(".md").read_text())
     return result
 
 

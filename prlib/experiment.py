@@ -384,3 +384,26 @@ def describe_improvement(imp: dict, fmt: str = ".3f") -> str:
             f"({ci}; paired over {imp['seeds']} seed{'s' if imp['seeds'] != 1 else ''}; "
             f"{imp['ours_mean']:{fmt}} vs "
             f"{imp['baseline_mean']:{fmt}}).")
+
+
+def ablation_table(results: pd.DataFrame, metric: str, full: str,
+                   fmt: str = ".3f") -> pd.DataFrame:
+    """What each part of ours buys: one row per router of the ``ablation`` family (and ``full``
+    itself) in ``results``, with its mean ± std of ``metric`` and the paired difference per seed
+    ``variant - full`` with its 95 % CI (negative: removing the part costs that much)."""
+    a = results[results["router"] == full].set_index("seed")[metric]
+    rows = []
+    for name in dict.fromkeys(results.loc[(results["family"] == "ablation")
+                                          | (results["router"] == full), "router"]):
+        v = results[results["router"] == name].set_index("seed")[metric].reindex(a.index)
+        d = paired_difference(v.to_numpy(), a.to_numpy())
+        ci = (f"[{d['ci_low']:+{fmt}}, {d['ci_high']:+{fmt}}]" if np.isfinite(d["ci_low"])
+              else "n/a")
+        rows.append({"variant": name, metric: f"{v.mean():{fmt}} ± {v.std(ddof=0):{fmt}}",
+                     "minus_full": "—" if name == full else f"{d['mean']:+{fmt}}",
+                     "ci95": "—" if name == full else ci,
+                     "verdict": "—" if name == full else (
+                         "one seed: no interval" if not np.isfinite(d["ci_low"]) else
+                         "worse than full" if d["ci_high"] < 0 else
+                         "better than full" if d["ci_low"] > 0 else "tie")})
+    return pd.DataFrame(rows)

@@ -21,6 +21,17 @@ must FAIL. The script prints one line per mutation and exits non-zero if any mut
    called -> ``test_frugalgpt_is_charged_for_every_llm_it_calls``.
 8. ``tuning-keeps-the-worst-point``: the tuner keeps the grid point with the worst validation
    metric -> ``test_tuning_picks_the_validation_best_point_on_development_seeds_only``.
+9. ``v2-retrieves-own-query``: ours' user kNN may retrieve the request's own query (its label)
+   -> ``test_v2_messages_do_not_depend_on_the_labels_of_their_own_query``,
+   ``test_v2_messages_equal_the_explicit_edge_lists``.
+10. ``v2-pooled-hears-own-query``: ours' pooled kNN may retrieve the request's own query (other
+    users' labels of it) -> the same two tests.
+11. ``v2-task-mean-keeps-own-query``: the task message keeps the rows of the request's own query
+    -> the same two tests.
+12. ``v2-profile-keeps-own-row``: the profile message keeps the request's own row (its label, in
+    the leave-one-query-out training view) -> the same two tests.
+13. ``v2-stale-user-cache``: adding feedback leaves a user's cached rows stale ->
+    ``test_v2_feedback_added_later_equals_a_store_built_at_once``.
 """
 
 from __future__ import annotations
@@ -33,6 +44,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: the tests that catch a label of the request's own query in ours' messages
+V2_OWN_QUERY_TESTS = [
+    "tests/test_personalized_v2.py::test_v2_messages_do_not_depend_on_the_labels_of_their_own_query",
+    "tests/test_personalized_v2.py::test_v2_messages_equal_the_explicit_edge_lists"]
 
 #: name -> (file, [(old, new), ...], tests that must fail)
 MUTATIONS = {
@@ -82,6 +98,31 @@ MUTATIONS = {
           "        chosen[cls.__name__] = json.loads(means.idxmin())")],
         ["tests/test_experiment.py::"
          "test_tuning_picks_the_validation_best_point_on_development_seeds_only"]),
+    "v2-retrieves-own-query": (
+        "prlib/routers/retrieval.py",
+        [('            sim[torch.from_numpy(rq[None, :] == q[mine][:, None])] = float("-inf")',
+          "            pass  # MUTATION")],
+        V2_OWN_QUERY_TESTS),
+    "v2-pooled-hears-own-query": (
+        "prlib/routers/retrieval.py",
+        [("        sim[torch.from_numpy(np.flatnonzero(own_pooled)), torch.from_numpy(pos[own_pooled])] = \\\n"
+          '            float("-inf")\n', "")],
+        V2_OWN_QUERY_TESTS),
+    "v2-task-mean-keeps-own-query": (
+        "prlib/routers/retrieval.py",
+        [("        s_t, n_t = self.s_task[tk] - sq, self.n_task[tk] - nq",
+          "        s_t, n_t = self.s_task[tk], self.n_task[tk]")],
+        V2_OWN_QUERY_TESTS),
+    "v2-profile-keeps-own-row": (
+        "prlib/routers/retrieval.py",
+        [("            s_p = np.where(kn3, self.s_prof[uk, tk], 0.0) - own_v",
+          "            s_p = np.where(kn3, self.s_prof[uk, tk], 0.0)")],
+        V2_OWN_QUERY_TESTS),
+    "v2-stale-user-cache": (
+        "prlib/routers/retrieval.py",
+        [("            self._user_rows_cache.pop(key[0], None)\n", "")],
+        ["tests/test_personalized_v2.py::"
+         "test_v2_feedback_added_later_equals_a_store_built_at_once"]),
 }
 
 
@@ -108,9 +149,12 @@ def run(name: str, file: str, edits: list[tuple[str, str]], tests: list[str]) ->
         return proc.returncode == 1 and " failed" in proc.stdout  # a test failed, not a crash
 
 
-def main() -> int:
+def main(names: list[str] | None = None) -> int:
+    """Run every mutation (or those ``names``, e.g. ``python tests/mutations.py v2-stale-user-cache``)."""
     survived = []
     for name, (file, edits, tests) in MUTATIONS.items():
+        if names and name not in names:
+            continue
         caught = run(name, file, edits, tests)
         print(f"{'caught  ' if caught else 'SURVIVED'} {name:24s} by {', '.join(t.split('::')[1] for t in tests)}",
               flush=True)
@@ -120,4 +164,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -60,7 +60,7 @@ def test_v2_leak_check_catches_a_request_that_retrieves_its_own_query(toy):
     bad[0, 0] = 0  # row 0 is the request itself
     with pytest.raises(AssertionError, match="own query"):
         check_no_label_leak_v2(st, train, Messages(msg.static, bad, msg.user_sim, msg.pool_nb,
-                                                   msg.pool_sim))
+                                                   msg.pool_sim, msg.query))
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,19 @@ def test_v2_scores_are_the_same_batched_or_one_by_one(toy, fitted):
     single = np.vstack([fitted.scores(test.select([i])) for i in range(0, len(test), 7)])
     np.testing.assert_allclose(single, batched[::7], atol=1e-5)
     torch.set_num_threads(torch.get_num_threads())
+
+
+def test_v2_feedback_added_later_equals_a_store_built_at_once(toy):
+    """Recording feedback after the store has answered (and cached) equals building the store
+    from all of it at once: the incremental update leaves no stale cached state."""
+    from prlib.requests import concat_requests
+
+    feats = make_feats()
+    train, val, test = (toy.split(s) for s in ("train", "val", "test"))
+    late = store_of(feats, train)
+    late.messages(test)  # fills the per-user and pooled caches
+    late.add(val)
+    at_once = store_of(feats, concat_requests(train, val))
+    a, b = late.messages(test), at_once.messages(test)
+    np.testing.assert_allclose(a.static.numpy(), b.static.numpy(), atol=1e-6)
+    assert torch.equal(a.pool_nb, b.pool_nb)

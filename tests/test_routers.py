@@ -243,7 +243,9 @@ def test_registry_lists_every_router_once_in_table_order():
     assert len({c.name for c in classes}) == len(classes)
     fams = [B.FAMILIES.index(c.family) for c in classes]
     assert fams == sorted(fams)
-    assert B.PersonalizedRouter in classes and B.get_router("kNN per user") is B.PerUserKNNRouter
+    assert B.PersonalizedRouterV2 in classes and B.get_router("kNN per user") is B.PerUserKNNRouter
+    assert B.PersonalizedRouter not in classes  # v1 and the ablations: family "ablation" only
+    assert B.PersonalizedRouter in B.registered("ablation")
     with pytest.raises(B.RouterError, match="no registered router"):
         B.get_router("nonsense")
     table = B.catalogue()
@@ -267,12 +269,12 @@ def test_unregistered_or_malformed_routers_are_errors():
         B.KNNRouter(make_feats(), neighbours=3)
 
 
-@pytest.mark.parametrize("cls", B.registered(), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", B.registered() + B.registered("ablation"), ids=lambda c: c.__name__)
 def test_every_router_saves_and_loads_without_pickles(cls, tmp_path):
     req = make_requests(by_both, drop_mid_every=3)
     feats = make_feats()
-    kw = {"steps": 20, "eval_every": 10} if issubclass(cls, (B.TorchRouter,
-                                                            B.PersonalizedRouter)) else {}
+    kw = {"steps": 20, "eval_every": 10} if issubclass(cls, (
+        B.TorchRouter, B.PersonalizedRouter, B.PersonalizedRouterV2)) else {}
     router = cls(feats, seed=0, **kw).fit(req.split("train"), req.split("val"))
     test = req.split("test")
     folder = router.save(tmp_path / cls.__name__)

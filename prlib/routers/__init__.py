@@ -4,7 +4,8 @@ One module per family: :mod:`~prlib.routers.simple` (rules, lookup tables, the o
 :mod:`~prlib.routers.neighbours` (kNN), :mod:`~prlib.routers.neural` (MLPs, matrix
 factorisation), :mod:`~prlib.routers.graph` (GraphRouter, the released design),
 :mod:`~prlib.routers.contrastive` (RouterDC), :mod:`~prlib.routers.cascade` (HybridLLM,
-FrugalGPT) and :mod:`~prlib.routers.personalized` (ours). Every torch router trains through
+FrugalGPT) and :mod:`~prlib.routers.personalized_v2` (ours, with :mod:`~prlib.routers.retrieval`; its ablations
+and the superseded v1 of :mod:`~prlib.routers.personalized` are in the family ``"ablation"``). Every torch router trains through
 :func:`~prlib.routers.training.train_module`.
 
 Adding a router is one class with a docstring, ``name``, ``family`` and ``@register``::
@@ -21,7 +22,7 @@ Adding a router is one class with a docstring, ``name``, ``family`` and ``@regis
 ``python -m prlib.routers`` lists the registered routers.
 """
 
-from prlib.routers.base import (FAMILIES, History, Router, RouterError, catalogue,
+from prlib.routers.base import (ABLATION, FAMILIES, History, Router, RouterError, catalogue,
                                 description, get_router, register, registered, unregister)
 from prlib.routers.training import TorchRouter, train_module
 
@@ -34,7 +35,8 @@ from prlib.routers.graph import GraphRouterGNN, ReferenceDesignRouter  # noqa: E
 from prlib.routers.neighbours import KNNRouter, PerUserKNNRouter  # noqa: E402
 from prlib.routers.neural import MFRouter, MLPRouter, UserMLPRouter  # noqa: E402
 from prlib.routers.personalized import PersonalizedRouter, TrainConfig  # noqa: E402
-from prlib.routers.personalized_v2 import PersonalizedRouterV2, V2Config  # noqa: E402
+from prlib.routers.personalized_v2 import (ABLATIONS, PersonalizedRouterV2,  # noqa: E402
+                                           V2Config)
 from prlib.routers.simple import (BestPerUserRouter, BestPerUserTaskRouter,  # noqa: E402
                                   BestSingleRouter, CheapestRouter, MostExpensiveRouter,
                                   OracleRouter, RandomRouter)
@@ -46,5 +48,5 @@ __all__ = [
     "BestPerUserTaskRouter", "OracleRouter", "KNNRouter", "PerUserKNNRouter", "MLPRouter",
     "UserMLPRouter", "MFRouter", "GraphRouterGNN", "ReferenceDesignRouter", "RouterDC",
     "HybridLLMRouter", "FrugalGPTRouter", "PersonalizedRouter", "TrainConfig",
-    "PersonalizedRouterV2", "V2Config",
+    "PersonalizedRouterV2", "V2Config", "ABLATIONS", "ABLATION",
 ]

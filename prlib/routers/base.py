@@ -30,7 +30,11 @@ from prlib.features import NodeFeatures
 from prlib.requests import Requests
 
 #: Router families, in table order.
-FAMILIES = ("simple", "non-personalised", "personalised", "released design", "upper bound", "ours")
+FAMILIES = ("simple", "non-personalised", "personalised", "released design", "upper bound", "ours",
+            "ablation")
+#: The family of ours with a part removed (notebook 40): registered, but not among the routers
+#: of the comparison tables.
+ABLATION = "ablation"
 #: Finite stand-in for -inf inside losses.
 NEG = -1e9
 #: The selection budget of every router with hyper-parameters (ours included): its declared
@@ -144,12 +148,14 @@ def unregister(cls: type["Router"] | str) -> None:
 
 def registered(family: str | None = None) -> list[type["Router"]]:
     """Registered routers in table order (by family, then registration), optionally of one
-    ``family``."""
+    ``family``. Without a family: every router of the comparison tables (ablations of ours,
+    family ``"ablation"``, are listed only when asked for by family)."""
     if family is not None and family not in FAMILIES:
         raise RouterError(f"unknown family {family!r}; families: {FAMILIES}")
     order = sorted(enumerate(_REGISTRY.values()),
                    key=lambda ic: (FAMILIES.index(ic[1].family), ic[0]))
-    return [c for _, c in order if family is None or c.family == family]
+    return [c for _, c in order
+            if c.family == family or (family is None and c.family != ABLATION)]
 
 
 def get_router(key: str | type["Router"]) -> type["Router"]:

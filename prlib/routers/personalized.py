@@ -161,8 +161,10 @@ class PersonalizedRouter(Router):
     builds the graph of that history plus the new requests (without their labels).
     """
 
-    name = "PersonalizedRouter (ours)"
-    family = "ours"
+    name = "PersonalizedRouter v1 (notebook 30's graph)"
+    #: superseded by :class:`~prlib.routers.personalized_v2.PersonalizedRouterV2`; registered
+    #: (it saves and loads like any router) but not among the routers of the comparison tables
+    family = "ablation"
     selection = "early stopping (validation-best checkpoint)"
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.name != "seed"}
     grid = {"lr": [2e-3, 5e-3], "dropout": [0.0, 0.1]}

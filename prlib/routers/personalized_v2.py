@@ -29,9 +29,9 @@ from torch import nn
 from prlib.config import resolve_device, seed_everything, torch_threads
 from prlib.features import NodeFeatures, query_row
 from prlib.requests import Requests, concat_requests
-from prlib.routers.base import Router, RouterError, register, reward_of
-from prlib.routers.retrieval import (CHANNELS, N_STATIC, FeedbackStore, Messages,
-                                     check_no_label_leak_v2)
+from prlib.routers.base import ABLATION, Router, RouterError, register, reward_of
+from prlib.routers.retrieval import (CHANNELS, N_STATIC, PROFILE_STATS, RETRIEVAL_STATS,
+                                     FeedbackStore, Messages, check_no_label_leak_v2)
 from prlib.routers.training import History, train_module
 
 
@@ -43,11 +43,17 @@ class V2Config:
     k: int = 20  # retrieved neighbours per request (user's and pooled)
     k_small: int = 5  # a second, sharper per-user kNN mean
     attention: bool = True  # learned attention over the retrieved neighbours
+    #: ablations (notebook 40): retrieval messages (the user's and the pooled nearest
+    #: neighbours), profile statistics (the profile, user and task means), and ``layers`` = 0:
+    #: no message at all (the scorer reads the query and LLM embeddings only); v2 has one hop
+    retrieval: bool = True
+    profile_stats: bool = True
+    layers: int = 1
     dropout: float = 0.1
     lr: float = 3e-3
     weight_decay: float = 1e-5
     steps: int = 1000
-    batch_size: int = 1024
+    batch_size: int = 256
     eval_every: int = 25
     patience: int = 10
     loss: str = "utility"  # "utility" (MSE on the utilities) or "choice" (cross-entropy)
@@ -61,8 +67,18 @@ class RetrievalScorer(nn.Module):
     """Scores (n, n_llms) from a batch's :class:`~prlib.routers.retrieval.Messages`."""
 
     def __init__(self, query_dim: int, llm_dim: int, hidden: int, attention: bool,
-                 dropout: float):
+                 dropout: float, retrieval: bool = True, profile_stats: bool = True,
+                 layers: int = 1):
         super().__init__()
+        if layers not in (0, 1):
+            raise ValueError(f"layers must be 0 (no messages) or 1 (one hop), got {layers}")
+        keep = torch.ones(N_STATIC, dtype=torch.bool)
+        if not profile_stats or not layers:
+            keep[PROFILE_STATS] = False
+        if not retrieval or not layers:
+            keep[RETRIEVAL_STATS] = False
+        attention = attention and retrieval and bool(layers)
+        self.register_buffer("keep", keep, persistent=False)
         self.hidden, self.attention = hidden, attention
         self.query = nn.Sequential(nn.Linear(query_dim, hidden), nn.ReLU(),
                                    nn.Linear(hidden, hidden))
@@ -70,17 +86,21 @@ class RetrievalScorer(nn.Module):
         if attention:
             self.key = nn.Linear(hidden, hidden, bias=False)
             self.sim_weight = nn.Parameter(torch.tensor([5.0, 5.0]))
-        d_in = N_STATIC + (2 * CHANNELS if attention else 0)
+        # without messages (layers = 0) the message MLP reads a constant 1
+        d_in = max(int(keep.sum()) + (2 * CHANNELS if attention else 0), 1)
         self.message = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout),
                                      nn.Linear(hidden, hidden), nn.ReLU())
         self.out = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, 1))
         self.readout = nn.Linear(d_in, 1)
         # start as the lookup table: the score is the profile's mean feedback value (message
-        # feature 0), and the MLP learns what to add to it
+        # feature 0; without profile statistics the user's kNN mean), and the MLP learns what to
+        # add to it
+        start = [i for i in (0, RETRIEVAL_STATS.start) if keep[i]][:1]
         with torch.no_grad():
             self.readout.weight.zero_()
-            self.readout.weight[0, 0] = 1.0
+            if start:
+                self.readout.weight[0, int(keep[:start[0]].sum())] = 1.0
             self.readout.bias.zero_()
             self.out[-1].weight.zero_()
             self.out[-1].bias.zero_()
@@ -98,13 +118,15 @@ class RetrievalScorer(nn.Module):
     def forward(self, hq, h_queries, llm_x, msg: Messages, nb: dict) -> torch.Tensor:
         """``hq`` (n, H): the requests' query states; ``h_queries`` (n_queries, H): every
         feature query's state (the neighbours' keys are gathered from it)."""
-        parts = [msg.static]
+        parts = [msg.static[..., self.keep]]
         if self.attention:
             parts += [self.attend(hq, h_queries[nb["user_q"]], msg.user_sim, nb["user_ok"],
                                   nb["user_values"], nb["user_observed"], 0),
                       self.attend(hq, h_queries[nb["pool_q"]], msg.pool_sim, nb["pool_ok"],
                                   nb["pool_values"], nb["pool_observed"], 1)]
         z = torch.cat(parts, -1)  # (n, M, d_in)
+        if not z.shape[-1]:
+            z = torch.ones(*z.shape[:-1], 1, device=z.device)
         e = self.message(z)  # (n, M, H)
         hm = self.llm(llm_x)  # (M, H)
         ctx = e.mean(1, keepdim=True).expand_as(e)
@@ -130,6 +152,7 @@ class PersonalizedRouterV2(Router):
         super().__init__(feats, seed, **params)
         self.config = V2Config(**self.params)
         self.device = resolve_device(self.config.device)
+        self.llm_x_ = feats.llm_x.to(self.device)
         self.model: RetrievalScorer | None = None
         self.history_: Requests | None = None
         self.log_ = History()
@@ -148,7 +171,8 @@ class PersonalizedRouterV2(Router):
     def _new_model(self) -> RetrievalScorer:
         c = self.config
         return RetrievalScorer(self.feats.query_x.shape[1], self.feats.llm_x.shape[1], c.hidden,
-                               c.attention, c.dropout).to(self.device)
+                               c.attention, c.dropout, c.retrieval, c.profile_stats,
+                               c.layers).to(self.device)
 
     def _neighbours(self, msg: Messages) -> dict:
         """Features and feedback of the retrieved neighbours, gathered for the scorer."""
@@ -179,20 +203,21 @@ class PersonalizedRouterV2(Router):
                 "pool_ok": pool_ok.to(dev), "pool_values": p_v.to(dev),
                 "pool_observed": p_o.float().to(dev)}
 
-    def _logits(self, req: Requests, msg: Messages, query_x: torch.Tensor | None = None):
-        """Logits (n, n_llms), -inf for non-candidates."""
+    def _logits(self, candidates: torch.Tensor, msg: Messages,
+                query_x: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (n, n_llms), -inf where ``candidates`` (n, n_llms) bool is False. ``query_x``
+        (n, d): embeddings of new query texts (else the requests' feature queries, ``msg.query``).
+        """
         dev = self.device
         h_queries = self._query_states()  # (n_queries, H)
         if query_x is None:
-            idx = pd.Index(self.feats.query_ids).get_indexer(req.frame["query_id"])
-            hq = h_queries[torch.as_tensor(idx, device=dev)]
+            hq = h_queries[msg.query.to(dev)]
         else:
             hq = self.model.query(query_x.to(dev))
         msg_d = Messages(*(t.to(dev) for t in (msg.static, msg.user_nb, msg.user_sim,
-                                                msg.pool_nb, msg.pool_sim)))
-        s = self.model(hq, h_queries, self.feats.llm_x.to(dev), msg_d, self._neighbours(msg))
-        cand = torch.as_tensor(~np.isnan(req.utility), device=dev)
-        return s.masked_fill(~cand, float("-inf"))
+                                                msg.pool_nb, msg.pool_sim, msg.query)))
+        s = self.model(hq, h_queries, self.llm_x_, msg_d, self._neighbours(msg))
+        return s.masked_fill(~candidates.to(dev), float("-inf"))
 
     def _query_states(self) -> torch.Tensor:
         """Every feature query's state (n_queries, H); cached once the weights are final (after
@@ -225,18 +250,20 @@ class PersonalizedRouterV2(Router):
         self.model = self._new_model()
         util = torch.as_tensor(np.nan_to_num(train.utility), dtype=torch.float32)
         cand = torch.as_tensor(~np.isnan(train.utility))
+        val_cand = torch.as_tensor(~np.isnan(val.utility))
         chosen = torch.as_tensor(train.chosen)
 
         def step_loss():
             idx = rng.choice(len(train), min(c.batch_size, len(train)), replace=False)
-            logits = self._logits(train.select(idx), train_msg.select(torch.as_tensor(idx)))
+            idx_t = torch.from_numpy(idx)
+            logits = self._logits(cand[idx_t], train_msg.select(idx_t))
             if c.loss == "choice":
-                return F.cross_entropy(logits, chosen[idx].to(self.device))
-            m = cand[idx].to(self.device)
-            return F.mse_loss(logits[m], util[idx].to(self.device)[m])
+                return F.cross_entropy(logits, chosen[idx_t].to(self.device))
+            m = cand[idx_t].to(self.device)
+            return F.mse_loss(logits[m], util[idx_t].to(self.device)[m])
 
         def val_metric():
-            return reward_of(val, self._logits(val, val_msg).double().cpu().numpy())
+            return reward_of(val, self._logits(val_cand, val_msg).double().cpu().numpy())
 
         self.log_ = train_module(self.model, step_loss, val_metric, steps=c.steps, lr=c.lr,
                                  weight_decay=c.weight_decay, eval_every=c.eval_every,
@@ -253,8 +280,8 @@ class PersonalizedRouterV2(Router):
         without history gets the population's messages (task and pooled neighbours)."""
         self._check_fitted()
         st = self.store_
-        seen = [(st.upos.get(u, -1), st.qpos.get(q, -1)) in st.row_of
-                for u, q in zip(requests.frame["user_id"], requests.frame["query_id"])]
+        u, q, _ = st.index(requests)
+        seen = [key in st.row_of for key in zip(u.tolist(), q.tolist())]
         if any(seen):
             raise ValueError(f"{sum(seen)} requests already have visible feedback for their "
                              "(user, query): scoring them would read their own label")
@@ -262,7 +289,7 @@ class PersonalizedRouterV2(Router):
         with torch_threads(self.config.threads):
             msg = st.messages(requests)
             check_no_label_leak_v2(st, requests, msg)
-            return self._logits(requests, msg).cpu().numpy()
+            return self._logits(torch.from_numpy(~np.isnan(requests.utility)), msg).cpu().numpy()
 
     def add_user(self, history: Requests) -> None:
         """Make feedback visible (new users or new requests of known ones), no retraining:
@@ -291,7 +318,8 @@ class PersonalizedRouterV2(Router):
         self.model.eval()
         with torch_threads(self.config.threads):
             msg = self.store_.messages(req, query_x=row.numpy())
-            return self.feats.llms[int(self._logits(req, msg, row).argmax())]
+            cand = torch.ones(1, n, dtype=torch.bool)
+            return self.feats.llms[int(self._logits(cand, msg, row).argmax())]
 
     def _check_fitted(self) -> None:
         if self.model is None or self.history_ is None:
@@ -311,3 +339,27 @@ class PersonalizedRouterV2(Router):
         self.model = self._new_model()
         self._frozen, self._hq_cache = True, None  # filled lazily, after the weights load
 
+
+
+def _ablation(class_name: str, display: str, doc: str, **removed) -> type[PersonalizedRouterV2]:
+    """Ours with a part removed (``removed``: the config fields that remove it), registered in
+    the ``ablation`` family so that notebook 40 can run it like any router."""
+    cls = type(class_name, (PersonalizedRouterV2,), {
+        "__doc__": doc, "name": display, "family": ABLATION,
+        "defaults": {**PersonalizedRouterV2.defaults, **removed}, "__module__": __name__})
+    return register(cls)
+
+
+V2WithoutRetrieval = _ablation(
+    "V2WithoutRetrieval", "ours without retrieval edges",
+    "Ours without the retrieved neighbours (neither the user's nor the pooled kNN messages, no "
+    "attention): profile, user and task statistics only.", retrieval=False)
+V2WithoutProfileStats = _ablation(
+    "V2WithoutProfileStats", "ours without profile statistics",
+    "Ours without the profile, user and task feedback means: retrieved neighbours only.",
+    profile_stats=False)
+V2WithoutMessages = _ablation(
+    "V2WithoutMessages", "ours with 0 layers (no messages)",
+    "Ours with no message passing: the scorer reads the query and LLM embeddings only, so it "
+    "cannot tell users apart.", layers=0)
+ABLATIONS = (V2WithoutRetrieval, V2WithoutProfileStats, V2WithoutMessages)

@@ -48,6 +48,10 @@ CHANNELS = 2
 #: (2 + 2), pooled-kNN mean at k (2), mean similarity of the user's and the pooled neighbours
 #: (2).
 N_STATIC = 17
+#: Which static features are profile statistics (profile, user, task) and which come from
+#: retrieval (kNN means and similarities), for the ablations.
+PROFILE_STATS = slice(0, 9)
+RETRIEVAL_STATS = slice(9, 17)
 
 
 def feedback_channels(req: Requests) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +73,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 @dataclass
 class Messages:
     """What a batch of n requests hears. ``static``: (n, n_llms, N_STATIC); ``user_nb`` /
-    ``pool_nb``: (n, K) history-row / history-query indices of the retrieved neighbours (-1:
+    ``pool_nb``: (n, K) history-row / pooled-query indices of the retrieved neighbours (-1:
     none), with similarities ``user_sim`` / ``pool_sim`` (n, K)."""
 
     static: torch.Tensor
@@ -77,10 +81,11 @@ class Messages:
     user_sim: torch.Tensor
     pool_nb: torch.Tensor
     pool_sim: torch.Tensor
+    query: torch.Tensor  # (n,) feature index of each request's query, -1 for new texts
 
     def select(self, idx) -> "Messages":
         return Messages(*(t[idx] for t in (self.static, self.user_nb, self.user_sim,
-                                            self.pool_nb, self.pool_sim)))
+                                            self.pool_nb, self.pool_sim, self.query)))
 
 
 def _mean(s: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -88,22 +93,39 @@ def _mean(s: np.ndarray, n: np.ndarray) -> np.ndarray:
     return np.where(n[..., None] > 0, s / np.maximum(n, 1)[..., None], 0.0)
 
 
+def _topk(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest finite entries per row of ``sim`` (n, N), most similar first:
+    ``(index (n, k), value (n, k))``, index -1 and value 0 where a row has fewer."""
+    n = sim.shape[0]
+    kk = min(k, sim.shape[1])
+    idx = torch.full((n, k), -1, dtype=torch.long)
+    val = torch.zeros(n, k)
+    if kk:
+        top_v, top_i = torch.topk(sim, kk, dim=1)
+        ok = torch.isfinite(top_v)
+        idx[:, :kk] = torch.where(ok, top_i, -1)
+        val[:, :kk] = torch.where(ok, top_v, 0.0)
+    return idx, val
+
+
 class FeedbackStore:
     """The visible history and the sums its messages are made of.
 
     ``query_ids`` / ``query_x`` (n_queries, d) and ``tasks``: the node features it may see;
     ``llms``: the candidate LLMs. ``k`` neighbours are retrieved (``k_small`` for a second,
-    sharper kNN mean).
+    sharper kNN mean). Sums are dense arrays: per user (n_users, M, C), per (user, task)
+    profile (n_users, T, M, C), per task (T, M, C) and per feature query (n_queries, M, C).
     """
 
     def __init__(self, query_ids, query_x: np.ndarray, tasks, llms, k: int = 20,
                  k_small: int = 5):
         self.qpos = {q: i for i, q in enumerate(query_ids)}
         self.query_x = unit(np.asarray(query_x, dtype=np.float32))
+        self._query_x_t = torch.from_numpy(self.query_x)
         self.tpos = {t: i for i, t in enumerate(tasks)}
         self.llms = list(llms)
         self.k, self.k_small = int(k), int(k_small)
-        m, t = len(self.llms), len(self.tpos)
+        m, t, nq = len(self.llms), len(self.tpos), len(self.qpos)
         self.users: list[str] = []
         self.upos: dict[str, int] = {}
         self.values = np.zeros((0, m, CHANNELS), np.float32)  # (n_rows, M, C)
@@ -111,15 +133,17 @@ class FeedbackStore:
         self.row_user = np.zeros(0, np.int64)
         self.row_query = np.zeros(0, np.int64)  # feature index of the row's query
         self.row_of: dict[tuple[int, int], int] = {}
-        self.user_rows: dict[int, list[int]] = {}
+        self._user_rows: list[list[int]] = []
+        self._user_rows_cache: dict[int, np.ndarray] = {}
         self.s_user = np.zeros((0, m, CHANNELS))
         self.n_user = np.zeros((0, m))
         self.s_prof = np.zeros((0, t, m, CHANNELS))
         self.n_prof = np.zeros((0, t, m))
         self.s_task = np.zeros((t, m, CHANNELS))
         self.n_task = np.zeros((t, m))
-        self.s_query: dict[int, np.ndarray] = {}  # feature query index -> (M, C) sums
-        self.n_query: dict[int, np.ndarray] = {}
+        self.s_query = np.zeros((nq, m, CHANNELS))
+        self.n_query = np.zeros((nq, m))
+        self.query_visible = np.zeros(nq, bool)
         self._pool_cache = None
 
     # -------------------------------------------------------------- updates
@@ -132,6 +156,7 @@ class FeedbackStore:
             if u not in self.upos:
                 self.upos[u] = len(self.users)
                 self.users.append(u)
+                self._user_rows.append([])
         n_u, (t, m) = len(self.users), self.n_task.shape
         grow = n_u - len(self.s_user)
         if grow:
@@ -139,9 +164,7 @@ class FeedbackStore:
             self.n_user = np.concatenate([self.n_user, np.zeros((grow, m))])
             self.s_prof = np.concatenate([self.s_prof, np.zeros((grow, t, m, CHANNELS))])
             self.n_prof = np.concatenate([self.n_prof, np.zeros((grow, t, m))])
-        u = req.frame["user_id"].map(self.upos).to_numpy(np.int64)
-        q = self._query_index(req)
-        tk = self._task_index(req)
+        u, q, tk = self.index(req)
         vals, obs = feedback_channels(req)
         start = len(self.row_user)
         for i, key in enumerate(zip(u.tolist(), q.tolist())):
@@ -149,7 +172,8 @@ class FeedbackStore:
                 raise ValueError(f"user {self.users[key[0]]!r} already has visible feedback on "
                                  "this query; a (user, query) is visible once")
             self.row_of[key] = start + i
-            self.user_rows.setdefault(key[0], []).append(start + i)
+            self._user_rows[key[0]].append(start + i)
+            self._user_rows_cache.pop(key[0], None)
         self.values = np.concatenate([self.values, vals])
         self.observed = np.concatenate([self.observed, obs])
         self.row_user = np.concatenate([self.row_user, u])
@@ -161,36 +185,41 @@ class FeedbackStore:
         np.add.at(self.n_prof, (u, tk), o)
         np.add.at(self.s_task, tk, vals)
         np.add.at(self.n_task, tk, o)
-        for qi in np.unique(q):
-            rows = q == qi
-            self.s_query[qi] = self.s_query.get(qi, 0.0) + vals[rows].sum(0)
-            self.n_query[qi] = self.n_query.get(qi, 0.0) + o[rows].sum(0)
+        np.add.at(self.s_query, q, vals)
+        np.add.at(self.n_query, q, o)
+        self.query_visible[q] = True
         self._pool_cache = None
 
-    def _query_index(self, req: Requests) -> np.ndarray:
-        q = req.frame["query_id"].map(self.qpos)
-        if q.isna().any():
+    def index(self, req: Requests, known_queries: bool = True):
+        """``(user, query, task)`` int64 arrays (n,) of ``req``'s rows: user -1 for users
+        without visible feedback; query -1 for queries outside the features unless
+        ``known_queries`` (then an error). Unknown tasks are an error."""
+        f = req.frame
+        u = np.fromiter((self.upos.get(a, -1) for a in f["user_id"]), np.int64, len(f))
+        q = np.fromiter((self.qpos.get(a, -1) for a in f["query_id"]), np.int64, len(f))
+        tk = np.fromiter((self.tpos.get(a, -1) for a in f["task"]), np.int64, len(f))
+        if known_queries and (q < 0).any():
             raise KeyError(f"queries missing from the features: "
-                           f"{req.frame['query_id'][q.isna()].unique()[:5].tolist()}")
-        return q.to_numpy(np.int64)
-
-    def _task_index(self, req: Requests) -> np.ndarray:
-        t = req.frame["task"].map(self.tpos)
-        if t.isna().any():
+                           f"{f['query_id'][q < 0].unique()[:5].tolist()}")
+        if (tk < 0).any():
             raise KeyError(f"tasks missing from the features: "
-                           f"{req.frame['task'][t.isna()].unique()[:5].tolist()}")
-        return t.to_numpy(np.int64)
+                           f"{f['task'][tk < 0].unique()[:5].tolist()}")
+        return u, q, tk
+
+    def user_rows(self, user: int) -> np.ndarray:
+        """History rows of user index ``user`` (int64, in the order they were added)."""
+        rows = self._user_rows_cache.get(user)
+        if rows is None:
+            rows = self._user_rows_cache[user] = np.asarray(self._user_rows[user], np.int64)
+        return rows
 
     def pooled(self):
         """Visible queries (feature indices), their unit embeddings and mean feedback over
         users: ``(ids (Q,), x (Q, d), mean (Q, M, C))``."""
         if self._pool_cache is None:
-            ids = np.array(sorted(self.s_query), np.int64)
-            s = np.stack([self.s_query[i] for i in ids]) if len(ids) else np.zeros(
-                (0, len(self.llms), CHANNELS))
-            n = np.stack([self.n_query[i] for i in ids]) if len(ids) else np.zeros(
-                (0, len(self.llms)))
-            self._pool_cache = (ids, self.query_x[ids], _mean(s, n).astype(np.float32))
+            ids = np.flatnonzero(self.query_visible)
+            self._pool_cache = (ids, self.query_x[ids],
+                                _mean(self.s_query[ids], self.n_query[ids]).astype(np.float32))
         return self._pool_cache
 
     # -------------------------------------------------------------- messages
@@ -200,92 +229,91 @@ class FeedbackStore:
         (n, d): embeddings of the requests' queries when they are not in the features (new
         texts); their query id is then never visible."""
         n, m, k = len(req), len(self.llms), self.k
+        u, q, tk = self.index(req, known_queries=query_x is None)
         if query_x is None:
-            q = self._query_index(req)
-            x = self.query_x[q]
+            x = None  # the feature queries' embeddings, gathered per distinct query below
         else:
             q = np.full(n, -1, np.int64)
-            x = unit(np.asarray(query_x, dtype=np.float32))
-        tk = self._task_index(req)
-        u = req.frame["user_id"].map(self.upos).fillna(-1).to_numpy(np.int64)
+            x = torch.from_numpy(unit(np.asarray(query_x, dtype=np.float32)))
         known = u >= 0
+        uk = np.maximum(u, 0)
         # the request's own row (its (user, query) visible: its label must not be heard)
-        own = np.array([self.row_of.get((a, b), -1) for a, b in zip(u.tolist(), q.tolist())])
-        own_v = np.where((own >= 0)[:, None, None], self.values[np.maximum(own, 0)], 0.0) \
-            if len(self.values) else np.zeros((n, m, CHANNELS))
-        own_o = np.where((own >= 0)[:, None], self.observed[np.maximum(own, 0)], False) \
-            if len(self.observed) else np.zeros((n, m), bool)
-        s_u = np.where(known[:, None, None], self.s_user[np.maximum(u, 0)], 0.0) - own_v \
-            if len(self.s_user) else np.zeros((n, m, CHANNELS))
-        n_u = np.where(known[:, None], self.n_user[np.maximum(u, 0)], 0.0) - own_o \
-            if len(self.n_user) else np.zeros((n, m))
-        s_p = np.where(known[:, None, None], self.s_prof[np.maximum(u, 0), tk], 0.0) - own_v \
-            if len(self.s_prof) else np.zeros((n, m, CHANNELS))
-        n_p = np.where(known[:, None], self.n_prof[np.maximum(u, 0), tk], 0.0) - own_o \
-            if len(self.n_prof) else np.zeros((n, m))
+        own = np.fromiter((self.row_of.get(key, -1) for key in zip(u.tolist(), q.tolist())),
+                          np.int64, n)
+        has_own = own >= 0
+        own_v = np.zeros((n, m, CHANNELS))
+        own_o = np.zeros((n, m))
+        own_v[has_own], own_o[has_own] = self.values[own[has_own]], self.observed[own[has_own]]
+        if len(self.s_user):
+            kn3, kn2 = known[:, None, None], known[:, None]
+            s_u = np.where(kn3, self.s_user[uk], 0.0) - own_v
+            n_u = np.where(kn2, self.n_user[uk], 0.0) - own_o
+            s_p = np.where(kn3, self.s_prof[uk, tk], 0.0) - own_v
+            n_p = np.where(kn2, self.n_prof[uk, tk], 0.0) - own_o
+        else:
+            s_u = s_p = np.zeros((n, m, CHANNELS))
+            n_u = n_p = np.zeros((n, m))
         # the task's feedback without any row of the request's own query
-        sq = np.stack([self.s_query.get(i, np.zeros((m, CHANNELS))) for i in q]) if n else \
-            np.zeros((0, m, CHANNELS))
-        nq = np.stack([self.n_query.get(i, np.zeros(m)) for i in q]) if n else np.zeros((0, m))
+        has_q = q >= 0
+        sq = np.where(has_q[:, None, None], self.s_query[np.maximum(q, 0)], 0.0)
+        nq = np.where(has_q[:, None], self.n_query[np.maximum(q, 0)], 0.0)
         s_t, n_t = self.s_task[tk] - sq, self.n_task[tk] - nq
 
-        user_nb = np.full((n, k), -1, np.int64)
-        user_sim = np.zeros((n, k), np.float32)
-        for ui in np.unique(u[known]):
+        # similarities are per distinct query (a batch asks each query for many users)
+        if query_x is None:
+            uq, inv = np.unique(q, return_inverse=True)
+            xq, q_of = self._query_x_t[torch.from_numpy(uq)], uq
+        else:
+            uq, inv, xq, q_of = np.arange(n), np.arange(n), x, q
+        sim_q = xq @ self._query_x_t.T  # (n_distinct, n_queries): cosine to every feature query
+        user_nb = torch.full((n, k), -1, dtype=torch.long)
+        user_sim = torch.zeros(n, k)
+        for ui in np.unique(u[known]).tolist():
             mine = np.flatnonzero(u == ui)
-            rows = np.asarray(self.user_rows.get(int(ui), []), np.int64)
+            rows = self.user_rows(ui)
             if not len(rows):
                 continue
-            sim = x[mine] @ self.query_x[self.row_query[rows]].T  # (n_mine, n_rows)
-            sim[self.row_query[rows][None, :] == q[mine][:, None]] = -np.inf  # own query
-            kk = min(k, len(rows))
-            top = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
-            top_sim = np.take_along_axis(sim, top, 1)
-            order = np.argsort(-top_sim, axis=1, kind="stable")
-            top, top_sim = np.take_along_axis(top, order, 1), np.take_along_axis(top_sim, order, 1)
-            ok = np.isfinite(top_sim)
-            user_nb[mine, :kk] = np.where(ok, rows[top], -1)
-            user_sim[mine, :kk] = np.where(ok, top_sim, 0.0)
+            rq = self.row_query[rows]
+            sim = sim_q[torch.from_numpy(inv[mine])[:, None], torch.from_numpy(rq)[None, :]]
+            sim[torch.from_numpy(rq[None, :] == q[mine][:, None])] = float("-inf")  # own query
+            top, top_sim = _topk(sim, k)
+            mine_t = torch.from_numpy(mine)
+            user_nb[mine_t] = torch.where(top >= 0, torch.from_numpy(rows)[top.clamp(min=0)], -1)
+            user_sim[mine_t] = top_sim
 
-        pool_ids, pool_x, pool_mean = self.pooled()
-        pool_nb = np.full((n, k), -1, np.int64)
-        pool_sim = np.zeros((n, k), np.float32)
-        if len(pool_ids):
-            sim = x @ pool_x.T  # (n, Q)
-            sim[pool_ids[None, :] == q[:, None]] = -np.inf
-            kk = min(k, len(pool_ids))
-            top = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
-            top_sim = np.take_along_axis(sim, top, 1)
-            order = np.argsort(-top_sim, axis=1, kind="stable")
-            top, top_sim = np.take_along_axis(top, order, 1), np.take_along_axis(top_sim, order, 1)
-            ok = np.isfinite(top_sim)
-            pool_nb[:, :kk] = np.where(ok, top, -1)
-            pool_sim[:, :kk] = np.where(ok, top_sim, 0.0)
+        pool_ids, _, pool_mean = self.pooled()
+        sim = sim_q[:, torch.from_numpy(pool_ids)]  # (n_distinct, Q)
+        pos = np.searchsorted(pool_ids, q_of)
+        own_pooled = (q_of >= 0) & (pool_ids[np.minimum(pos, len(pool_ids) - 1)] == q_of) \
+            if len(pool_ids) else np.zeros(len(q_of), bool)
+        sim[torch.from_numpy(np.flatnonzero(own_pooled)), torch.from_numpy(pos[own_pooled])] = \
+            float("-inf")
+        pool_nb, pool_sim = (t[torch.from_numpy(inv)] for t in _topk(sim, k))
 
-        def knn_mean(nb, kk):
-            nb = nb[:, :kk]
+        un, pn = user_nb.numpy(), pool_nb.numpy()
+
+        def knn_mean(nb):
             ok = nb >= 0
-            v = np.where(ok[..., None, None], self.values[np.maximum(nb, 0)], 0.0) \
-                if len(self.values) else np.zeros((n, kk, m, CHANNELS))
-            o = np.where(ok[..., None], self.observed[np.maximum(nb, 0)], False) \
-                if len(self.observed) else np.zeros((n, kk, m), bool)
+            if not len(self.values):
+                return np.zeros((n, m, CHANNELS))
+            v = np.where(ok[..., None, None], self.values[np.maximum(nb, 0)], 0.0)
+            o = np.where(ok[..., None], self.observed[np.maximum(nb, 0)], False)
             return _mean(v.sum(1), o.sum(1))
 
-        ok_p = pool_nb >= 0
-        pv = np.where(ok_p[..., None, None], pool_mean[np.maximum(pool_nb, 0)], 0.0) \
+        ok_p = pn >= 0
+        pv = np.where(ok_p[..., None, None], pool_mean[np.maximum(pn, 0)], 0.0) \
             if len(pool_ids) else np.zeros((n, k, m, CHANNELS))
         pool_knn = pv.sum(1) / np.maximum(ok_p.sum(1), 1)[:, None, None]
-        nbr_sim = lambda s, nb: (np.where(nb >= 0, s, 0).sum(1)  # noqa: E731
-                                 / np.maximum((nb >= 0).sum(1), 1))
-        per_req = np.stack([nbr_sim(user_sim, user_nb), nbr_sim(pool_sim, pool_nb)], 1)
+        us, ps = user_sim.numpy(), pool_sim.numpy()
+        nbr_sim = lambda s, nb: s.sum(1) / np.maximum((nb >= 0).sum(1), 1)  # noqa: E731
+        per_req = np.stack([nbr_sim(us, un), nbr_sim(ps, pn)], 1)
         static = np.concatenate([
             _mean(s_p, n_p), np.log1p(n_p)[..., None], _mean(s_u, n_u), np.log1p(n_u)[..., None],
-            _mean(s_t, n_t), np.log1p(n_t)[..., None], knn_mean(user_nb, k),
-            knn_mean(user_nb, min(self.k_small, k)), pool_knn,
+            _mean(s_t, n_t), np.log1p(n_t)[..., None], knn_mean(un),
+            knn_mean(un[:, :min(self.k_small, k)]), pool_knn,
             np.repeat(per_req[:, None, :], m, 1)], -1)
-        as_t = lambda a, d=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=d)  # noqa: E731
-        return Messages(as_t(static), as_t(user_nb, torch.long), as_t(user_sim),
-                        as_t(pool_nb, torch.long), as_t(pool_sim))
+        return Messages(torch.from_numpy(static.astype(np.float32)), user_nb, user_sim,
+                        pool_nb, pool_sim, torch.from_numpy(q))
 
 
 def check_no_label_leak_v2(store: FeedbackStore, req: Requests, msg: Messages) -> None:
@@ -294,7 +322,7 @@ def check_no_label_leak_v2(store: FeedbackStore, req: Requests, msg: Messages) -
     label, or other users' labels of the same query). The sums are leave-one-query-out by
     construction; ``test_v2_messages_do_not_depend_on_the_labels_of_their_own_query`` tests it.
     """
-    q = req.frame["query_id"].map(store.qpos).fillna(-1).to_numpy(np.int64)
+    q = np.fromiter((store.qpos.get(a, -1) for a in req.frame["query_id"]), np.int64, len(req))
     nb = msg.user_nb.numpy()
     own = (nb >= 0) & (store.row_query[np.maximum(nb, 0)] == q[:, None]) if len(
         store.row_query) else np.zeros(nb.shape, bool)
