@@ -60,7 +60,7 @@ def test_v2_leak_check_catches_a_request_that_retrieves_its_own_query(toy):
     bad[0, 0] = 0  # row 0 is the request itself
     with pytest.raises(AssertionError, match="own query"):
         check_no_label_leak_v2(st, train, Messages(msg.static, bad, msg.user_sim, msg.pool_nb,
-                                                   msg.pool_sim, msg.query))
+                                                   msg.pool_sim, msg.query, msg.own))
 
 
 @pytest.fixture(scope="module")

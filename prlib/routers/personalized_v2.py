@@ -214,8 +214,8 @@ class PersonalizedRouterV2(Router):
             hq = h_queries[msg.query.to(dev)]
         else:
             hq = self.model.query(query_x.to(dev))
-        msg_d = Messages(*(t.to(dev) for t in (msg.static, msg.user_nb, msg.user_sim,
-                                                msg.pool_nb, msg.pool_sim, msg.query)))
+        msg_d = msg if dev == "cpu" else Messages(*(t.to(dev) for t in (
+            msg.static, msg.user_nb, msg.user_sim, msg.pool_nb, msg.pool_sim, msg.query, msg.own)))
         s = self.model(hq, h_queries, self.llm_x_, msg_d, self._neighbours(msg))
         return s.masked_fill(~candidates.to(dev), float("-inf"))
 
@@ -280,14 +280,13 @@ class PersonalizedRouterV2(Router):
         without history gets the population's messages (task and pooled neighbours)."""
         self._check_fitted()
         st = self.store_
-        u, q, _ = st.index(requests)
-        seen = [key in st.row_of for key in zip(u.tolist(), q.tolist())]
-        if any(seen):
-            raise ValueError(f"{sum(seen)} requests already have visible feedback for their "
-                             "(user, query): scoring them would read their own label")
         self.model.eval()
         with torch_threads(self.config.threads):
             msg = st.messages(requests)
+            seen = int((msg.own >= 0).sum())
+            if seen:
+                raise ValueError(f"{seen} requests already have visible feedback for their "
+                                 "(user, query): scoring them would read their own label")
             check_no_label_leak_v2(st, requests, msg)
             return self._logits(torch.from_numpy(~np.isnan(requests.utility)), msg).cpu().numpy()
 
