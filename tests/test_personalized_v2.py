@@ -153,3 +153,41 @@ def test_v2_feedback_added_later_equals_a_store_built_at_once(toy):
     a, b = late.messages(test), at_once.messages(test)
     np.testing.assert_allclose(a.static.numpy(), b.static.numpy(), atol=1e-6)
     assert torch.equal(a.pool_nb, b.pool_nb)
+
+
+def test_v2_add_llm_routes_to_a_new_llm_that_its_history_shows_is_best():
+    """A new LLM, added with its description, prices and interactions in which it beats every
+    other candidate, takes the test requests without retraining; without history its scores are
+    finite (from its embedding alone); a refused call changes nothing."""
+    import copy
+
+    from prlib.bank import Bank
+    from prlib.experiment import Setting, setting_views
+    from prlib.simulate import simulate_multi_cost
+    from test_experiment import LLM_TABLE, logged_frame
+
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    setting = Setting("new-llm", bank, simulate_multi_cost(bank))
+    train, val, test = setting_views(setting, 0)
+    router = R.PersonalizedRouterV2(setting.feats, steps=60, batch_size=64).fit(train, val)
+    old = list(router.feats.llms)
+
+    def with_new(req):  # the new LLM: the best old answer's utility plus 0.5, for every request
+        util = np.hstack([req.utility, np.nanmax(req.utility, 1, keepdims=True) + 0.5])
+        return Requests(req.frame, old + ["new"], util, np.full(len(req), len(old)))
+
+    bare = copy.deepcopy(router)
+    with pytest.raises(ValueError, match="already"):
+        bare.add_llm(old[0], "again", 0.5, 0.5)
+    with pytest.raises(ValueError, match="history must be over the LLMs"):
+        bare.add_llm("new", "x", 1.0, 1.0, history=val)
+    assert bare.feats.llms == old
+    bare.add_llm("new", "a brand-new large model", 1.0, 1.0)
+    s = bare.scores(with_new(test))
+    assert s.shape == (len(test), len(old) + 1) and np.isfinite(s[:, -1]).all()
+    router.add_llm("new", "a brand-new large model", 1.0, 1.0, history=with_new(val))
+    # where the history covers the request's (user, task), the new LLM takes the request
+    key = lambda f: f["user_id"] + "/" + f["task"]  # noqa: E731
+    covered = key(test.frame).isin(set(key(val.frame))).to_numpy()
+    assert covered.sum() >= 5
+    assert (router.route(with_new(test))[covered] == len(old)).mean() >= 0.8

@@ -18,7 +18,7 @@ computes only their own messages from cached sums and neighbour searches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prlib.config import resolve_device, seed_everything, torch_threads
-from prlib.features import NodeFeatures, query_row
+from prlib.features import NodeFeatures, llm_row, query_row
 from prlib.requests import Requests, concat_requests
 from prlib.routers.base import ABLATION, Router, RouterError, register, reward_of
 from prlib.routers.retrieval import (CHANNELS, N_STATIC, PROFILE_STATS, RETRIEVAL_STATS,
@@ -298,6 +298,33 @@ class PersonalizedRouterV2(Router):
         self.history_ = concat_requests(self.history_, history)
 
     record_feedback = add_user
+
+    def add_llm(self, name: str, description: str, input_usd_per_m: float,
+                output_usd_per_m: float, history: Requests | None = None) -> None:
+        """Add a candidate LLM from its description and prices (its embedding row, as for the
+        trained LLMs) and, optionally, observed interactions over the extended LLM list
+        (``history.llms`` = the old LLMs + ``name``), without retraining. The scorer reads an
+        LLM only through its embedding and the feedback messages, so a new LLM needs no new
+        weights; the store's sums are rebuilt once over the padded history (O(history))."""
+        self._check_fitted()
+        if name in self.feats.llms:
+            raise ValueError(f"LLM {name!r} is already a candidate")
+        llms = self.feats.llms + [name]
+        if history is not None and history.llms != llms:
+            raise ValueError(f"history must be over the LLMs {llms}, got {history.llms}")
+        self.feats = replace(self.feats, llms=llms, llm_x=torch.cat(
+            [self.feats.llm_x, llm_row(description, input_usd_per_m, output_usd_per_m)]),
+            answer_x=None, answer_ok=None)
+        self.n_llms = len(llms)
+        self.llm_x_ = self.feats.llm_x.to(self.device)
+        old = self.history_
+        pad = lambda a: None if a is None else np.hstack([a, np.full((len(a), 1), np.nan)])  # noqa: E731
+        self.history_ = Requests(old.frame, llms, pad(old.utility), old.chosen, pad(old.quality),
+                                 pad(old.cost), pad(old.call_cost))
+        if history is not None:
+            self.history_ = concat_requests(self.history_, history)
+        self.store_ = self._new_store()
+        self.store_.add(self.history_)
 
     @torch.no_grad()
     def route_text(self, user_id: str, query_text: str, task: str | None = None) -> str:
