@@ -134,14 +134,29 @@ def _ours(setting, seed, params, train, val, feats=None) -> Router:
     return _new_router(PersonalizedRouterV2, s, seed, params).fit(train, val)
 
 
+def _full(setting, seed, params, cache) -> Router:
+    """Ours trained on every user and LLM of the seed's training split (kept in ``cache``)."""
+    key = ("full", setting.name, seed)
+    if cache is None or key not in cache:
+        train, val, _ = raw_views(setting, seed)
+        router = _ours(setting, seed, params, seen_by_router(setting, train),
+                       seen_by_router(setting, val))
+        if cache is None:
+            return router
+        cache[key] = router
+    return cache[key]
+
+
 def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_heldout: int,
-                   params: Mapping | None = None, progress: bool = False) -> pd.DataFrame:
+                   params: Mapping | None = None, progress: bool = False,
+                   cache: dict | None = None) -> pd.DataFrame:
     """New users: per seed, ``n_heldout`` users are held out of training; ours gets ``k`` of each
     one's training-split requests as visible feedback (``add_user``, no retraining) and routes
     their test requests; each baseline of :data:`USER_BASELINES` is fitted on the known users'
     training requests plus the same ``k``. One row per (seed, k, method): ``metric`` (the
     setting's main metric on the held-out users' test requests), ``full`` (the fully trained
-    ours on the same requests) and ``pct_of_full``."""
+    ours on the same requests) and ``pct_of_full``. ``cache``: a dict that keeps the fully
+    trained routers between studies of the same setting and seeds."""
     params = dict(params or {})
     rows = []
     for seed in tqdm(seeds, desc="new users: seeds", disable=not progress):
@@ -149,7 +164,7 @@ def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_
         train, val = seen_by_router(setting, train_raw), seen_by_router(setting, val_raw)
         known, new = split_users(train.frame["user_id"], n_heldout, seed)
         test_new = of_users(test, new)
-        full = _metric(setting, _ours(setting, seed, params, train, val), test_new)
+        full = _metric(setting, _full(setting, seed, params, cache), test_new)
         tr_known, va_known = of_users(train, known), of_users(val, known)
         base = _ours(setting, seed, params, tr_known, va_known)
         check_held_out(base, users=new)
@@ -174,7 +189,8 @@ def _user_rows(setting, seed, k, base, support, tr_known, va_known, test_new, fu
 
 def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
                   heldout_llms: Sequence[str], params: Mapping | None = None,
-                  n_heldout_users: int = 0, progress: bool = False) -> pd.DataFrame:
+                  n_heldout_users: int = 0, progress: bool = False,
+                  cache: dict | None = None) -> pd.DataFrame:
     """New LLMs (and, with ``n_heldout_users > 0``, new users at the same time): per seed, ours
     is trained without ``heldout_llms`` (and without the held-out users); the LLMs are then added
     from their description and prices (``add_llm``), with ``k`` interactions per user drawn
@@ -193,8 +209,7 @@ def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
         users = sorted(train_raw.frame["user_id"].unique())
         known, new = (split_users(users, n_heldout_users, seed) if n_heldout_users
                       else (users, []))
-        full_router = _ours(setting, seed, params, seen_by_router(setting, train_raw),
-                            seen_by_router(setting, val_raw))
+        full_router = _full(setting, seed, params, cache)
         old = [m for m in train_raw.llms if m not in set(heldout_llms)]
         order = old + heldout_llms  # the LLMs of ours once the held-out ones are added
         tr_old = of_users(seen_by_router(setting, drop_llms(train_raw, heldout_llms)), known)
@@ -246,3 +261,21 @@ def reorder_llms(req: Requests, order: Sequence[str], keep: Sequence[str] | None
     pick = lambda a: None if a is None else a[:, idx]  # noqa: E731
     return Requests(req.frame, cols, req.utility[:, idx], chosen, pick(req.quality),
                     pick(req.cost), pick(req.call_cost))
+
+
+def few_shot_summary(results: pd.DataFrame, k: int) -> pd.DataFrame:
+    """One row per method at ``k`` interactions: mean % of the fully trained ours with its 95 %
+    CI over seeds, and the paired difference ours − method (percentage points) with its CI."""
+    from prlib.metrics import mean_ci, paired_difference
+
+    at = results[results["k"] == k]
+    ours = at[at["method"] == OURS_NO_RETRAINING].set_index("seed")["pct_of_full"]
+    rows = []
+    for method, g in at.groupby("method", sort=False):
+        v = g.set_index("seed")["pct_of_full"].reindex(ours.index)
+        ci, d = mean_ci(v), paired_difference(ours.to_numpy(), v.to_numpy())
+        rows.append({"k": k, "method": method, "pct_of_full": ci["mean"],
+                     "ci_low": ci["ci_low"], "ci_high": ci["ci_high"],
+                     "ours_minus_method_pp": d["mean"] if method != OURS_NO_RETRAINING else 0.0,
+                     "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"], "seeds": ci["n"]})
+    return pd.DataFrame(rows)
