@@ -191,3 +191,16 @@ def test_v2_add_llm_routes_to_a_new_llm_that_its_history_shows_is_best():
     covered = key(test.frame).isin(set(key(val.frame))).to_numpy()
     assert covered.sum() >= 5
     assert (router.route(with_new(test))[covered] == len(old)).mean() >= 0.8
+
+
+def test_v2_user_states_tell_users_apart_and_depend_on_the_weights(toy, fitted):
+    users, states = fitted.user_states()
+    assert sorted(users) == sorted(toy.split("train").frame["user_id"].unique())
+    assert states.shape == (len(users), len(fitted.feats.llms) * fitted.config.hidden)
+    assert np.isfinite(states).all() and np.linalg.matrix_rank(states) >= 2
+    import copy
+
+    other = copy.deepcopy(fitted)
+    other.model = other._new_model()  # random weights: other states
+    assert not np.allclose(other.user_states()[1], states)
+    assert fitted.llm_states().shape == (len(fitted.feats.llms), fitted.config.hidden)

@@ -118,6 +118,15 @@ class RetrievalScorer(nn.Module):
     def forward(self, hq, h_queries, llm_x, msg: Messages, nb: dict) -> torch.Tensor:
         """``hq`` (n, H): the requests' query states; ``h_queries`` (n_queries, H): every
         feature query's state (the neighbours' keys are gathered from it)."""
+        z, e = self.embed(hq, h_queries, msg, nb)
+        hm = self.llm(llm_x)  # (M, H)
+        ctx = e.mean(1, keepdim=True).expand_as(e)
+        s = self.out(torch.cat([e, hq[:, None, :] * hm[None], ctx], -1)).squeeze(-1)
+        return s + self.readout(z).squeeze(-1)
+
+    def embed(self, hq, h_queries, msg: Messages, nb: dict):
+        """``(z, e)``: the messages each (request, LLM) hears, (n, M, d_in), and their
+        embedding, (n, M, H)."""
         parts = [msg.static[..., self.keep]]
         if self.attention:
             parts += [self.attend(hq, h_queries[nb["user_q"]], msg.user_sim, nb["user_ok"],
@@ -127,11 +136,7 @@ class RetrievalScorer(nn.Module):
         z = torch.cat(parts, -1)  # (n, M, d_in)
         if not z.shape[-1]:
             z = torch.ones(*z.shape[:-1], 1, device=z.device)
-        e = self.message(z)  # (n, M, H)
-        hm = self.llm(llm_x)  # (M, H)
-        ctx = e.mean(1, keepdim=True).expand_as(e)
-        s = self.out(torch.cat([e, hq[:, None, :] * hm[None], ctx], -1)).squeeze(-1)
-        return s + self.readout(z).squeeze(-1)
+        return z, self.message(z)
 
 
 @register
@@ -298,6 +303,36 @@ class PersonalizedRouterV2(Router):
         self.history_ = concat_requests(self.history_, history)
 
     record_feedback = add_user
+
+    @torch.no_grad()
+    def user_states(self, batch_size: int = 4096) -> tuple[list[str], np.ndarray]:
+        """What the router learned about each user with visible feedback: ``(user_ids,
+        states (n_users, n_llms * H))``, the mean over the user's visible requests (each heard
+        leave-one-query-out, as in training) of the message embedding of every LLM, LLMs
+        concatenated (an LLM that is not a candidate contributes zeros)."""
+        self._check_fitted()
+        self.model.eval()
+        st, h = self.store_, self.history_
+        with torch_threads(self.config.threads):
+            msg = st.messages(h)
+            h_queries = self._query_states()
+            cand = torch.as_tensor(~np.isnan(h.utility), dtype=torch.float32)
+            sums = torch.zeros(len(st.users), self.n_llms, self.config.hidden)
+            users = torch.as_tensor(st.index(h)[0])
+            for start in range(0, len(h), batch_size):
+                sel = torch.arange(start, min(start + batch_size, len(h)))
+                part = msg.select(sel)
+                _, e = self.model.embed(h_queries[part.query.to(self.device)], h_queries,
+                                        part, self._neighbours(part))
+                sums.index_add_(0, users[sel], (e.cpu() * cand[sel, :, None]))
+            counts = torch.bincount(users, minlength=len(st.users)).clamp(min=1)
+        return list(st.users), (sums / counts[:, None, None]).flatten(1).numpy()
+
+    @torch.no_grad()
+    def llm_states(self) -> np.ndarray:
+        """The LLMs' states (n_llms, H) that the scorer pairs with each query's state."""
+        self._check_fitted()
+        return self.model.llm(self.llm_x_).cpu().numpy()
 
     def add_llm(self, name: str, description: str, input_usd_per_m: float,
                 output_usd_per_m: float, history: Requests | None = None) -> None:
