@@ -279,3 +279,21 @@ def few_shot_summary(results: pd.DataFrame, k: int) -> pd.DataFrame:
                      "ours_minus_method_pp": d["mean"] if method != OURS_NO_RETRAINING else 0.0,
                      "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"], "seeds": ci["n"]})
     return pd.DataFrame(rows)
+
+
+def layer_sweep(setting: Setting, router: type[Router], layers: Sequence[int],
+                seeds: Sequence[int], params: Mapping | None = None,
+                progress: bool = False) -> pd.DataFrame:
+    """The layer-count ablation: ``router`` fitted with each number of message-passing
+    ``layers`` (its ``layers`` hyper-parameter) on every seed's split, everything else equal.
+    One row per (layers, seed): the router's test metrics of
+    :func:`~prlib.experiment.run_setting` (``fit_s`` included) and ``layers``."""
+    from prlib.experiment import run_setting
+
+    if "layers" not in router.defaults:
+        raise ValueError(f"{router.__name__} has no 'layers' hyper-parameter")
+    parts = []
+    for n in tqdm(layers, desc=f"{router.name}: layers", disable=not progress):
+        p = {router.__name__: {**dict(params or {}), "layers": int(n)}}
+        parts.append(run_setting(setting, [router], seeds, params=p).assign(layers=int(n)))
+    return pd.concat(parts, ignore_index=True)

@@ -75,3 +75,14 @@ def test_few_shot_users_and_llms_give_a_finite_share_of_the_full_model_for_every
     both = few_shot_llms(setting, [0], [1], ["huge"], params={"steps": 20}, n_heldout_users=3)
     for frame in (llms, both):
         assert np.isfinite(frame["pct_of_full"]).all() and (frame["full"] > 0).all()
+
+
+def test_layer_sweep_fits_each_layer_count_and_refuses_a_router_without_layers(setting):
+    from prlib.routers import BestPerUserRouter, PersonalizedRouterV2
+    from prlib.studies import layer_sweep
+
+    out = layer_sweep(setting, PersonalizedRouterV2, [0, 1], [0], {"steps": 10})
+    assert sorted(out["layers"]) == [0, 1] and np.isfinite(out["reward"]).all()
+    assert out.loc[out["layers"] == 0, "picks_vary"].iloc[0] == 0  # no messages: no users
+    with pytest.raises(ValueError, match="no 'layers'"):
+        layer_sweep(setting, BestPerUserRouter, [0], [0])
