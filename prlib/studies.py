@@ -37,6 +37,7 @@ from prlib.routers import (BestPerUserRouter, BestPerUserTaskRouter, BestSingleR
 USER_BASELINES: tuple[type[Router], ...] = (BestSingleRouter, BestPerUserRouter,
                                             BestPerUserTaskRouter, PerUserKNNRouter)
 OURS_NO_RETRAINING = "ours, k interactions added (no retraining)"
+OURS_FINE_TUNED = "ours, k interactions + short fine-tune"
 
 
 def split_users(user_ids, n_heldout: int, seed: int) -> tuple[list[str], list[str]]:
@@ -149,14 +150,17 @@ def _full(setting, seed, params, cache) -> Router:
 
 def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_heldout: int,
                    params: Mapping | None = None, progress: bool = False,
-                   cache: dict | None = None) -> pd.DataFrame:
+                   cache: dict | None = None, fine_tune_steps: int = 100) -> pd.DataFrame:
     """New users: per seed, ``n_heldout`` users are held out of training; ours gets ``k`` of each
     one's training-split requests as visible feedback (``add_user``, no retraining) and routes
     their test requests; each baseline of :data:`USER_BASELINES` is fitted on the known users'
     training requests plus the same ``k``. One row per (seed, k, method): ``metric`` (the
     setting's main metric on the held-out users' test requests), ``full`` (the fully trained
     ours on the same requests) and ``pct_of_full``. ``cache``: a dict that keeps the fully
-    trained routers between studies of the same setting and seeds."""
+    trained routers between studies of the same setting and seeds. With ``fine_tune_steps``
+    > 0, ours is also fine-tuned for that many steps on the k interactions (k > 0;
+    ``PersonalizedRouterV2.fine_tune``, checkpoint chosen on the known users' validation
+    requests)."""
     params = dict(params or {})
     rows = []
     for seed in tqdm(seeds, desc="new users: seeds", disable=not progress):
@@ -170,15 +174,20 @@ def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_
         check_held_out(base, users=new)
         for k in ks:
             support = support_requests(of_users(train, new), new, k, seed)
-            rows += _user_rows(setting, seed, k, base, support, tr_known, va_known, test_new, full)
+            rows += _user_rows(setting, seed, k, base, support, tr_known, va_known, test_new, full,
+                               fine_tune_steps)
     return pd.DataFrame(rows)
 
 
-def _user_rows(setting, seed, k, base, support, tr_known, va_known, test_new, full) -> list[dict]:
+def _user_rows(setting, seed, k, base, support, tr_known, va_known, test_new, full,
+               fine_tune_steps) -> list[dict]:
     ours = copy.deepcopy(base)
     if len(support):
         ours.add_user(support)
     out = [(OURS_NO_RETRAINING, "ours", _metric(setting, ours, test_new))]
+    if fine_tune_steps and len(support):
+        tuned = copy.deepcopy(base).fine_tune(support, va_known, fine_tune_steps)
+        out.append((OURS_FINE_TUNED, "ours", _metric(setting, tuned, test_new)))
     hist = concat_requests(tr_known, support) if len(support) else tr_known
     for cls in USER_BASELINES:
         b = _new_router(cls, setting, seed, {}).fit(hist, va_known)

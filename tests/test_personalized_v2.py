@@ -204,3 +204,18 @@ def test_v2_user_states_tell_users_apart_and_depend_on_the_weights(toy, fitted):
     other.model = other._new_model()  # random weights: other states
     assert not np.allclose(other.user_states()[1], states)
     assert fitted.llm_states().shape == (len(fitted.feats.llms), fitted.config.hidden)
+
+
+def test_v2_fine_tune_adds_the_history_and_keeps_weights_no_worse_on_validation(toy, fitted):
+    import copy
+
+    r = copy.deepcopy(fitted)
+    val = toy.split("val")
+    hist = val.select(val.frame["user_id"].to_numpy() == "frugal").renamed("newcomer")
+    n_before = len(r.history_)
+    r.fine_tune(hist, val.select(val.frame["user_id"].to_numpy() != "frugal"), steps=50)
+    assert len(r.history_) == n_before + len(hist) and "newcomer" in r.store_.upos
+    log = r.log_
+    assert log.step[0] == 0 and max(log.val_metric) == log.val_metric[log.step.index(log.best_step)]
+    assert np.isfinite(r.scores(toy.split("test").renamed("newcomer"))[
+        ~np.isnan(toy.split("test").utility)]).all()

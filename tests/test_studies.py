@@ -7,7 +7,7 @@ from prlib.bank import Bank
 from prlib.experiment import Setting
 from prlib.requests import RequestsError
 from prlib.simulate import simulate_multi_cost
-from prlib.studies import (OURS_NO_RETRAINING, USER_BASELINES, drop_llms, few_shot_llms,
+from prlib.studies import (OURS_FINE_TUNED, OURS_NO_RETRAINING, USER_BASELINES, drop_llms, few_shot_llms,
                            few_shot_users, of_users, raw_views, split_users, support_requests)
 from test_experiment import LLM_TABLE, logged_frame
 
@@ -68,8 +68,11 @@ def test_dropping_an_llm_removes_its_column_and_moves_its_choices_to_the_best_le
 
 
 def test_few_shot_users_and_llms_give_a_finite_share_of_the_full_model_for_every_k(setting):
-    users = few_shot_users(setting, [0], [0, 2], n_heldout=3, params={"steps": 20})
-    assert set(users["method"]) == {OURS_NO_RETRAINING, *(c.name for c in USER_BASELINES)}
+    users = few_shot_users(setting, [0], [0, 2], n_heldout=3, params={"steps": 20},
+                           fine_tune_steps=10)
+    assert set(users["method"]) == {OURS_NO_RETRAINING, OURS_FINE_TUNED,
+                                    *(c.name for c in USER_BASELINES)}
+    assert OURS_FINE_TUNED not in set(users.loc[users["k"] == 0, "method"])  # nothing to tune on
     assert np.isfinite(users["pct_of_full"]).all() and set(users["k"]) == {0, 2}
     llms = few_shot_llms(setting, [0], [0, 1], ["huge"], params={"steps": 20})
     both = few_shot_llms(setting, [0], [1], ["huge"], params={"steps": 20}, n_heldout_users=3)

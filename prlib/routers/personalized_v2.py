@@ -244,15 +244,36 @@ class PersonalizedRouterV2(Router):
         return self
 
     def _fit(self, train: Requests, val: Requests, progress: bool):
-        c = self.config
         seed_everything(self.seed)
-        rng = np.random.default_rng(self.seed)
         self.store_ = self._new_store()
         self.store_.add(train)
+        self.model = self._new_model()
+        self._train(train, val, self.config.steps, progress)
+        return self
+
+    def fine_tune(self, history: Requests, val: Requests, steps: int = 100, *,
+                  progress: bool = False):
+        """Make ``history`` visible (as :meth:`add_user`), then continue training from the
+        current weights for at most ``steps`` steps on the whole visible history
+        (leave-one-query-out), the checkpoint selected on ``val`` (the current weights are
+        kept unless a step beats them)."""
+        self._check_fitted()
+        self.add_user(history)
+        self._frozen, self._hq_cache = False, None
+        with torch_threads(self.config.threads):
+            seed_everything(self.seed)
+            self._train(self.history_, val, steps, progress)
+        self._frozen = True
+        return self
+
+    def _train(self, train: Requests, val: Requests, steps: int, progress: bool):
+        """Mini-batch training of ``self.model`` on the store's messages of ``train`` (each
+        request without its own query's rows), early stopping on ``val``."""
+        c = self.config
+        rng = np.random.default_rng(self.seed)
         train_msg = self.store_.messages(train)  # each request without its own query's rows
         check_no_label_leak_v2(self.store_, train, train_msg)
         val_msg = self.store_.messages(val)
-        self.model = self._new_model()
         util = torch.as_tensor(np.nan_to_num(train.utility), dtype=torch.float32)
         cand = torch.as_tensor(~np.isnan(train.utility))
         val_cand = torch.as_tensor(~np.isnan(val.utility))
@@ -270,12 +291,11 @@ class PersonalizedRouterV2(Router):
         def val_metric():
             return reward_of(val, self._logits(val_cand, val_msg).double().cpu().numpy())
 
-        self.log_ = train_module(self.model, step_loss, val_metric, steps=c.steps, lr=c.lr,
+        self.log_ = train_module(self.model, step_loss, val_metric, steps=steps, lr=c.lr,
                                  weight_decay=c.weight_decay, eval_every=c.eval_every,
                                  patience=c.patience, progress=progress, desc=self.name,
                                  check_at_start=True)
         self.history_ = train
-        return self
 
     # -------------------------------------------------------------- inference
     @torch.no_grad()
