@@ -14,7 +14,7 @@ cascade reads the answers (it calls an LLM, then reads the answer to decide whet
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,16 @@ class NodeFeatures:
     llm_x: torch.Tensor  # (n_llms, 386)
     answer_x: torch.Tensor | None = None  # (n_queries, n_llms, 384); None: no answer texts
     answer_ok: torch.Tensor | None = None  # (n_queries, n_llms) bool: an answer text exists
+
+    def with_llms(self, llms) -> "NodeFeatures":
+        """The features over ``llms`` (a subset of this one's, in any order)."""
+        missing = sorted(set(llms) - set(self.llms))
+        if missing:
+            raise KeyError(f"LLMs {missing} are not in the features ({self.llms})")
+        idx = [self.llms.index(m) for m in llms]
+        return replace(self, llms=list(llms), llm_x=self.llm_x[idx],
+                       answer_x=None if self.answer_x is None else self.answer_x[:, idx],
+                       answer_ok=None if self.answer_ok is None else self.answer_ok[:, idx])
 
 
 def node_features(bank: Bank, progress: bool = False, answers: bool = False) -> NodeFeatures:

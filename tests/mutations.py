@@ -32,6 +32,9 @@ must FAIL. The script prints one line per mutation and exits non-zero if any mut
     the leave-one-query-out training view) -> the same two tests.
 13. ``v2-stale-user-cache``: adding feedback leaves a user's cached rows stale ->
     ``test_v2_feedback_added_later_equals_a_store_built_at_once``.
+14. ``few-shot-trains-on-held-out-users``: the new-user study trains on every user ->
+    ``test_few_shot_users_and_llms_give_a_finite_share_of_the_full_model_for_every_k`` (the
+    held-out check fires).
 """
 
 from __future__ import annotations
@@ -123,6 +126,12 @@ MUTATIONS = {
         [("            self._user_rows_cache.pop(key[0], None)\n", "")],
         ["tests/test_personalized_v2.py::"
          "test_v2_feedback_added_later_equals_a_store_built_at_once"]),
+    "few-shot-trains-on-held-out-users": (
+        "prlib/studies.py",
+        [("        base = _ours(setting, seed, params, tr_known, va_known)",
+          "        base = _ours(setting, seed, params, train, val)")],
+        ["tests/test_studies.py::"
+         "test_few_shot_users_and_llms_give_a_finite_share_of_the_full_model_for_every_k"]),
 }
 
 

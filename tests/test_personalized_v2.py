@@ -60,7 +60,7 @@ def test_v2_leak_check_catches_a_request_that_retrieves_its_own_query(toy):
     bad[0, 0] = 0  # row 0 is the request itself
     with pytest.raises(AssertionError, match="own query"):
         check_no_label_leak_v2(st, train, Messages(msg.static, bad, msg.user_sim, msg.pool_nb,
-                                                   msg.pool_sim, msg.query))
+                                                   msg.pool_sim, msg.query, msg.own))
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,69 @@ def test_v2_feedback_added_later_equals_a_store_built_at_once(toy):
     a, b = late.messages(test), at_once.messages(test)
     np.testing.assert_allclose(a.static.numpy(), b.static.numpy(), atol=1e-6)
     assert torch.equal(a.pool_nb, b.pool_nb)
+
+
+def test_v2_add_llm_routes_to_a_new_llm_that_its_history_shows_is_best():
+    """A new LLM, added with its description, prices and interactions in which it beats every
+    other candidate, takes the test requests without retraining; without history its scores are
+    finite (from its embedding alone); a refused call changes nothing."""
+    import copy
+
+    from prlib.bank import Bank
+    from prlib.experiment import Setting, setting_views
+    from prlib.simulate import simulate_multi_cost
+    from test_experiment import LLM_TABLE, logged_frame
+
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    setting = Setting("new-llm", bank, simulate_multi_cost(bank))
+    train, val, test = setting_views(setting, 0)
+    router = R.PersonalizedRouterV2(setting.feats, steps=60, batch_size=64).fit(train, val)
+    old = list(router.feats.llms)
+
+    def with_new(req):  # the new LLM: the best old answer's utility plus 0.5, for every request
+        util = np.hstack([req.utility, np.nanmax(req.utility, 1, keepdims=True) + 0.5])
+        return Requests(req.frame, old + ["new"], util, np.full(len(req), len(old)))
+
+    bare = copy.deepcopy(router)
+    with pytest.raises(ValueError, match="already"):
+        bare.add_llm(old[0], "again", 0.5, 0.5)
+    with pytest.raises(ValueError, match="history must be over the LLMs"):
+        bare.add_llm("new", "x", 1.0, 1.0, history=val)
+    assert bare.feats.llms == old
+    bare.add_llm("new", "a brand-new large model", 1.0, 1.0)
+    s = bare.scores(with_new(test))
+    assert s.shape == (len(test), len(old) + 1) and np.isfinite(s[:, -1]).all()
+    router.add_llm("new", "a brand-new large model", 1.0, 1.0, history=with_new(val))
+    # where the history covers the request's (user, task), the new LLM takes the request
+    key = lambda f: f["user_id"] + "/" + f["task"]  # noqa: E731
+    covered = key(test.frame).isin(set(key(val.frame))).to_numpy()
+    assert covered.sum() >= 5
+    assert (router.route(with_new(test))[covered] == len(old)).mean() >= 0.8
+
+
+def test_v2_user_states_tell_users_apart_and_depend_on_the_weights(toy, fitted):
+    users, states = fitted.user_states()
+    assert sorted(users) == sorted(toy.split("train").frame["user_id"].unique())
+    assert states.shape == (len(users), len(fitted.feats.llms) * fitted.config.hidden)
+    assert np.isfinite(states).all() and np.linalg.matrix_rank(states) >= 2
+    import copy
+
+    other = copy.deepcopy(fitted)
+    other.model = other._new_model()  # random weights: other states
+    assert not np.allclose(other.user_states()[1], states)
+    assert fitted.llm_states().shape == (len(fitted.feats.llms), fitted.config.hidden)
+
+
+def test_v2_fine_tune_adds_the_history_and_keeps_weights_no_worse_on_validation(toy, fitted):
+    import copy
+
+    r = copy.deepcopy(fitted)
+    val = toy.split("val")
+    hist = val.select(val.frame["user_id"].to_numpy() == "frugal").renamed("newcomer")
+    n_before = len(r.history_)
+    r.fine_tune(hist, val.select(val.frame["user_id"].to_numpy() != "frugal"), steps=50)
+    assert len(r.history_) == n_before + len(hist) and "newcomer" in r.store_.upos
+    log = r.log_
+    assert log.step[0] == 0 and max(log.val_metric) == log.val_metric[log.step.index(log.best_step)]
+    assert np.isfinite(r.scores(toy.split("test").renamed("newcomer"))[
+        ~np.isnan(toy.split("test").utility)]).all()

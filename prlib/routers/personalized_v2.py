@@ -18,7 +18,7 @@ computes only their own messages from cached sums and neighbour searches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prlib.config import resolve_device, seed_everything, torch_threads
-from prlib.features import NodeFeatures, query_row
+from prlib.features import NodeFeatures, llm_row, query_row
 from prlib.requests import Requests, concat_requests
 from prlib.routers.base import ABLATION, Router, RouterError, register, reward_of
 from prlib.routers.retrieval import (CHANNELS, N_STATIC, PROFILE_STATS, RETRIEVAL_STATS,
@@ -118,6 +118,15 @@ class RetrievalScorer(nn.Module):
     def forward(self, hq, h_queries, llm_x, msg: Messages, nb: dict) -> torch.Tensor:
         """``hq`` (n, H): the requests' query states; ``h_queries`` (n_queries, H): every
         feature query's state (the neighbours' keys are gathered from it)."""
+        z, e = self.embed(hq, h_queries, msg, nb)
+        hm = self.llm(llm_x)  # (M, H)
+        ctx = e.mean(1, keepdim=True).expand_as(e)
+        s = self.out(torch.cat([e, hq[:, None, :] * hm[None], ctx], -1)).squeeze(-1)
+        return s + self.readout(z).squeeze(-1)
+
+    def embed(self, hq, h_queries, msg: Messages, nb: dict):
+        """``(z, e)``: the messages each (request, LLM) hears, (n, M, d_in), and their
+        embedding, (n, M, H)."""
         parts = [msg.static[..., self.keep]]
         if self.attention:
             parts += [self.attend(hq, h_queries[nb["user_q"]], msg.user_sim, nb["user_ok"],
@@ -127,11 +136,7 @@ class RetrievalScorer(nn.Module):
         z = torch.cat(parts, -1)  # (n, M, d_in)
         if not z.shape[-1]:
             z = torch.ones(*z.shape[:-1], 1, device=z.device)
-        e = self.message(z)  # (n, M, H)
-        hm = self.llm(llm_x)  # (M, H)
-        ctx = e.mean(1, keepdim=True).expand_as(e)
-        s = self.out(torch.cat([e, hq[:, None, :] * hm[None], ctx], -1)).squeeze(-1)
-        return s + self.readout(z).squeeze(-1)
+        return z, self.message(z)
 
 
 @register
@@ -214,8 +219,8 @@ class PersonalizedRouterV2(Router):
             hq = h_queries[msg.query.to(dev)]
         else:
             hq = self.model.query(query_x.to(dev))
-        msg_d = Messages(*(t.to(dev) for t in (msg.static, msg.user_nb, msg.user_sim,
-                                                msg.pool_nb, msg.pool_sim, msg.query)))
+        msg_d = msg if dev == "cpu" else Messages(*(t.to(dev) for t in (
+            msg.static, msg.user_nb, msg.user_sim, msg.pool_nb, msg.pool_sim, msg.query, msg.own)))
         s = self.model(hq, h_queries, self.llm_x_, msg_d, self._neighbours(msg))
         return s.masked_fill(~candidates.to(dev), float("-inf"))
 
@@ -239,15 +244,36 @@ class PersonalizedRouterV2(Router):
         return self
 
     def _fit(self, train: Requests, val: Requests, progress: bool):
-        c = self.config
         seed_everything(self.seed)
-        rng = np.random.default_rng(self.seed)
         self.store_ = self._new_store()
         self.store_.add(train)
+        self.model = self._new_model()
+        self._train(train, val, self.config.steps, progress)
+        return self
+
+    def fine_tune(self, history: Requests, val: Requests, steps: int = 100, *,
+                  progress: bool = False):
+        """Make ``history`` visible (as :meth:`add_user`), then continue training from the
+        current weights for at most ``steps`` steps on the whole visible history
+        (leave-one-query-out), the checkpoint selected on ``val`` (the current weights are
+        kept unless a step beats them)."""
+        self._check_fitted()
+        self.add_user(history)
+        self._frozen, self._hq_cache = False, None
+        with torch_threads(self.config.threads):
+            seed_everything(self.seed)
+            self._train(self.history_, val, steps, progress)
+        self._frozen = True
+        return self
+
+    def _train(self, train: Requests, val: Requests, steps: int, progress: bool):
+        """Mini-batch training of ``self.model`` on the store's messages of ``train`` (each
+        request without its own query's rows), early stopping on ``val``."""
+        c = self.config
+        rng = np.random.default_rng(self.seed)
         train_msg = self.store_.messages(train)  # each request without its own query's rows
         check_no_label_leak_v2(self.store_, train, train_msg)
         val_msg = self.store_.messages(val)
-        self.model = self._new_model()
         util = torch.as_tensor(np.nan_to_num(train.utility), dtype=torch.float32)
         cand = torch.as_tensor(~np.isnan(train.utility))
         val_cand = torch.as_tensor(~np.isnan(val.utility))
@@ -265,12 +291,11 @@ class PersonalizedRouterV2(Router):
         def val_metric():
             return reward_of(val, self._logits(val_cand, val_msg).double().cpu().numpy())
 
-        self.log_ = train_module(self.model, step_loss, val_metric, steps=c.steps, lr=c.lr,
+        self.log_ = train_module(self.model, step_loss, val_metric, steps=steps, lr=c.lr,
                                  weight_decay=c.weight_decay, eval_every=c.eval_every,
                                  patience=c.patience, progress=progress, desc=self.name,
                                  check_at_start=True)
         self.history_ = train
-        return self
 
     # -------------------------------------------------------------- inference
     @torch.no_grad()
@@ -280,14 +305,13 @@ class PersonalizedRouterV2(Router):
         without history gets the population's messages (task and pooled neighbours)."""
         self._check_fitted()
         st = self.store_
-        u, q, _ = st.index(requests)
-        seen = [key in st.row_of for key in zip(u.tolist(), q.tolist())]
-        if any(seen):
-            raise ValueError(f"{sum(seen)} requests already have visible feedback for their "
-                             "(user, query): scoring them would read their own label")
         self.model.eval()
         with torch_threads(self.config.threads):
             msg = st.messages(requests)
+            seen = int((msg.own >= 0).sum())
+            if seen:
+                raise ValueError(f"{seen} requests already have visible feedback for their "
+                                 "(user, query): scoring them would read their own label")
             check_no_label_leak_v2(st, requests, msg)
             return self._logits(torch.from_numpy(~np.isnan(requests.utility)), msg).cpu().numpy()
 
@@ -299,6 +323,63 @@ class PersonalizedRouterV2(Router):
         self.history_ = concat_requests(self.history_, history)
 
     record_feedback = add_user
+
+    @torch.no_grad()
+    def user_states(self, batch_size: int = 4096) -> tuple[list[str], np.ndarray]:
+        """What the router learned about each user with visible feedback: ``(user_ids,
+        states (n_users, n_llms * H))``, the mean over the user's visible requests (each heard
+        leave-one-query-out, as in training) of the message embedding of every LLM, LLMs
+        concatenated (an LLM that is not a candidate contributes zeros)."""
+        self._check_fitted()
+        self.model.eval()
+        st, h = self.store_, self.history_
+        with torch_threads(self.config.threads):
+            msg = st.messages(h)
+            h_queries = self._query_states()
+            cand = torch.as_tensor(~np.isnan(h.utility), dtype=torch.float32)
+            sums = torch.zeros(len(st.users), self.n_llms, self.config.hidden)
+            users = torch.as_tensor(st.index(h)[0])
+            for start in range(0, len(h), batch_size):
+                sel = torch.arange(start, min(start + batch_size, len(h)))
+                part = msg.select(sel)
+                _, e = self.model.embed(h_queries[part.query.to(self.device)], h_queries,
+                                        part, self._neighbours(part))
+                sums.index_add_(0, users[sel], (e.cpu() * cand[sel, :, None]))
+            counts = torch.bincount(users, minlength=len(st.users)).clamp(min=1)
+        return list(st.users), (sums / counts[:, None, None]).flatten(1).numpy()
+
+    @torch.no_grad()
+    def llm_states(self) -> np.ndarray:
+        """The LLMs' states (n_llms, H) that the scorer pairs with each query's state."""
+        self._check_fitted()
+        return self.model.llm(self.llm_x_).cpu().numpy()
+
+    def add_llm(self, name: str, description: str, input_usd_per_m: float,
+                output_usd_per_m: float, history: Requests | None = None) -> None:
+        """Add a candidate LLM from its description and prices (its embedding row, as for the
+        trained LLMs) and, optionally, observed interactions over the extended LLM list
+        (``history.llms`` = the old LLMs + ``name``), without retraining. The scorer reads an
+        LLM only through its embedding and the feedback messages, so a new LLM needs no new
+        weights; the store's sums are rebuilt once over the padded history (O(history))."""
+        self._check_fitted()
+        if name in self.feats.llms:
+            raise ValueError(f"LLM {name!r} is already a candidate")
+        llms = self.feats.llms + [name]
+        if history is not None and history.llms != llms:
+            raise ValueError(f"history must be over the LLMs {llms}, got {history.llms}")
+        self.feats = replace(self.feats, llms=llms, llm_x=torch.cat(
+            [self.feats.llm_x, llm_row(description, input_usd_per_m, output_usd_per_m)]),
+            answer_x=None, answer_ok=None)
+        self.n_llms = len(llms)
+        self.llm_x_ = self.feats.llm_x.to(self.device)
+        old = self.history_
+        pad = lambda a: None if a is None else np.hstack([a, np.full((len(a), 1), np.nan)])  # noqa: E731
+        self.history_ = Requests(old.frame, llms, pad(old.utility), old.chosen, pad(old.quality),
+                                 pad(old.cost), pad(old.call_cost))
+        if history is not None:
+            self.history_ = concat_requests(self.history_, history)
+        self.store_ = self._new_store()
+        self.store_.add(self.history_)
 
     @torch.no_grad()
     def route_text(self, user_id: str, query_text: str, task: str | None = None) -> str:

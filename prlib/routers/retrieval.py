@@ -34,6 +34,7 @@ tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import pandas as pd
@@ -82,10 +83,13 @@ class Messages:
     pool_nb: torch.Tensor
     pool_sim: torch.Tensor
     query: torch.Tensor  # (n,) feature index of each request's query, -1 for new texts
+    #: (n,) the history row of the request's own (user, query), -1 if it has none; a visible
+    #: request's messages leave that row out (leave-one-query-out)
+    own: torch.Tensor
 
     def select(self, idx) -> "Messages":
         return Messages(*(t[idx] for t in (self.static, self.user_nb, self.user_sim,
-                                            self.pool_nb, self.pool_sim, self.query)))
+                                            self.pool_nb, self.pool_sim, self.query, self.own)))
 
 
 def _mean(s: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -195,9 +199,10 @@ class FeedbackStore:
         without visible feedback; query -1 for queries outside the features unless
         ``known_queries`` (then an error). Unknown tasks are an error."""
         f = req.frame
-        u = np.fromiter((self.upos.get(a, -1) for a in f["user_id"]), np.int64, len(f))
-        q = np.fromiter((self.qpos.get(a, -1) for a in f["query_id"]), np.int64, len(f))
-        tk = np.fromiter((self.tpos.get(a, -1) for a in f["task"]), np.int64, len(f))
+        n = len(f)
+        u = np.fromiter(map(self.upos.get, f["user_id"].tolist(), repeat(-1, n)), np.int64, n)
+        q = np.fromiter(map(self.qpos.get, f["query_id"].tolist(), repeat(-1, n)), np.int64, n)
+        tk = np.fromiter(map(self.tpos.get, f["task"].tolist(), repeat(-1, n)), np.int64, n)
         if known_queries and (q < 0).any():
             raise KeyError(f"queries missing from the features: "
                            f"{f['query_id'][q < 0].unique()[:5].tolist()}")
@@ -313,7 +318,7 @@ class FeedbackStore:
             knn_mean(un[:, :min(self.k_small, k)]), pool_knn,
             np.repeat(per_req[:, None, :], m, 1)], -1)
         return Messages(torch.from_numpy(static.astype(np.float32)), user_nb, user_sim,
-                        pool_nb, pool_sim, torch.from_numpy(q))
+                        pool_nb, pool_sim, torch.from_numpy(q), torch.from_numpy(own))
 
 
 def check_no_label_leak_v2(store: FeedbackStore, req: Requests, msg: Messages) -> None:
@@ -322,7 +327,7 @@ def check_no_label_leak_v2(store: FeedbackStore, req: Requests, msg: Messages) -
     label, or other users' labels of the same query). The sums are leave-one-query-out by
     construction; ``test_v2_messages_do_not_depend_on_the_labels_of_their_own_query`` tests it.
     """
-    q = np.fromiter((store.qpos.get(a, -1) for a in req.frame["query_id"]), np.int64, len(req))
+    q = msg.query.numpy()  # the feature query of each request (-1: a new text)
     nb = msg.user_nb.numpy()
     own = (nb >= 0) & (store.row_query[np.maximum(nb, 0)] == q[:, None]) if len(
         store.row_query) else np.zeros(nb.shape, bool)
