@@ -6,8 +6,9 @@ Held-out splits on top of the usual split by query:
   training; at test time the router gets ``k`` of that user's training-split requests
   (:func:`support_requests`) as visible feedback and routes the user's test requests;
 * **LLMs held out** (:func:`drop_llms`): the router is trained over the other LLMs; the held-out
-  LLM is then added from its description, prices and ``k`` interactions per user, drawn from the
-  test split's queries (a new LLM is tried on new queries) and removed from the test requests.
+  LLM is then added from its description, prices and ``k`` interactions per user: ``k`` queries
+  of the test split on which every user reveals their feedback (a new LLM is tried on new
+  queries); those queries leave the test set.
 
 Each few-shot result is reported as % of the *fully trained* router (trained with every user and
 every LLM) on the same test requests, next to baselines given the same ``k`` interactions
@@ -202,10 +203,11 @@ def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
                   cache: dict | None = None) -> pd.DataFrame:
     """New LLMs (and, with ``n_heldout_users > 0``, new users at the same time): per seed, ours
     is trained without ``heldout_llms`` (and without the held-out users); the LLMs are then added
-    from their description and prices (``add_llm``), with ``k`` interactions per user drawn
-    from the test split's queries (each with every candidate's feedback, the new LLMs
-    included): the known users' through ``add_llm``, the held-out users' through ``add_user``.
-    Evaluated on the remaining test requests (only the held-out users' when there are any)
+    from their description and prices (``add_llm``), with ``k`` interactions per user: ``k``
+    queries drawn from the test split, on which every user reveals every candidate's feedback
+    (the new LLMs' included): the known users' through ``add_llm``, the held-out users' through
+    ``add_user``; those queries leave the test set. Evaluated on the remaining test requests
+    (only the held-out users' when there are any)
     against the fully trained ours on the same requests. Rows as in :func:`few_shot_users`;
     baselines are fitted on the training requests (the new LLMs not candidates there) plus the
     same interactions."""
@@ -227,11 +229,15 @@ def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
         check_held_out(base, users=new, llms=heldout_llms)
         pool = reorder_llms(seen_by_router(setting, test_raw), order)  # what users reveal
         truth = reorder_llms(test_raw, order)
+        test_queries = np.array(sorted(truth.frame["query_id"].unique()))
         for k in ks:
-            support = support_requests(pool, users, k, seed)
-            shown = set(zip(support.frame["user_id"], support.frame["query_id"]))
-            rest = truth.select(np.array([(u, q) not in shown for u, q in
-                                          zip(truth.frame["user_id"], truth.frame["query_id"])]))
+            if k > len(test_queries) - 1:
+                raise RequestsError(f"k = {k} support queries leave no test query of the "
+                                    f"{len(test_queries)}; use k <= {len(test_queries) - 1}")
+            # k new queries, on which every user reveals their feedback (the new LLMs' included)
+            asked = set(np.random.default_rng([seed, k]).choice(test_queries, k, replace=False))
+            on_asked = truth.frame["query_id"].isin(asked).to_numpy()
+            support, rest = pool.select(on_asked), truth.select(~on_asked)
             if new:
                 rest = of_users(rest, new)
             ours = copy.deepcopy(base)

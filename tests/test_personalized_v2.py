@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prlib import routers as R
-from prlib.requests import Requests
+from prlib.requests import Requests, concat_requests
 from prlib.routers.retrieval import (FeedbackStore, Messages, check_no_label_leak_v2,
                                      reference_messages)
 from test_routers import by_both, by_query, make_feats, make_requests
@@ -61,6 +61,12 @@ def test_v2_leak_check_catches_a_request_that_retrieves_its_own_query(toy):
     with pytest.raises(AssertionError, match="own query"):
         check_no_label_leak_v2(st, train, Messages(msg.static, bad, msg.user_sim, msg.pool_nb,
                                                    msg.pool_sim, msg.query, msg.own))
+    ids = st.pooled()[0]
+    bad_pool = msg.pool_nb.clone()
+    bad_pool[0, 0] = int(np.flatnonzero(ids == int(msg.query[0]))[0])  # its own query, pooled
+    with pytest.raises(AssertionError, match="own query from the pooled"):
+        check_no_label_leak_v2(st, train, Messages(msg.static, msg.user_nb, msg.user_sim,
+                                                   bad_pool, msg.pool_sim, msg.query, msg.own))
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +142,6 @@ def test_v2_scores_are_the_same_batched_or_one_by_one(toy, fitted):
     batched = fitted.scores(test)
     single = np.vstack([fitted.scores(test.select([i])) for i in range(0, len(test), 7)])
     np.testing.assert_allclose(single, batched[::7], atol=1e-5)
-    torch.set_num_threads(torch.get_num_threads())
 
 
 def test_v2_feedback_added_later_equals_a_store_built_at_once(toy):
@@ -198,11 +203,10 @@ def test_v2_user_states_tell_users_apart_and_depend_on_the_weights(toy, fitted):
     assert sorted(users) == sorted(toy.split("train").frame["user_id"].unique())
     assert states.shape == (len(users), len(fitted.feats.llms) * fitted.config.hidden)
     assert np.isfinite(states).all() and np.linalg.matrix_rank(states) >= 2
-    import copy
-
-    other = copy.deepcopy(fitted)
-    other.model = other._new_model()  # random weights: other states
+    fitted.scores(toy.split("test"))  # fills the query-state cache
+    other = fitted.with_random_weights()
     assert not np.allclose(other.user_states()[1], states)
+    assert not torch.equal(other._query_states(), fitted._query_states())  # no stale cache
     assert fitted.llm_states().shape == (len(fitted.feats.llms), fitted.config.hidden)
 
 
@@ -219,3 +223,16 @@ def test_v2_fine_tune_adds_the_history_and_keeps_weights_no_worse_on_validation(
     assert log.step[0] == 0 and max(log.val_metric) == log.val_metric[log.step.index(log.best_step)]
     assert np.isfinite(r.scores(toy.split("test").renamed("newcomer"))[
         ~np.isnan(toy.split("test").utility)]).all()
+
+
+def test_v2_a_refused_add_changes_nothing(toy):
+    feats = make_feats()
+    train = toy.split("train")
+    st = store_of(feats, train)
+    before = st.messages(toy.split("test")).static
+    newcomer = train.select(np.arange(3)).renamed("newcomer")
+    twice = concat_requests(newcomer, train.select(np.arange(2)))  # the last two: visible already
+    with pytest.raises(ValueError, match="visible once"):
+        st.add(twice)
+    assert "newcomer" not in st.upos and len(st.row_of) == len(st.row_user) == len(train)
+    np.testing.assert_array_equal(st.messages(toy.split("test")).static.numpy(), before.numpy())

@@ -1,4 +1,4 @@
-"""PersonalizedRouter v2: retrieval and lookup messages in the graph, O(1) routing per request.
+"""PersonalizedRouter v2: retrieval and lookup messages in the graph, cached routing per request.
 
 Each request hears its user's visible history along typed edges (:mod:`prlib.routers.retrieval`):
 its (user, task) profile's mean feedback per LLM (the lookup table), its user's, its task's over
@@ -145,7 +145,8 @@ class PersonalizedRouterV2(Router):
     (user, task) profile, its user, its task, and the feedback of retrieved similar requests
     (the user's and anybody's), with learned attention over the retrieved; an MLP scores every
     candidate LLM from these messages and the query and LLM embeddings. Routing a new request
-    reads cached sums and runs one neighbour search (O(1) in the history's size per user)."""
+    reads cached sums (constant time) and runs one exact neighbour search over the visible
+    queries and the user's own requests: no graph of the whole history is rebuilt."""
 
     name = "PersonalizedRouter v2 (ours)"
     family = "ours"
@@ -193,15 +194,16 @@ class PersonalizedRouterV2(Router):
             u_q = torch.zeros(n, k, dtype=torch.long)
             u_v = torch.zeros(n, k, len(st.llms), CHANNELS)
             u_o = torch.zeros(n, k, len(st.llms), dtype=torch.bool)
-        ids, _, mean = st.pooled()
+        ids, _, mean, observed = st.pooled()
         pool_ok = msg.pool_nb >= 0
         pq = msg.pool_nb.clamp(min=0)
         if len(ids):
             p_q, p_v = torch.as_tensor(ids)[pq], torch.as_tensor(mean)[pq]
+            p_o = torch.as_tensor(observed)[pq] & pool_ok[..., None]  # LLMs with feedback there
         else:
             p_q = torch.zeros(n, k, dtype=torch.long)
             p_v = torch.zeros(n, k, len(st.llms), CHANNELS)
-        p_o = pool_ok[..., None].expand(*pool_ok.shape, len(st.llms))
+            p_o = torch.zeros(n, k, len(st.llms), dtype=torch.bool)
         dev = self.device
         return {"user_q": u_q.to(dev), "user_ok": user_ok.to(dev), "user_values": u_v.to(dev),
                 "user_observed": u_o.float().to(dev), "pool_q": p_q.to(dev),
@@ -219,10 +221,29 @@ class PersonalizedRouterV2(Router):
             hq = h_queries[msg.query.to(dev)]
         else:
             hq = self.model.query(query_x.to(dev))
-        msg_d = msg if dev == "cpu" else Messages(*(t.to(dev) for t in (
-            msg.static, msg.user_nb, msg.user_sim, msg.pool_nb, msg.pool_sim, msg.query, msg.own)))
+        msg_d = self._on_device(msg)
         s = self.model(hq, h_queries, self.llm_x_, msg_d, self._neighbours(msg))
         return s.masked_fill(~candidates.to(dev), float("-inf"))
+
+    def _on_device(self, msg: Messages) -> Messages:
+        """``msg`` on the router's device."""
+        if self.device == "cpu":
+            return msg
+        return Messages(*(t.to(self.device) for t in (
+            msg.static, msg.user_nb, msg.user_sim, msg.pool_nb, msg.pool_sim, msg.query, msg.own)))
+
+    def with_random_weights(self) -> "PersonalizedRouterV2":
+        """A copy with the same visible history and a freshly initialised scorer: the control
+        of notebook 80. Seeded by the router's seed + 1, so that it is another draw than the
+        initialisation the trained weights started from."""
+        import copy
+
+        self._check_fitted()
+        other = copy.deepcopy(self)
+        seed_everything(self.seed + 1)
+        other.model = other._new_model()
+        other._hq_cache = None
+        return other
 
     def _query_states(self) -> torch.Tensor:
         """Every feature query's state (n_queries, H); cached once the weights are final (after
@@ -342,8 +363,9 @@ class PersonalizedRouterV2(Router):
             for start in range(0, len(h), batch_size):
                 sel = torch.arange(start, min(start + batch_size, len(h)))
                 part = msg.select(sel)
-                _, e = self.model.embed(h_queries[part.query.to(self.device)], h_queries,
-                                        part, self._neighbours(part))
+                on = self._on_device(part)
+                _, e = self.model.embed(h_queries[on.query], h_queries, on,
+                                        self._neighbours(part))
                 sums.index_add_(0, users[sel], (e.cpu() * cand[sel, :, None]))
             counts = torch.bincount(users, minlength=len(st.users)).clamp(min=1)
         return list(st.users), (sums / counts[:, None, None]).flatten(1).numpy()
@@ -367,19 +389,20 @@ class PersonalizedRouterV2(Router):
         llms = self.feats.llms + [name]
         if history is not None and history.llms != llms:
             raise ValueError(f"history must be over the LLMs {llms}, got {history.llms}")
-        self.feats = replace(self.feats, llms=llms, llm_x=torch.cat(
+        feats = replace(self.feats, llms=llms, llm_x=torch.cat(
             [self.feats.llm_x, llm_row(description, input_usd_per_m, output_usd_per_m)]),
             answer_x=None, answer_ok=None)
-        self.n_llms = len(llms)
-        self.llm_x_ = self.feats.llm_x.to(self.device)
         old = self.history_
         pad = lambda a: None if a is None else np.hstack([a, np.full((len(a), 1), np.nan)])  # noqa: E731
-        self.history_ = Requests(old.frame, llms, pad(old.utility), old.chosen, pad(old.quality),
-                                 pad(old.cost), pad(old.call_cost))
+        history_ = Requests(old.frame, llms, pad(old.utility), old.chosen, pad(old.quality),
+                            pad(old.cost), pad(old.call_cost))
         if history is not None:
-            self.history_ = concat_requests(self.history_, history)
-        self.store_ = self._new_store()
-        self.store_.add(self.history_)
+            history_ = concat_requests(history_, history)
+        store = FeedbackStore(feats.query_ids, feats.query_x.numpy(), feats.tasks, llms,
+                              self.config.k, self.config.k_small)
+        store.add(history_)  # refuses a (user, query) seen twice before anything changes
+        self.feats, self.n_llms, self.history_, self.store_ = feats, len(llms), history_, store
+        self.llm_x_ = feats.llm_x.to(self.device)
 
     @torch.no_grad()
     def route_text(self, user_id: str, query_text: str, task: str | None = None) -> str:

@@ -1,4 +1,4 @@
-"""The visible feedback history as a graph that scoring reads in O(1) per request.
+"""The visible feedback history as a graph that scoring reads per request from cached sums.
 
 A router that learns from interactions keeps every visible request (a (user, query) pair with
 the feedback of each candidate LLM) and aggregates it along typed edges into the states the
@@ -156,6 +156,7 @@ class FeedbackStore:
         is already visible is an error (its feedback would count twice)."""
         if req.llms != self.llms:
             raise ValueError(f"requests are over the LLMs {req.llms}, the store over {self.llms}")
+        self._check_new(req)
         for u in dict.fromkeys(req.frame["user_id"]):
             if u not in self.upos:
                 self.upos[u] = len(self.users)
@@ -172,9 +173,6 @@ class FeedbackStore:
         vals, obs = feedback_channels(req)
         start = len(self.row_user)
         for i, key in enumerate(zip(u.tolist(), q.tolist())):
-            if key in self.row_of:
-                raise ValueError(f"user {self.users[key[0]]!r} already has visible feedback on "
-                                 "this query; a (user, query) is visible once")
             self.row_of[key] = start + i
             self._user_rows[key[0]].append(start + i)
             self._user_rows_cache.pop(key[0], None)
@@ -193,6 +191,18 @@ class FeedbackStore:
         np.add.at(self.n_query, q, o)
         self.query_visible[q] = True
         self._pool_cache = None
+
+    def _check_new(self, req: Requests) -> None:
+        """Refuse, before changing anything, requests whose (user, query) is already visible or
+        appears twice in ``req`` (its feedback would count twice); unknown queries or tasks
+        are refused by :meth:`index`."""
+        u, q, _ = self.index(req)
+        keys = list(zip(req.frame["user_id"].tolist(), q.tolist()))
+        seen = [k for k in keys if k[0] in self.upos and (self.upos[k[0]], k[1]) in self.row_of]
+        if seen or len(set(keys)) < len(keys):
+            who = seen[0][0] if seen else next(k for k in keys if keys.count(k) > 1)[0]
+            raise ValueError(f"user {who!r} already has visible feedback on a query of these "
+                             "requests (or one twice in them); a (user, query) is visible once")
 
     def index(self, req: Requests, known_queries: bool = True):
         """``(user, query, task)`` int64 arrays (n,) of ``req``'s rows: user -1 for users
@@ -219,12 +229,13 @@ class FeedbackStore:
         return rows
 
     def pooled(self):
-        """Visible queries (feature indices), their unit embeddings and mean feedback over
-        users: ``(ids (Q,), x (Q, d), mean (Q, M, C))``."""
+        """Visible queries (feature indices), their unit embeddings, mean feedback over users
+        and which LLMs have any: ``(ids (Q,), x (Q, d), mean (Q, M, C), observed (Q, M))``."""
         if self._pool_cache is None:
             ids = np.flatnonzero(self.query_visible)
             self._pool_cache = (ids, self.query_x[ids],
-                                _mean(self.s_query[ids], self.n_query[ids]).astype(np.float32))
+                                _mean(self.s_query[ids], self.n_query[ids]).astype(np.float32),
+                                self.n_query[ids] > 0)
         return self._pool_cache
 
     # -------------------------------------------------------------- messages
@@ -286,7 +297,7 @@ class FeedbackStore:
             user_nb[mine_t] = torch.where(top >= 0, torch.from_numpy(rows)[top.clamp(min=0)], -1)
             user_sim[mine_t] = top_sim
 
-        pool_ids, _, pool_mean = self.pooled()
+        pool_ids, _, pool_mean, pool_obs = self.pooled()
         sim = sim_q[:, torch.from_numpy(pool_ids)]  # (n_distinct, Q)
         pos = np.searchsorted(pool_ids, q_of)
         own_pooled = (q_of >= 0) & (pool_ids[np.minimum(pos, len(pool_ids) - 1)] == q_of) \
@@ -305,10 +316,14 @@ class FeedbackStore:
             o = np.where(ok[..., None], self.observed[np.maximum(nb, 0)], False)
             return _mean(v.sum(1), o.sum(1))
 
+        # pooled: per LLM, the mean over the neighbour queries on which it has feedback
         ok_p = pn >= 0
-        pv = np.where(ok_p[..., None, None], pool_mean[np.maximum(pn, 0)], 0.0) \
-            if len(pool_ids) else np.zeros((n, k, m, CHANNELS))
-        pool_knn = pv.sum(1) / np.maximum(ok_p.sum(1), 1)[:, None, None]
+        if len(pool_ids):
+            ok_pm = ok_p[..., None] & pool_obs[np.maximum(pn, 0)]  # (n, K, M)
+            pv = np.where(ok_pm[..., None], pool_mean[np.maximum(pn, 0)], 0.0)
+            pool_knn = _mean(pv.sum(1), ok_pm.sum(1))
+        else:
+            pool_knn = np.zeros((n, m, CHANNELS))
         us, ps = user_sim.numpy(), pool_sim.numpy()
         nbr_sim = lambda s, nb: s.sum(1) / np.maximum((nb >= 0).sum(1), 1)  # noqa: E731
         per_req = np.stack([nbr_sim(us, un), nbr_sim(ps, pn)], 1)
@@ -393,15 +408,16 @@ def reference_messages(history: Requests, req: Requests, query_ids, query_x: np.
         mu, c = mean(rel)
         out += [mu, torch.log1p(c)[..., None]]
     out += [mean("knn")[0], mean("knn_small")[0]]
-    # pooled: each neighbour query's mean over users, then their plain mean
+    # pooled: each neighbour query's mean over users, then per LLM their mean over the
+    # neighbour queries on which the LLM has feedback
     per_q = {a: (vals[rows].sum(0), obs[rows].sum(0)) for a, rows in by_query.items()}
     pool = torch.zeros(n, m, CHANNELS, dtype=torch.float64)
-    cnt = torch.zeros(n)
+    cnt = torch.zeros(n, m, dtype=torch.float64)
     for a, i in zip(pool_src, pool_dst):
         s, c = per_q[a]
         pool[i] += torch.where(c[:, None] > 0, s / c.clamp(min=1)[:, None], 0.0)
-        cnt[i] += 1
-    out.append(pool / cnt.clamp(min=1)[:, None, None])
+        cnt[i] += (c > 0).double()
+    out.append(pool / cnt.clamp(min=1)[..., None])
     sims = []
     for rel_src, rel_dst, pooled_rel in ((edges["knn"][0], edges["knn"][1], False),
                                          (pool_src, pool_dst, True)):
