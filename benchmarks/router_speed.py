@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     from prlib.config import REPO_ROOT
 
+    load_before = os.getloadavg()[0]
     rows = []
     for name in args.routers:
         print(f"[router_speed] {name} ...", flush=True)
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "(simulated), split of seed 0, default hyper-parameters, one process per router",
         "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+        "load_average_1min_before": round(load_before, 2),
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
         "routers": rows,
     }
     out = REPO_ROOT / "figures" / "40_router_benchmark.json"
@@ -141,7 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"{ours['requests_per_second_1_thread']:,} requests/s batched on one thread "
         f"({ours['requests_per_second_2_threads']:,} on two) and a single request in "
         f"{ours['single_request_p50_ms']:.1f} ms (p50) / {ours['single_request_p99_ms']:.1f} ms "
-        f"(p99) over {ours['single_request_calls']:,} calls; baselines in "
+        f"(p99) over {ours['single_request_calls']:,} calls, with a load average of "
+        f"{result['load_average_1min_before']:.1f} on the machine when the run started (above 0: "
+        "other jobs shared the cores); baselines in "
         "`figures/40_router_benchmark.json` (`benchmarks/router_speed.py`).\n")
     print(out.with_suffix(".md").read_text())
     return result

@@ -41,7 +41,8 @@ def test_readme_tables_match_the_figures():
     shown = {"40_multicost_llmrouter", "40_judge_arena_bench", "50_table1_multicost_llmrouter",
              "50_table2_judge_arena_bench", "50_table3a_multicost_arena_bench",
              "50_table3b_judge_arena_hard", "50_improvement_summary", "40_findings",
-             "50_findings", "40_router_benchmark"}
+             "50_findings", "40_router_benchmark", "40_ablations", "60_findings",
+             "70_findings", "80_findings"}
     assert shown <= set(tables), f"README lacks the result blocks {sorted(shown - set(tables))}"
     for name, body in tables.items():
         assert body == (ROOT / "figures" / f"{name}.md").read_text(), (
