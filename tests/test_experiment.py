@@ -134,23 +134,25 @@ def test_a_setting_refuses_mismatched_inputs():
 
 def test_smoke_numbers_are_pinned(llmrouter_bank):
     """Regression pins of the smoke setting (400 LLMRouter queries, seed 0, one torch thread):
-    the deterministic routers to 1e-4, ours (30 steps) to 0.01 reward. A change that moves them
-    must say why in its commit and update the pins."""
+    the deterministic routers to 1e-4, ours (v2) and v1 (30 steps each) to 0.01 reward. A change
+    that moves them must say why in its commit and update the pins."""
     from prlib import routers as R
 
     bank = llmrouter_bank.sample_queries(400, seed=0)
     setting = Setting("pin", bank, simulate_multi_cost(bank))
     res = run_setting(setting, [R.BestPerUserTaskRouter, R.PerUserKNNRouter, R.OracleRouter,
-                                R.RandomRouter, R.PersonalizedRouter], seeds=[0],
-                      params={"PersonalizedRouter": {"steps": 30},
-                              "PerUserKNNRouter": {"k": 10}}).set_index("router")
+                                R.RandomRouter, R.PersonalizedRouter, R.PersonalizedRouterV2],
+                      seeds=[0], params={"PersonalizedRouter": {"steps": 30},
+                                         "PersonalizedRouterV2": {"steps": 30},
+                                         "PerUserKNNRouter": {"k": 10}}).set_index("router")
     reward = res["reward"]
     assert reward["Best LLM per user and task"] == pytest.approx(0.361916, abs=1e-4)
     assert reward["kNN per user"] == pytest.approx(0.323018, abs=1e-4)
     assert reward[setting.oracle_name] == pytest.approx(0.449361, abs=1e-4)
     assert res.loc[setting.oracle_name, "score"] == pytest.approx(100.0)
     assert abs(res.loc["Random", "score"]) < 5  # random routing scores about 0 by definition
-    assert reward["PersonalizedRouter (ours)"] == pytest.approx(0.331965, abs=0.01)
+    assert reward[R.PersonalizedRouter.name] == pytest.approx(0.331965, abs=0.01)  # v1
+    assert reward[R.PersonalizedRouterV2.name] == pytest.approx(0.368140, abs=0.01)  # ours
 
 
 def test_routers_that_route_identically_are_marked():
