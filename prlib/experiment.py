@@ -82,14 +82,15 @@ class Setting:
                 else node_features(self.bank, answers=True))
 
 
-def setting_views(setting: Setting, seed: int):
+def setting_views(setting: Setting, seed: int, raw: bool = False):
     """``(train, val, test)`` requests of one seed's query split: train and val as the routers
-    see them (choice-only views when ``setting.feedback == "choice"``), test with true labels."""
+    see them (choice-only views when ``setting.feedback == "choice"``; with ``raw``, true
+    utilities for all three), test with true labels."""
     split = split_queries(setting.preferences.interactions["query_id"].unique(),
                           setting.fractions, seed=seed)
     req = build_requests(setting.preferences.interactions, setting.bank, split)
     train, val, test = (req.split(s) for s in SPLITS)
-    if setting.feedback == "choice":
+    if setting.feedback == "choice" and not raw:
         train, val = choice_only(train), choice_only(val)
     return train, val, test
 

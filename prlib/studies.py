@@ -25,10 +25,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from prlib.experiment import Setting, _new_router
+from prlib.experiment import Setting, _new_router, setting_views
 from prlib.metrics import routing_metrics
-from prlib.requests import (Requests, RequestsError, build_requests, choice_only,
-                            concat_requests, split_queries)
+from prlib.requests import Requests, RequestsError, choice_only, concat_requests
 from prlib.routers import (BestPerUserRouter, BestPerUserTaskRouter, BestSingleRouter,
                            PerUserKNNRouter, PersonalizedRouterV2, Router)
 
@@ -106,10 +105,7 @@ def pad_llms(req: Requests, llms: Sequence[str]) -> Requests:
 def raw_views(setting: Setting, seed: int) -> tuple[Requests, Requests, Requests]:
     """``(train, val, test)`` of one seed's query split with true utilities (no choice-only
     view yet): what :func:`drop_llms` needs."""
-    split = split_queries(setting.preferences.interactions["query_id"].unique(),
-                          setting.fractions, seed=seed)
-    req = build_requests(setting.preferences.interactions, setting.bank, split)
-    return req.split("train"), req.split("val"), req.split("test")
+    return setting_views(setting, seed, raw=True)
 
 
 def seen_by_router(setting: Setting, req: Requests) -> Requests:
