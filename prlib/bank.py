@@ -292,3 +292,48 @@ def per_llm_stats(b: Bank) -> pd.DataFrame:
     out = b.llms[["llm", "family", "size_b", "input_usd_per_m", "output_usd_per_m"]].merge(
         stats, left_on="llm", right_index=True)
     return out.assign(bank=b.name).sort_values("mean_cost_usd").reset_index(drop=True)
+
+
+#: How a turn query's id is formed from its conversation's id and the turn number (from 1).
+def turn_query_id(conversation_id: str, turn: int) -> str:
+    """``"<conversation>/t<turn>"``: the query id of one turn of a conversation."""
+    return f"{conversation_id}/t{int(turn)}"
+
+
+def turn_bank(bank: Bank) -> Bank:
+    """A multi-turn bank (queries with ``turn_texts``, rows with ``response_turns``, e.g.
+    MT-Bench) as one query per (conversation, turn): ``query_id`` from :func:`turn_query_id`,
+    ``text`` = the user messages so far (what a router knows when it routes that turn; the
+    earlier turns first, separated by blank lines), ``turn_text`` = this turn's own message,
+    ``conversation`` and ``turn`` (1, 2, ...) columns; a row per (turn query, LLM) with that
+    turn's answer as ``response``, its own token counts (input: the conversation so far,
+    re-sent at each turn; output: the answer) and cost. Quality is kept as the source has it
+    (NaN for MT-Bench). Name: ``"<bank>-turns"``."""
+    if "turn_texts" not in bank.queries or "response_turns" not in bank.bank:
+        raise SchemaError(f"bank {bank.name!r} is not multi-turn: it needs queries.turn_texts "
+                          "and bank.response_turns (e.g. load_bank('mt-bench'))")
+    users = dict(zip(bank.queries["query_id"], bank.queries["turn_texts"]))
+    tasks = dict(zip(bank.queries["query_id"], bank.queries["task"]))
+    qrows, rows, contexts, outputs = [], [], [], []
+    for conv, turns in users.items():
+        for t in range(1, len(turns) + 1):
+            qrows.append({"query_id": turn_query_id(conv, t), "task": tasks[conv],
+                          "text": "\n\n".join(turns[:t]), "turns": 1, "conversation": conv,
+                          "turn": t, "turn_text": turns[t - 1]})
+    for r in bank.bank.itertuples(index=False):
+        replies = list(r.response_turns)
+        for t in range(1, min(len(users[r.query_id]), len(replies)) + 1):
+            text = replies[t - 1]
+            rows.append({"query_id": turn_query_id(r.query_id, t), "task": r.task, "llm": r.llm,
+                         "quality": r.quality, "response": text})
+            contexts.append(" ".join(users[r.query_id][:t] + replies[:t - 1]))
+            outputs.append(text or "")
+    frame = pd.DataFrame(rows)
+    frame["input_tokens"] = count_tokens(contexts)
+    frame["output_tokens"] = count_tokens(outputs)
+    frame["cost_usd"] = cost_usd(frame, bank.llms)
+    meta = {**bank.meta, "turns": "one query per (conversation, turn); text = the user messages "
+            "so far; response = that turn's answer", "input_tokens": TOKENIZER_NOTE +
+            "; the conversation so far", "output_tokens": TOKENIZER_NOTE + "; this turn's answer"}
+    return Bank(f"{bank.name}-turns", pd.DataFrame(qrows), bank.llms.copy(),
+                frame[BANK_COLUMNS + ["response"]], meta)

@@ -24,16 +24,18 @@ from tqdm.auto import tqdm
 from prlib.bank import Bank
 from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS, seed_everything, torch_threads
 from prlib.features import NodeFeatures, node_features
-from prlib.metrics import paired_difference, picks_vary_share, routing_metrics
+from prlib.metrics import (PAIRWISE_METRICS, pairwise_metrics, paired_difference,
+                           picks_vary_share, routing_metrics)
 from prlib.report import mean_std
-from prlib.requests import SPLITS, build_requests, choice_only, split_queries
+from prlib.requests import (SPLITS, build_requests, choice_only, split_queries,
+                            with_previous_turn)
 from prlib.routers import Router, get_router, registered
 from prlib.routers.base import grid_points, reward_of
 from prlib.simulate.preferences import Preferences
 
 FEEDBACK = ("utility", "choice")
 #: Metrics a setting may name as its main one (columns of :func:`run_setting`'s frame).
-MAIN_METRICS = ("reward", "accuracy", "score", "pct_oracle", "performance")
+MAIN_METRICS = ("reward", "accuracy", "score", "pct_oracle", "performance") + PAIRWISE_METRICS
 UPPER_BOUND = "upper bound"
 #: What the oracle reads in each feedback kind (its row name in tables).
 ORACLE_READS = {"utility": "Oracle (reads realised test utilities)",
@@ -49,7 +51,12 @@ class Setting:
     ``bank`` and ``preferences`` (simulated users over that bank); ``feedback``: what a router
     learns from, ``"utility"`` (every candidate's utility, multi-cost users) or ``"choice"``
     (only the pick, judge users); ``metric``: the main metric of the tables; ``fractions``: the
-    train / val / test shares of queries.
+    train / val / test shares of queries. Multi-turn data: ``query_groups`` maps each (turn)
+    query to its conversation, so a conversation's turns share a split; ``previous_query`` maps
+    a turn to the previous turn of its conversation, and requests then carry the user's
+    utilities of that previous turn (:attr:`~prlib.requests.Requests.previous`). With a
+    pairwise ``metric`` (:data:`~prlib.metrics.PAIRWISE_METRICS`) every router is also scored,
+    and tuned, on preference pairs by its score differences.
     """
 
     name: str
@@ -59,6 +66,8 @@ class Setting:
     metric: str = "reward"
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     features: NodeFeatures | None = field(default=None, repr=False)
+    query_groups: dict[str, str] | None = field(default=None, repr=False)
+    previous_query: dict[str, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.feedback not in FEEDBACK:
@@ -68,6 +77,14 @@ class Setting:
         if self.preferences.bank_name != self.bank.name:
             raise ValueError(f"the preferences are over bank {self.preferences.bank_name!r}, not "
                              f"{self.bank.name!r}")
+        if self.previous_query and self.feedback == "choice":
+            raise ValueError("previous-turn utilities are utility feedback; use "
+                             "feedback='utility' with previous_query")
+
+    @property
+    def pairwise(self) -> bool:
+        """Whether the main metric is a pairwise one (routers scored by score differences)."""
+        return self.metric in PAIRWISE_METRICS
 
     @property
     def oracle_name(self) -> str:
@@ -87,8 +104,10 @@ def setting_views(setting: Setting, seed: int, raw: bool = False):
     see them (choice-only views when ``setting.feedback == "choice"``; with ``raw``, true
     utilities for all three), test with true labels."""
     split = split_queries(setting.preferences.interactions["query_id"].unique(),
-                          setting.fractions, seed=seed)
+                          setting.fractions, seed=seed, groups=setting.query_groups)
     req = build_requests(setting.preferences.interactions, setting.bank, split)
+    if setting.previous_query:
+        req = with_previous_turn(req, setting.previous_query)
     train, val, test = (req.split(s) for s in SPLITS)
     if setting.feedback == "choice" and not raw:
         train, val = choice_only(train), choice_only(val)
@@ -142,6 +161,14 @@ class Tuning:
         return pd.DataFrame(rows)
 
 
+def validation_metric(setting: Setting, router: Router, val) -> float:
+    """What tuning compares: the setting's pairwise metric on ``val`` when it has one, else the
+    validation reward of the router's view (accuracy with choice-only feedback)."""
+    if setting.pairwise:
+        return pairwise_metrics(val, router.scores(val))[setting.metric]
+    return reward_of(val, router.scores(val))
+
+
 def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None = None,
                  seeds: Sequence[int] = DEVELOPMENT_SEEDS[:1],
                  params: Mapping[str, dict] | None = None, progress: bool = False,
@@ -177,7 +204,8 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
                     fit_s = time.perf_counter() - t0
                     rows.append({"setting": setting.name, "router": cls.name,
                                  "class": cls.__name__, "point": json.dumps(point),
-                                 "seed": seed, "val_metric": reward_of(val, router.scores(val)),
+                                 "seed": seed, "val_metric": validation_metric(setting, router,
+                                                                               val),
                                  "fit_s": fit_s})
                     bar.update()
     bar.close()
@@ -236,6 +264,8 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
                 fit_s = time.perf_counter() - t0
                 picks = router.route(test)
                 metrics = routing_metrics(test, picks, router.calls(test, picks))
+                if setting.pairwise:
+                    metrics.update(pairwise_metrics(test, router.scores(test)))
                 rows.append({"setting": setting.name,
                              "router": setting.oracle_name if cls.reads_labels else cls.name,
                              "family": cls.family, "seed": seed, **metrics,

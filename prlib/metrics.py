@@ -102,3 +102,55 @@ def picks_vary_share(requests, picks) -> float:
     g = df.groupby("query_id")["pick"]
     multi = g.size() > 1
     return float((g.nunique()[multi] > 1).mean())
+
+
+#: Pairwise metrics (GMTRouter's): a setting may name one as its main metric.
+PAIRWISE_METRICS = ("pair_accuracy", "pair_auc")
+
+
+def preference_pairs(utility, eps: float = 1e-9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every ordered pair of a request's candidates whose utilities differ by more than ``eps``
+    (ties are skipped, as GMTRouter's labels do): ``(row, better, worse)``, each (n_pairs,),
+    with ``utility[row, better] > utility[row, worse]``. ``utility``: (n, n_llms), NaN = no
+    candidate."""
+    u = np.asarray(utility, dtype=float)
+    rows, better, worse = [], [], []
+    for i, j in zip(*np.triu_indices(u.shape[1], k=1)):
+        d = u[:, i] - u[:, j]
+        ok = np.isfinite(d) & (np.abs(d) > eps)
+        r = np.flatnonzero(ok)
+        rows.append(r)
+        better.append(np.where(d[r] > 0, i, j))
+        worse.append(np.where(d[r] > 0, j, i))
+    cat = lambda parts: np.concatenate(parts).astype(int) if parts else np.zeros(0, int)  # noqa: E731
+    return cat(rows), cat(better), cat(worse)
+
+
+def pairwise_metrics(requests, scores) -> dict[str, float]:
+    """Pairwise accuracy and ROC-AUC of ``scores`` (n, n_llms) on the preference pairs of
+    ``requests`` (:func:`preference_pairs` of its true utilities).
+
+    A pair (better b, worse w) is predicted by the score difference ``s_b - s_w``:
+    ``pair_accuracy`` = share of pairs with a positive difference (a zero difference counts
+    one half, so a constant router scores 0.5); ``pair_auc`` = scikit-learn's ROC-AUC with every
+    pair in both orientations (label 1 for (b, w), 0 for (w, b)), i.e. the probability that
+    the difference of a correctly oriented pair exceeds that of a wrongly oriented one.
+    ``n_pairs``: the number of pairs (NaN metrics when there is none). A candidate without a
+    finite score ranks below the request's scored candidates (two of them tie)."""
+    from sklearn.metrics import roc_auc_score
+
+    s = np.asarray(scores, dtype=float)
+    if s.shape != requests.utility.shape:
+        raise ValueError(f"scores have shape {s.shape}, the requests {requests.utility.shape}")
+    rows, b, w = preference_pairs(requests.utility)
+    if len(rows) == 0:
+        return {"pair_accuracy": float("nan"), "pair_auc": float("nan"), "n_pairs": 0}
+    # a candidate a router cannot score (-inf / NaN, e.g. kNN without a neighbour that rated
+    # it) ranks below every scored one of its request; two unscored candidates tie
+    finite = np.isfinite(s)
+    low = np.where(finite, s, np.inf).min(1, keepdims=True)
+    s = np.where(finite, s, np.where(np.isfinite(low), low, 0.0) - 1.0)
+    diff = s[rows, b] - s[rows, w]
+    acc = float(np.mean((diff > 0) + 0.5 * (diff == 0)))
+    auc = float(roc_auc_score(np.r_[np.ones(len(diff)), np.zeros(len(diff))], np.r_[diff, -diff]))
+    return {"pair_accuracy": acc, "pair_auc": auc, "n_pairs": int(len(diff))}

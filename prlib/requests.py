@@ -35,8 +35,19 @@ class QuerySplit:
         return {q: s for s in SPLITS for q in getattr(self, s)}
 
 
-def split_queries(query_ids, fractions=(0.7, 0.1, 0.2), seed: int = 0) -> QuerySplit:
-    """Seeded random partition of ``query_ids`` (70/10/20 by default)."""
+def split_queries(query_ids, fractions=(0.7, 0.1, 0.2), seed: int = 0,
+                  groups: dict[str, str] | None = None) -> QuerySplit:
+    """Seeded random partition of ``query_ids`` (70/10/20 by default). With ``groups``
+    (``{query_id: group}``, e.g. the conversation of each turn), whole groups are partitioned,
+    so the turns of one conversation always share a split."""
+    if groups is not None:
+        missing = sorted(set(map(str, query_ids)) - set(groups))
+        if missing:
+            raise RequestsError(f"queries {missing[:3]} have no group; map every query id")
+        part = split_queries({groups[str(q)] for q in query_ids}, fractions, seed)
+        side = part.of()
+        ids = sorted(set(map(str, query_ids)))
+        return QuerySplit(*[[q for q in ids if side[groups[q]] == s] for s in SPLITS])
     ids = np.array(sorted(set(map(str, query_ids))))
     if len(ids) < 3:
         raise RequestsError(f"need at least 3 queries to split, got {len(ids)}")
@@ -67,6 +78,11 @@ class Requests:
     #: ``(1 - p) * cost_norm``, already inside ``utility`` for the picked LLM); charged for every
     #: further LLM a cascade calls. ``None``: calling costs the user no utility (judge users).
     call_cost: np.ndarray | None = None
+    #: (n, n_llms) the same user's utility of each LLM at the *previous turn* of the same
+    #: conversation (multi-turn data; NaN at a first turn or where that LLM was not rated then):
+    #: history the user has already given, never the label of the request itself. ``None``:
+    #: single-turn requests.
+    previous: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -77,7 +93,7 @@ class Requests:
         pick = lambda a: None if a is None else a[mask]  # noqa: E731
         return Requests(self.frame.iloc[mask].reset_index(drop=True), self.llms, self.utility[mask],
                         self.chosen[mask], pick(self.quality), pick(self.cost),
-                        pick(self.call_cost))
+                        pick(self.call_cost), pick(self.previous))
 
     def renamed(self, user_id: str) -> "Requests":
         """The same requests asked by another (e.g. a new) user."""
@@ -125,6 +141,20 @@ def build_requests(interactions: pd.DataFrame, bank: Bank, split: QuerySplit) ->
     return Requests(key, llms, utility, chosen, quality, cost, call_cost)
 
 
+def with_previous_turn(requests: Requests, previous_query: dict[str, str]) -> Requests:
+    """``requests`` with :attr:`Requests.previous` filled: for a request (user, q) whose query
+    continues the conversation of ``previous_query[q]``, the same user's utilities of that
+    previous turn (NaN where the user has no such request or did not rate that LLM then)."""
+    f = requests.frame
+    row = {(u, q): i for i, (u, q) in enumerate(zip(f["user_id"], f["query_id"]))}
+    prev = np.full(requests.utility.shape, np.nan)
+    for i, (u, q) in enumerate(zip(f["user_id"], f["query_id"])):
+        j = row.get((u, previous_query.get(q)))
+        if j is not None:
+            prev[i] = requests.utility[j]
+    return replace(requests, previous=prev)
+
+
 def concat_requests(a: Requests, b: Requests) -> Requests:
     """Stack two request sets over the same LLMs."""
     if a.llms != b.llms:
@@ -136,7 +166,7 @@ def concat_requests(a: Requests, b: Requests) -> Requests:
     return Requests(pd.concat([a.frame, b.frame], ignore_index=True), a.llms,
                     np.vstack([a.utility, b.utility]), np.concatenate([a.chosen, b.chosen]),
                     both(a.quality, b.quality), both(a.cost, b.cost),
-                    both(a.call_cost, b.call_cost))
+                    both(a.call_cost, b.call_cost), both(a.previous, b.previous))
 
 
 def choice_only(requests: Requests) -> Requests:

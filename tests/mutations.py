@@ -35,6 +35,15 @@ must FAIL. The script prints one line per mutation and exits non-zero if any mut
 14. ``few-shot-trains-on-held-out-users``: the new-user study trains on every user ->
     ``test_few_shot_users_and_llms_give_a_finite_share_of_the_full_model_for_every_k`` (the
     held-out check fires).
+15. ``gmt-later-turns-visible``: a GMTRouter training step hides a target's own turn but shows
+    the later turns of its conversation -> ``test_no_rating_being_predicted_is_in_the_graph``.
+16. ``gmt-targets-in-context``: a training step's target ratings stay in its graph -> the same.
+17. ``gmt-one-graph-for-all-turns``: turn-1 and turn-2 requests scored on one graph (the turn-1
+    ratings that are turn 2's context are turn 1's labels) -> the same.
+18. ``gmt-forward-edges-only``: no reverse edges (the released code's flaw: only destination
+    types updated) -> ``test_every_node_type_is_updated_by_one_layer``.
+19. ``gmt-add-user-ignored``: ``add_user`` does not make the new user's ratings visible ->
+    ``test_a_new_user_is_routed_from_k_ratings_without_retraining``.
 """
 
 from __future__ import annotations
@@ -132,6 +141,30 @@ MUTATIONS = {
           "        base = _ours(setting, seed, params, train, val)")],
         ["tests/test_studies.py::"
          "test_few_shot_users_and_llms_give_a_finite_share_of_the_full_model_for_every_k"]),
+    "gmt-later-turns-visible": (
+        "prlib/routers/gmt.py",
+        [("        return ~np.isnan(first) & (inter.turn >= np.nan_to_num(first, nan=np.inf))",
+          "        return ~np.isnan(first) & (inter.turn == np.nan_to_num(first, nan=np.inf))")],
+        ["tests/test_gmt.py::test_no_rating_being_predicted_is_in_the_graph"]),
+    "gmt-targets-in-context": (
+        "prlib/routers/gmt.py",
+        [("        visible = np.flatnonzero(~self._hidden_for(batch, inter))",
+          "        visible = np.arange(len(inter))")],
+        ["tests/test_gmt.py::test_no_rating_being_predicted_is_in_the_graph"]),
+    "gmt-one-graph-for-all-turns": (
+        "prlib/routers/gmt.py",
+        [("        for rows in self.turn_groups(requests):",
+          "        for rows in [np.arange(len(requests))]:")],
+        ["tests/test_gmt.py::test_no_rating_being_predicted_is_in_the_graph"]),
+    "gmt-forward-edges-only": (
+        "prlib/routers/gmt.py",
+        [('        g[d, f"rev_{r}", s].edge_index = ei.flip(0)', "        pass")],
+        ["tests/test_gmt.py::test_every_node_type_is_updated_by_one_layer"]),
+    "gmt-add-user-ignored": (
+        "prlib/routers/gmt.py",
+        [("        self.history_ = concat_requests(self.history_, history)\n\n    record_feedback",
+          "        self.history_ = self.history_\n\n    record_feedback")],
+        ["tests/test_gmt.py::test_a_new_user_is_routed_from_k_ratings_without_retraining"]),
 }
 
 

@@ -4,7 +4,9 @@ One module per family: :mod:`~prlib.routers.simple` (rules, lookup tables, the o
 :mod:`~prlib.routers.neighbours` (kNN), :mod:`~prlib.routers.neural` (MLPs, matrix
 factorisation), :mod:`~prlib.routers.graph` (GraphRouter, the released design),
 :mod:`~prlib.routers.contrastive` (RouterDC), :mod:`~prlib.routers.cascade` (HybridLLM,
-FrugalGPT) and :mod:`~prlib.routers.personalized_v2` (ours, with :mod:`~prlib.routers.retrieval`; its ablations
+FrugalGPT), :mod:`~prlib.routers.gmt` (GMTRouter) with :mod:`~prlib.routers.pairwise` (notebook 90's
+Bradley-Terry baselines; both in the family ``"pairwise (notebook 90)"``) and
+:mod:`~prlib.routers.personalized_v2` (ours, with :mod:`~prlib.routers.retrieval`; its ablations
 and the superseded v1 of :mod:`~prlib.routers.personalized` are in the family ``"ablation"``). Every torch router trains through
 :func:`~prlib.routers.training.train_module`.
 
@@ -22,15 +24,18 @@ Adding a router is one class with a docstring, ``name``, ``family`` and ``@regis
 ``python -m prlib.routers`` lists the registered routers.
 """
 
-from prlib.routers.base import (ABLATION, FAMILIES, History, Router, RouterError, catalogue,
+from prlib.routers.base import (ABLATION, FAMILIES, PAIRWISE, History, Router, RouterError, catalogue,
                                 description, get_router, register, registered, unregister)
 from prlib.routers.training import TorchRouter, train_module
 
 # importing the family modules registers their routers, in table order
 from prlib.routers import simple, neighbours, neural, graph, contrastive, cascade  # noqa: E402,F401,I001
-from prlib.routers import personalized, personalized_v2  # noqa: E402,F401
+from prlib.routers import personalized, personalized_v2, gmt, pairwise  # noqa: E402,F401
 from prlib.routers.cascade import FrugalGPTRouter, HybridLLMRouter  # noqa: E402
 from prlib.routers.contrastive import RouterDC  # noqa: E402
+from prlib.routers.gmt import GMTRouter  # noqa: E402
+from prlib.routers.pairwise import (BradleyTerryRouter, PerUserBradleyTerryRouter,  # noqa: E402
+                                    PreviousTurnRouter)
 from prlib.routers.graph import GraphRouterGNN, ReferenceDesignRouter  # noqa: E402
 from prlib.routers.neighbours import KNNRouter, PerUserKNNRouter  # noqa: E402
 from prlib.routers.neural import MFRouter, MLPRouter, UserMLPRouter  # noqa: E402
@@ -48,5 +53,6 @@ __all__ = [
     "BestPerUserTaskRouter", "OracleRouter", "KNNRouter", "PerUserKNNRouter", "MLPRouter",
     "UserMLPRouter", "MFRouter", "GraphRouterGNN", "ReferenceDesignRouter", "RouterDC",
     "HybridLLMRouter", "FrugalGPTRouter", "PersonalizedRouter", "TrainConfig",
-    "PersonalizedRouterV2", "V2Config", "ABLATIONS", "ABLATION",
+    "PersonalizedRouterV2", "V2Config", "ABLATIONS", "ABLATION", "PAIRWISE", "GMTRouter",
+    "BradleyTerryRouter", "PerUserBradleyTerryRouter", "PreviousTurnRouter",
 ]

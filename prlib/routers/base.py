@@ -31,10 +31,15 @@ from prlib.requests import Requests
 
 #: Router families, in table order.
 FAMILIES = ("simple", "non-personalised", "personalised", "released design", "upper bound", "ours",
-            "ablation")
+            "ablation", "pairwise (notebook 90)")
 #: The family of ours with a part removed (notebook 40): registered, but not among the routers
 #: of the comparison tables.
 ABLATION = "ablation"
+#: GMTRouter and the pairwise baselines of notebook 90 (Bradley-Terry, previous-turn rating):
+#: registered, listed only when asked for by family, so the single-turn tables are unchanged.
+PAIRWISE = "pairwise (notebook 90)"
+#: Families that :func:`registered` lists only when asked for by name.
+NOT_IN_TABLES = (ABLATION, PAIRWISE)
 #: Finite stand-in for -inf inside losses.
 NEG = -1e9
 #: The selection budget of every router with hyper-parameters (ours included): its declared
@@ -148,14 +153,15 @@ def unregister(cls: type["Router"] | str) -> None:
 
 def registered(family: str | None = None) -> list[type["Router"]]:
     """Registered routers in table order (by family, then registration), optionally of one
-    ``family``. Without a family: every router of the comparison tables (ablations of ours,
-    family ``"ablation"``, are listed only when asked for by family)."""
+    ``family``. Without a family: every router of the comparison tables (the families of
+    :data:`NOT_IN_TABLES`, ablations of ours and notebook 90's pairwise routers, are listed
+    only when asked for by family)."""
     if family is not None and family not in FAMILIES:
         raise RouterError(f"unknown family {family!r}; families: {FAMILIES}")
     order = sorted(enumerate(_REGISTRY.values()),
                    key=lambda ic: (FAMILIES.index(ic[1].family), ic[0]))
     return [c for _, c in order
-            if c.family == family or (family is None and c.family != ABLATION)]
+            if c.family == family or (family is None and c.family not in NOT_IN_TABLES)]
 
 
 def get_router(key: str | type["Router"]) -> type["Router"]:
@@ -217,7 +223,7 @@ def _encode(value, arrays: dict, frames: dict, where: str):
     if isinstance(value, Requests):
         return {"__requests__": {k: _encode(getattr(value, k), arrays, frames, where)
                                  for k in ("frame", "llms", "utility", "chosen", "quality",
-                                           "cost", "call_cost")}}
+                                           "cost", "call_cost", "previous")}}
     if isinstance(value, History):
         return {"__history__": _encode(asdict(value), arrays, frames, where)}
     raise RouterError(f"cannot save {where} of type {type(value).__name__}: fitted state must "

@@ -1,0 +1,471 @@
+"""GMTRouter (ours, re-implemented): multi-turn interactions as a heterogeneous graph, HGT.
+
+Graph of the visible feedback history (:func:`build_interaction_graph`), one node type per
+entity and one *interaction* (``turn``) node per rated answer:
+
+==========  ==============================================================================
+user        a constant input (no id embedding): a user's state is only what message passing
+            brings from their interactions, so a new user needs no retraining
+llm         MiniLM of the LLM's description + log prices (386)
+query       MiniLM of the user messages so far + log input tokens (385), one per turn query
+response    MiniLM of the answer text (384) of each (turn query, LLM) that a visible rating is
+            about: what those users read. The answer to the request being routed does not
+            exist yet at routing time and is not read (its LLM's earlier answers are)
+turn        one per visible rating (user, turn query, LLM): [rating min-max normalised per
+            user, 1{first turn}, 1{later turn}] (3)
+==========  ==============================================================================
+
+Edges: ``turn -by-> user``, ``turn -of-> llm``, ``turn -on-> query``, ``turn -saw-> response``
+(the response's query and LLM are two hops away, through the rating), and the turn chain ``turn -next-> turn``
+from a user's rating of an LLM at turn t-1 of a conversation to their rating of the same LLM at
+turn t; each with a reverse edge (``rev_*``), so **every node type is updated** by the PyG
+``HGTConv`` layers (the released code updates only destination types and never reads answers).
+The scorer reads (user, query, LLM, and the user's previous-turn interaction with that LLM in
+this conversation when there is one, whose node heard that earlier answer) and is trained with GMTRouter's pairwise
+loss (softplus of the negative score difference of every preference pair of a request).
+
+No label being predicted is in the graph that predicts it (:func:`check_no_label_leak_gmt`):
+training hides, for each target request (user u, conversation c, turn t), every rating of u in c
+at turns >= t; scoring uses the router's visible history plus, for a later turn, the user's
+ratings of the previous turn of that conversation (``Requests.previous``, the conversation so
+far), never the request's own ratings. Turn queries are recognised by their id
+(:func:`prlib.bank.turn_query_id`, ``"<conversation>/t<turn>"``); other ids are single turns.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.data import HeteroData
+from torch_geometric.nn import HGTConv
+
+from prlib.config import seed_everything, torch_threads
+from prlib.features import NodeFeatures
+from prlib.metrics import pairwise_metrics, preference_pairs
+from prlib.requests import Requests, concat_requests
+from prlib.routers.base import PAIRWISE, Router, RouterError, register
+from prlib.routers.training import train_module
+
+_TURN_ID = re.compile(r"^(?P<conv>.+)/t(?P<turn>\d+)$")
+
+#: Relations (source, name, destination) of the interaction graph; each also gets ``rev_<name>``.
+RELATIONS = (("turn", "by", "user"), ("turn", "of", "llm"), ("turn", "on", "query"),
+             ("turn", "saw", "response"))
+CHAIN = ("turn", "next", "turn")
+NODE_TYPES = ("user", "llm", "query", "response", "turn")
+
+
+def conversation_codes(feats: NodeFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature query: ``(conversation code, turn)``, both (n_queries,) int; the code of a
+    conversation is the position of its first turn's query (of the query itself when the
+    first turn is not among the features or the id is not a turn id)."""
+    conv, turn = conversation_and_turn(feats.query_ids)
+    pos = pd.Index(feats.query_ids).get_indexer([f"{c}/t1" for c in conv])
+    own = np.arange(len(feats.query_ids))
+    return np.where((pos >= 0) & (turn >= 1), pos, own).astype(np.int64), turn.astype(np.int64)
+
+
+def conversation_and_turn(query_ids) -> tuple[np.ndarray, np.ndarray]:
+    """``(conversation, turn)`` arrays of query ids: ``"c/t2"`` -> ("c", 2); any other id is a
+    one-turn conversation of its own (turn 1)."""
+    conv, turn = [], []
+    for q in map(str, query_ids):
+        m = _TURN_ID.match(q)
+        conv.append(m["conv"] if m else q)
+        turn.append(int(m["turn"]) if m else 1)
+    return np.array(conv, dtype=object), np.array(turn, dtype=int)
+
+
+@dataclass
+class Interactions:
+    """Visible ratings as flat arrays, one entry per (user, turn query, LLM) rating: ``user``,
+    ``query``, ``llm`` (node indices), ``rating`` (normalised), ``conv`` (conversation code,
+    :func:`conversation_codes`), ``turn`` (1, 2, ...); all shape (n,) int64 (rating float32)."""
+
+    user: np.ndarray
+    query: np.ndarray
+    llm: np.ndarray
+    rating: np.ndarray
+    conv: np.ndarray
+    turn: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def take(self, idx) -> "Interactions":
+        return Interactions(*(a[idx] for a in (self.user, self.query, self.llm, self.rating,
+                                               self.conv, self.turn)))
+
+    @staticmethod
+    def concat(a: "Interactions", b: "Interactions") -> "Interactions":
+        return Interactions(*(np.concatenate([x, y]) for x, y in zip(
+            (a.user, a.query, a.llm, a.rating, a.conv, a.turn),
+            (b.user, b.query, b.llm, b.rating, b.conv, b.turn))))
+
+
+def build_interaction_graph(inter: Interactions, feats: NodeFeatures, n_users: int,
+                            chain: bool = True) -> HeteroData:
+    """The HeteroData of :mod:`prlib.routers.gmt` from visible ``inter``; node ``x`` as in the
+    module docstring; ``g["turn"].key`` (n_turn, 3) holds (user, query, llm) of each turn node
+    and ``g["turn"].rating`` its rating (the only label-bearing field). ``chain``: add the turn
+    chain (off for the multi-turn ablation)."""
+    if feats.answer_x is None:
+        raise RouterError("GMTRouter reads the answers: build the features with answers=True")
+    g = HeteroData()
+    n_m = len(feats.llms)
+    # response nodes: the answers the visible ratings are about (what those users read); an
+    # answer that nobody has rated yet (e.g. to the query being routed) is not in the graph
+    ok = feats.answer_ok.numpy()[inter.query, inter.llm]
+    pair = inter.query.astype(np.int64) * n_m + inter.llm
+    codes, resp = np.unique(pair[ok], return_inverse=True)
+    rq, rm = codes // n_m, codes % n_m
+    resp_of = np.full(len(inter), -1, dtype=np.int64)
+    resp_of[ok] = resp
+    g["user"].x = torch.ones(n_users, 1)
+    g["llm"].x = feats.llm_x
+    g["query"].x = feats.query_x
+    g["response"].x = feats.answer_x[torch.as_tensor(rq), torch.as_tensor(rm)].reshape(
+        len(rq), feats.answer_x.shape[2])
+    first = torch.as_tensor((inter.turn == 1).astype(np.float32))[:, None]
+    centred = torch.as_tensor(inter.rating - 0.5, dtype=torch.float32)[:, None]
+    # the rating times the rated LLM's features: "liked / disliked an LLM like this one"
+    g["turn"].x = torch.cat([centred, first, 1 - first,
+                             centred * feats.llm_x[torch.as_tensor(inter.llm)]], 1)
+    g["turn"].rating = torch.as_tensor(inter.rating, dtype=torch.float32)
+    g["turn"].key = torch.as_tensor(np.stack([inter.user, inter.query, inter.llm], 1))
+    t = np.arange(len(inter))
+    has = resp_of >= 0
+    resp = resp_of
+    edges = {("turn", "by", "user"): (t, inter.user), ("turn", "of", "llm"): (t, inter.llm),
+             ("turn", "on", "query"): (t, inter.query), ("turn", "saw", "response"):
+             (t[has], resp[has])}
+    src, dst = chain_edges(inter) if chain else (np.zeros(0, int), np.zeros(0, int))
+    edges[CHAIN] = (src, dst)
+    for (s, r, d), (a, b) in edges.items():
+        ei = torch.as_tensor(np.stack([a, b]).astype(np.int64)).reshape(2, -1)
+        g[s, r, d].edge_index = ei
+        g[d, f"rev_{r}", s].edge_index = ei.flip(0)
+    return g
+
+
+def interaction_keys(user, conv, llm, turn) -> np.ndarray:
+    """One int64 key per (user, conversation code, LLM, turn), shape (n,)."""
+    u, c, m, t = (np.asarray(a, dtype=np.int64) for a in (user, conv, llm, turn))
+    return ((u * 1_000_003 + c) * 4099 + m) * 64 + t
+
+
+def chain_edges(inter: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """Turn-chain edges: from the rating of (user, conversation, LLM) at turn t-1 to the one at
+    turn t, ``(src, dst)`` positions in ``inter``."""
+    keys = pd.Index(interaction_keys(inter.user, inter.conv, inter.llm, inter.turn))
+    src = keys.get_indexer(interaction_keys(inter.user, inter.conv, inter.llm, inter.turn - 1))
+    dst = np.flatnonzero(src >= 0)
+    return src[dst].astype(np.int64), dst.astype(np.int64)
+
+
+def check_no_label_leak_gmt(g: HeteroData, targets: Interactions) -> None:
+    """Raise AssertionError if a rating to be predicted is in the graph: no turn node may carry
+    a (user, query, LLM) of ``targets`` (its rating would reach the scorer)."""
+    key = g["turn"].key.numpy()
+    seen = set(map(tuple, key.tolist()))
+    bad = [k for k in zip(targets.user.tolist(), targets.query.tolist(), targets.llm.tolist())
+           if k in seen]
+    assert not bad, f"{len(bad)} predicted ratings are turn nodes of the graph, e.g. {bad[0]}"
+
+
+class GMTNet(nn.Module):
+    """Per-type input projections, ``layers`` HGTConv layers (hidden, heads, residual), a
+    scorer: an MLP over [user, query, LLM, previous-turn interaction, has-previous] states
+    plus a bilinear user x LLM term."""
+
+    def __init__(self, metadata, dims: dict[str, int], hidden: int, heads: int, layers: int,
+                 dropout: float):
+        super().__init__()
+        self.proj = nn.ModuleDict({t: nn.Linear(d, hidden) for t, d in dims.items()})
+        self.convs = nn.ModuleList([HGTConv(hidden, hidden, metadata, heads)
+                                    for _ in range(layers)])
+        self.dropout = dropout
+        self.scorer = nn.Sequential(nn.Linear(4 * hidden + 1, 2 * hidden), nn.ReLU(),
+                                    nn.Dropout(dropout), nn.Linear(2 * hidden, 1))
+        self.user_llm = nn.Bilinear(hidden, hidden, 1)  # taste: user state x LLM state
+
+    def encode(self, g: HeteroData) -> dict[str, torch.Tensor]:
+        """Node states of every type, each (n_type, hidden)."""
+        h = {t: F.relu(self.proj[t](g[t].x)) for t in NODE_TYPES}
+        for conv in self.convs:
+            out = conv(h, g.edge_index_dict)
+            h = {t: F.dropout(F.relu(out[t]) if out.get(t) is not None else h[t],
+                              self.dropout, self.training) + h[t] for t in NODE_TYPES}
+        return h
+
+    def score(self, h, user, query, llm, prev) -> torch.Tensor:
+        """Scores of (user, query, llm) triples, shape (n,); ``prev``: the node of the user's
+        previous-turn rating of that LLM in this conversation per triple (-1: none)."""
+        z = torch.zeros(len(user), h["user"].shape[1])
+        pick = lambda x, i: (torch.where((i >= 0)[:, None], x[i.clamp(min=0)], z)  # noqa: E731
+                             if len(x) else z)
+        feats = torch.cat([h["user"][user], h["query"][query], h["llm"][llm],
+                           pick(h["turn"], prev), (prev >= 0).float()[:, None]], 1)
+        return (self.scorer(feats) + self.user_llm(h["user"][user], h["llm"][llm])).squeeze(1)
+
+
+@register
+class GMTRouter(Router):
+    """GMTRouter, re-implemented: user, LLM, query, response and turn nodes, turn chain across a conversation, PyG HGTConv (every node type updated), answers embedded, pairwise softplus loss; a user's state comes from their visible ratings only (new users need no retraining)."""
+
+    name, family = "GMTRouter (ours, HGT)", PAIRWISE
+    selection = "grid on validation pair accuracy; early stopping (validation-best checkpoint)"
+    defaults = {"hidden": 32, "heads": 2, "layers": 2, "dropout": 0.1, "lr": 1e-3,
+                "weight_decay": 1e-5, "steps": 200, "batch_size": 64, "eval_every": 25,
+                "patience": 4, "multi_turn": True, "threads": 1, "user_context": 30,
+                "pool_context": 1000}
+    grid = {"lr": [1e-3, 3e-3], "layers": [1, 2]}
+
+    @classmethod
+    def unavailable(cls, feats: NodeFeatures) -> str | None:
+        if feats.answer_x is None:
+            return "needs answer texts (the response nodes embed them)"
+        return None
+
+    # ---------------------------------------------------------------- data
+    def _users(self, requests: Requests) -> np.ndarray:
+        ids = requests.frame["user_id"].astype(str)
+        for u in ids.unique():
+            if u not in self.user_index_:
+                self.user_index_[u] = len(self.user_index_)
+        return ids.map(self.user_index_).to_numpy(dtype=np.int64)
+
+    def _norm(self, user: np.ndarray, rating: np.ndarray) -> np.ndarray:
+        """Min-max normalised per user with the user's visible range (as the reference)."""
+        lo = np.array([self.user_range_.get(int(u), (0.0, 1.0))[0] for u in user])
+        hi = np.array([self.user_range_.get(int(u), (0.0, 1.0))[1] for u in user])
+        return np.clip((rating - lo) / np.maximum(hi - lo, 1e-9), -0.5, 1.5)
+
+    def _interactions(self, requests: Requests, utility: np.ndarray | None = None,
+                      previous_turn: bool = False) -> Interactions:
+        """The ratings of ``requests`` (or of their previous turn) as :class:`Interactions`."""
+        users = self._users(requests)
+        qidx = pd.Index(self.feats.query_ids).get_indexer(requests.frame["query_id"])
+        if (qidx < 0).any():
+            raise RouterError("requests name queries missing from the node features")
+        conv, turn = self.conv_[qidx], self.turn_[qidx]
+        util = requests.utility if utility is None else utility
+        if previous_turn:
+            names, _ = conversation_and_turn(requests.frame["query_id"])
+            prev_q = [f"{c}/t{t - 1}" for c, t in zip(names, turn)]
+            qidx = pd.Index(self.feats.query_ids).get_indexer(prev_q)
+            turn = turn - 1
+        r, m = np.nonzero(~np.isnan(util) & (qidx >= 0)[:, None])
+        return Interactions(users[r], qidx[r].astype(np.int64), m.astype(np.int64),
+                            self._norm(users[r], util[r, m]).astype(np.float32), conv[r],
+                            turn[r].astype(np.int64))
+
+    def _fit_ranges(self, history: Requests) -> None:
+        users = self._users(history)
+        for u in np.unique(users):
+            vals = history.utility[users == u]
+            vals = vals[~np.isnan(vals)]
+            if len(vals):
+                self.user_range_[int(u)] = (float(vals.min()), float(vals.max()))
+
+    # ---------------------------------------------------------------- model
+    def _make_net(self) -> GMTNet:
+        g = build_interaction_graph(self._interactions(self.history_.select(np.arange(0))),
+                                    self.feats, 1, chain=True)
+        dims = {t: g[t].x.shape[1] for t in NODE_TYPES}
+        p = self.params
+        return GMTNet(g.metadata(), dims, p["hidden"], p["heads"], p["layers"], p["dropout"])
+
+    def _graph(self, visible: Interactions) -> HeteroData:
+        return build_interaction_graph(visible, self.feats, len(self.user_index_),
+                                       chain=self.params["multi_turn"])
+
+    def context(self, visible: Interactions, requests: Requests) -> Interactions:
+        """What scoring ``requests`` may see: ``visible`` plus, when multi-turn, the users'
+        ratings of the previous turn of each request's conversation (``requests.previous``)."""
+        if not (self.params["multi_turn"] and requests.previous is not None):
+            return visible
+        prev = self._interactions(requests, requests.previous, previous_turn=True)
+        have = pd.Index(interaction_keys(visible.user, visible.conv, visible.llm, visible.turn))
+        new = ~pd.Index(interaction_keys(prev.user, prev.conv, prev.llm, prev.turn)).isin(have)
+        return Interactions.concat(visible, prev.take(np.flatnonzero(new)))
+
+    def graph_for(self, requests: Requests) -> tuple[HeteroData, Interactions]:
+        """The graph (and its interactions) that scores ``requests`` (of one turn number, see
+        :meth:`turn_groups`) after fit: the visible history plus the requests' previous turns;
+        never their own ratings."""
+        self._users(requests)
+        ctx = self.context(self._interactions(self.history_), requests)
+        return self._graph(ctx), ctx
+
+    def targets(self, requests: Requests) -> Interactions:
+        """The ratings of ``requests`` as interactions (what a leak check looks for)."""
+        return self._interactions(requests)
+
+    def _score_requests(self, visible: Interactions, requests: Requests) -> torch.Tensor:
+        """(n, n_llms) scores of ``requests``, one graph per turn number (:meth:`context` of
+        that turn's requests: a turn-1 request must not see the turn-1 ratings that are the
+        context of the turn-2 requests scored with it); non-candidates get 0 (masked later)."""
+        out = torch.zeros(len(requests), self.n_llms)
+        for rows in self.turn_groups(requests):
+            part = requests.select(rows)
+            ctx = self.context(visible, part)
+            out[torch.as_tensor(rows)] = self._score_on(self.net.encode(self._graph(ctx)), ctx,
+                                                        part)
+        return out
+
+    def turn_groups(self, requests: Requests) -> list[np.ndarray]:
+        """Positions of ``requests`` per turn number (1, 2, ...), each (n_t,) int."""
+        qidx = pd.Index(self.feats.query_ids).get_indexer(requests.frame["query_id"])
+        turn = self.turn_[qidx]
+        return [np.flatnonzero(turn == t) for t in np.unique(turn)]
+
+    def _score_on(self, h, ctx: Interactions, requests: Requests) -> torch.Tensor:
+        users = self._users(requests)
+        if len(self.user_index_) > h["user"].shape[0]:
+            raise RouterError("a user was added after the graph was built")
+        qidx = pd.Index(self.feats.query_ids).get_indexer(requests.frame["query_id"])
+        conv, turn = self.conv_[qidx], self.turn_[qidx]
+        r, m = np.nonzero(~np.isnan(requests.utility))
+        prev = np.full(len(r), -1)
+        if self.params["multi_turn"]:
+            keys = pd.Index(interaction_keys(ctx.user, ctx.conv, ctx.llm, ctx.turn))
+            prev = keys.get_indexer(interaction_keys(users[r], conv[r], m, turn[r] - 1))
+        t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64))  # noqa: E731
+        s = self.net.score(h, t(users[r]), t(qidx[r]), t(m), t(prev))
+        out = torch.zeros(len(requests), self.n_llms)
+        out[t(r), t(m)] = s
+        return out
+
+    # ---------------------------------------------------------------- training
+    def _step_loss(self, train: Requests, inter: Interactions, rng) -> torch.Tensor:
+        """One step: a batch of target requests, their ratings (and later turns) hidden."""
+        # at most half of the requests are targets, so the rest can be their context
+        n = min(self.params["batch_size"], max(1, len(train) // 2))
+        idx = np.sort(rng.choice(len(train), n, replace=False))
+        batch = train.select(idx)
+        visible = self.training_context(batch, inter, rng)
+        scores = self._score_on(self.net.encode(self._graph(visible)), visible, batch)
+        rows, better, worse = preference_pairs(batch.utility)
+        if len(rows) == 0:
+            return scores.sum() * 0.0
+        rt = torch.as_tensor(rows)
+        diff = scores[rt, torch.as_tensor(better)] - scores[rt, torch.as_tensor(worse)]
+        return F.softplus(-diff).mean()
+
+    def training_context(self, batch: Requests, inter: Interactions,
+                         rng: np.random.Generator | None = None) -> Interactions:
+        """The visible ratings of a training step whose targets are ``batch``: every rating
+        not hidden for them (:meth:`_hidden_for`); with ``rng``, a sampled subgraph of those:
+        up to ``user_context`` ratings of each target user, the targets' previous turns, and
+        ``pool_context`` ratings of anybody (so a step costs what its batch needs, not what
+        the whole history holds)."""
+        visible = np.flatnonzero(~self._hidden_for(batch, inter))
+        if rng is None:
+            return inter.take(visible)
+        p = self.params
+        users = set(self._users(batch).tolist())
+        mine = pd.Series(visible[np.isin(inter.user[visible], list(users))])
+        keep = [mine.groupby(inter.user[mine.to_numpy()]).sample(
+            frac=1.0, random_state=int(rng.integers(1 << 31))).groupby(
+            inter.user[mine.to_numpy()]).head(p["user_context"]).to_numpy()] if len(mine) else []
+        qidx = pd.Index(self.feats.query_ids).get_indexer(batch.frame["query_id"])
+        bu = self._users(batch)
+        prev_keys = interaction_keys(np.repeat(bu, self.n_llms), np.repeat(self.conv_[qidx],
+                                     self.n_llms), np.tile(np.arange(self.n_llms), len(batch)),
+                                     np.repeat(self.turn_[qidx] - 1, self.n_llms))
+        vis_keys = interaction_keys(inter.user[visible], inter.conv[visible],
+                                    inter.llm[visible], inter.turn[visible])
+        keep.append(visible[np.isin(vis_keys, prev_keys)])
+        keep.append(rng.choice(visible, min(p["pool_context"], len(visible)), replace=False))
+        return inter.take(np.unique(np.concatenate(keep)))
+
+    def _hidden_for(self, targets: Requests, inter: Interactions) -> np.ndarray:
+        """(len(inter),) bool: the ratings that predicting ``targets`` must not see: for each
+        target (user u, conversation c, turn t), every rating of u in c at turns >= t."""
+        users = self._users(targets)
+        qidx = pd.Index(self.feats.query_ids).get_indexer(targets.frame["query_id"])
+        pair = pd.Series(self.turn_[qidx]).groupby(users * 1_000_003 + self.conv_[qidx]).min()
+        first = pd.Series(inter.user * 1_000_003 + inter.conv).map(pair).to_numpy()
+        return ~np.isnan(first) & (inter.turn >= np.nan_to_num(first, nan=np.inf))
+
+    def fit(self, train: Requests, val: Requests, *, progress: bool = False) -> "GMTRouter":
+        seed_everything(self.seed)
+        rng = np.random.default_rng(self.seed)
+        self.user_index_: dict[str, int] = {}
+        self.user_range_: dict[int, tuple[float, float]] = {}
+        self.conv_, self.turn_ = conversation_codes(self.feats)
+        self.history_ = train
+        self._fit_ranges(train)
+        self._users(val)
+        with torch_threads(self.params["threads"]):
+            self.net = self._make_net()
+            inter = self._interactions(train)
+            visible = inter
+            p = self.params
+            self.log_ = train_module(
+                self.net, lambda: self._step_loss(train, inter, rng),
+                lambda: pairwise_metrics(val, self._score_requests(visible, val)
+                                         .double().numpy())["pair_accuracy"],
+                steps=p["steps"], lr=p["lr"], weight_decay=p["weight_decay"],
+                eval_every=p["eval_every"], patience=p["patience"], progress=progress,
+                desc=self.name)
+        return self
+
+    # ---------------------------------------------------------------- routing
+    def _check_fitted(self) -> None:
+        if getattr(self, "net", None) is None:
+            raise RouterError("GMTRouter is not fitted: call fit(train, val) first")
+
+    def _modules(self):
+        self._check_fitted()
+        return {"net": self.net}
+
+    def _rebuild(self) -> None:
+        self.user_index_ = {str(k): int(v) for k, v in self.user_index_.items()}
+        self.user_range_ = {int(k): tuple(v) for k, v in self.user_range_.items()}
+        self.conv_, self.turn_ = conversation_codes(self.feats)
+        self.net = self._make_net()
+
+    @torch.no_grad()
+    def _raw_scores(self, requests: Requests) -> np.ndarray:
+        self._check_fitted()
+        self.net.eval()
+        self._users(requests)
+        with torch_threads(self.params["threads"]):
+            out = self._score_requests(self._interactions(self.history_), requests)
+        return out.double().numpy()
+
+    def add_user(self, history: Requests) -> None:
+        """Make ``history`` (a new user's k ratings, or new ratings of known users) visible to
+        message passing; no retraining: the user's state is what their ratings bring."""
+        self._check_fitted()
+        self._fit_ranges(history)
+        self.history_ = concat_requests(self.history_, history)
+
+    record_feedback = add_user
+
+    def fine_tune(self, support: Requests, val: Requests, steps: int = 50) -> "GMTRouter":
+        """A copy with ``support`` visible, trained ``steps`` more steps on history + support
+        (validation-best checkpoint on ``val``)."""
+        out = copy.deepcopy(self)
+        out.add_user(support)
+        p = {**out.params, "steps": steps}
+        rng = np.random.default_rng(self.seed + 1)
+        inter = out._interactions(out.history_)
+        with torch_threads(p["threads"]):
+            out.log_ = train_module(
+                out.net, lambda: out._step_loss(out.history_, inter, rng),
+                lambda: pairwise_metrics(val, out._score_requests(inter, val)
+                                         .double().numpy())["pair_accuracy"],
+                steps=steps, lr=p["lr"], weight_decay=p["weight_decay"],
+                eval_every=max(1, steps // 4), patience=p["patience"], desc="fine-tune",
+                check_at_start=True)
+        return out
