@@ -39,7 +39,8 @@ must FAIL. The script prints one line per mutation and exits non-zero if any mut
     the later turns of its conversation -> ``test_no_rating_being_predicted_is_in_the_graph``.
 16. ``gmt-targets-in-context``: a training step's target ratings stay in its graph -> the same.
 17. ``gmt-one-graph-for-all-turns``: turn-1 and turn-2 requests scored on one graph (the turn-1
-    ratings that are turn 2's context are turn 1's labels) -> the same.
+    ratings that are turn 2's context are turn 1's labels) ->
+    ``test_scores_do_not_depend_on_the_ratings_they_predict``.
 18. ``gmt-forward-edges-only``: no reverse edges (the released code's flaw: only destination
     types updated) -> ``test_every_node_type_is_updated_by_one_layer``.
 19. ``gmt-add-user-ignored``: ``add_user`` does not make the new user's ratings visible ->
@@ -155,7 +156,7 @@ MUTATIONS = {
         "prlib/routers/gmt.py",
         [("        for rows in self.turn_groups(requests):",
           "        for rows in [np.arange(len(requests))]:")],
-        ["tests/test_gmt.py::test_no_rating_being_predicted_is_in_the_graph"]),
+        ["tests/test_gmt.py::test_scores_do_not_depend_on_the_ratings_they_predict"]),
     "gmt-forward-edges-only": (
         "prlib/routers/gmt.py",
         [('        g[d, f"rev_{r}", s].edge_index = ei.flip(0)', "        pass")],

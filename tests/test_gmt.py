@@ -218,6 +218,11 @@ def test_scores_do_not_depend_on_the_ratings_they_predict(fitted):
                         previous=test.previous)
     shuffled.utility[np.isnan(test.utility)] = np.nan
     np.testing.assert_allclose(r.scores(test), r.scores(shuffled))
+    # turn-1 ratings are the context of turn 2 but the labels of turn 1: scoring both turns in
+    # one call must give turn 1 the scores it gets alone
+    first = test.frame["query_id"].str.endswith("/t1").to_numpy()
+    together = r.scores(test)[first]
+    np.testing.assert_allclose(together, r.scores(test.select(first)), rtol=1e-5, atol=1e-6)
 
 
 def test_a_new_user_is_routed_from_k_ratings_without_retraining():
@@ -226,10 +231,17 @@ def test_a_new_user_is_routed_from_k_ratings_without_retraining():
     new = train.frame["user_id"] == "u6"
     r = GMTRouter(feats, seed=0, **FAST).fit(train.select(~new.to_numpy()), val)
     weights = {k: v.clone() for k, v in r.net.state_dict().items()}
-    mine = test.select((test.frame["user_id"] == "u6").to_numpy())
+    # turn-1 requests: no previous turn, so only the added ratings can change their scores
+    mine = test.select(((test.frame["user_id"] == "u6")
+                        & test.frame["query_id"].str.endswith("/t1")).to_numpy())
     before = r.scores(mine)
-    r.add_user(train.select(np.flatnonzero(new)[:4]))
+    support = train.select(np.flatnonzero(new)[:4])
+    r.add_user(support)
     after = r.scores(mine)
+    _, ctx = r.graph_for(mine)
+    seen = set(zip(ctx.user.tolist(), ctx.query.tolist(), ctx.llm.tolist()))
+    added = r.targets(support)
+    assert set(zip(added.user.tolist(), added.query.tolist(), added.llm.tolist())) <= seen
     assert np.isfinite(after[mine.candidates]).all()
     assert not np.allclose(before, after), "the k ratings did not reach the new user's state"
     for k, v in r.net.state_dict().items():
