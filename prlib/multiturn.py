@@ -92,7 +92,8 @@ GMT_NO_RETRAINING = "GMTRouter, k ratings added (no retraining)"
 
 def few_shot_users_pairwise(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
                             n_heldout: int, params: Mapping | None = None,
-                            progress: bool = False, fitted: Mapping | None = None) -> pd.DataFrame:
+                            progress: bool = False, fitted: Mapping | None = None,
+                            baseline_params: Mapping[str, dict] | None = None) -> pd.DataFrame:
     """New users on pairs: per seed, ``n_heldout`` users are held out of training; GMTRouter
     (trained on the others) gets ``k`` of each new user's training-split requests as visible
     ratings (``add_user``, no retraining) and scores their test requests; the baselines of
@@ -101,7 +102,8 @@ def few_shot_users_pairwise(setting: Setting, seeds: Sequence[int], ks: Sequence
     requests), ``full`` (GMTRouter trained with every user, on the same requests) and
     ``pct_of_full``. ``fitted``: GMTRouters already trained with every user on this setting,
     by ``("GMTRouter", seed)`` (e.g. from :func:`~prlib.experiment.run_setting`), reused as the
-    full model."""
+    full model. ``baseline_params``: hyper-parameters per baseline class name (e.g. the tuned
+    points, :meth:`~prlib.experiment.Tuning.params`), so they get the same tuning as GMTRouter."""
     params = dict(params or {})
     rows = []
     for seed in tqdm(seeds, desc="new users: seeds", disable=not progress):
@@ -123,7 +125,8 @@ def few_shot_users_pairwise(setting: Setting, seeds: Sequence[int], ks: Sequence
             out = [(GMT_NO_RETRAINING, _pair(setting, ours, test_new))]
             hist = concat_requests(tr_known, support) if len(support) else tr_known
             for cls in NEW_USER_BASELINES:
-                b = _new_router(cls, setting, seed, {}).fit(hist, va_known)
+                b = _new_router(cls, setting, seed,
+                                (baseline_params or {}).get(cls.__name__, {})).fit(hist, va_known)
                 out.append((cls.name, _pair(setting, b, test_new)))
             rows += [{"seed": seed, "k": k, "method": m, "metric": v, "full": full_metric,
                       "pct_of_full": 100 * v / full_metric} for m, v in out]

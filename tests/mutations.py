@@ -36,11 +36,10 @@ must FAIL. The script prints one line per mutation and exits non-zero if any mut
     ``test_few_shot_users_and_llms_give_a_finite_share_of_the_full_model_for_every_k`` (the
     held-out check fires).
 15. ``gmt-later-turns-visible``: a GMTRouter training step hides a target's own turn but shows
-    the later turns of its conversation -> ``test_no_rating_being_predicted_is_in_the_graph``.
+    the other turns of its conversation -> ``test_no_rating_being_predicted_is_in_the_graph``.
 16. ``gmt-targets-in-context``: a training step's target ratings stay in its graph -> the same.
-17. ``gmt-one-graph-for-all-turns``: turn-1 and turn-2 requests scored on one graph (the turn-1
-    ratings that are turn 2's context are turn 1's labels) ->
-    ``test_scores_do_not_depend_on_the_ratings_they_predict``.
+17. ``gmt-scorer-reads-own-rating``: the conversation-so-far features read the request's own
+    ratings instead of its previous turn's -> ``test_scores_do_not_depend_on_the_ratings_they_predict``.
 18. ``gmt-forward-edges-only``: no reverse edges (the released code's flaw: only destination
     types updated) -> ``test_every_node_type_is_updated_by_one_layer``.
 19. ``gmt-add-user-ignored``: ``add_user`` does not make the new user's ratings visible ->
@@ -144,18 +143,21 @@ MUTATIONS = {
          "test_few_shot_users_and_llms_give_a_finite_share_of_the_full_model_for_every_k"]),
     "gmt-later-turns-visible": (
         "prlib/routers/gmt.py",
-        [("        return ~np.isnan(first) & (inter.turn >= np.nan_to_num(first, nan=np.inf))",
-          "        return ~np.isnan(first) & (inter.turn == np.nan_to_num(first, nan=np.inf))")],
+        [("        hidden = np.unique(users * 1_000_003 + self.conv_[qidx])\n"
+          "        return np.isin(inter.user * 1_000_003 + inter.conv, hidden)",
+          "        hidden = np.unique((users * 1_000_003 + self.conv_[qidx]) * 64\n"
+          "                           + self.turn_[qidx])\n"
+          "        return np.isin((inter.user * 1_000_003 + inter.conv) * 64 + inter.turn, hidden)")],
         ["tests/test_gmt.py::test_no_rating_being_predicted_is_in_the_graph"]),
     "gmt-targets-in-context": (
         "prlib/routers/gmt.py",
         [("        visible = np.flatnonzero(~self._hidden_for(batch, inter))",
           "        visible = np.arange(len(inter))")],
         ["tests/test_gmt.py::test_no_rating_being_predicted_is_in_the_graph"]),
-    "gmt-one-graph-for-all-turns": (
+    "gmt-scorer-reads-own-rating": (
         "prlib/routers/gmt.py",
-        [("        for rows in self.turn_groups(requests):",
-          "        for rows in [np.arange(len(requests))]:")],
+        [("        rating = requests.previous[r, m]",
+          "        rating = requests.utility[r, m]")],
         ["tests/test_gmt.py::test_scores_do_not_depend_on_the_ratings_they_predict"]),
     "gmt-forward-edges-only": (
         "prlib/routers/gmt.py",

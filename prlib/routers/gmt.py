@@ -20,15 +20,15 @@ Edges: ``turn -by-> user``, ``turn -of-> llm``, ``turn -on-> query``, ``turn -sa
 from a user's rating of an LLM at turn t-1 of a conversation to their rating of the same LLM at
 turn t; each with a reverse edge (``rev_*``), so **every node type is updated** by the PyG
 ``HGTConv`` layers (the released code updates only destination types and never reads answers).
-The scorer reads (user, query, LLM, and the user's previous-turn interaction with that LLM in
-this conversation when there is one, whose node heard that earlier answer) and is trained with GMTRouter's pairwise
+The scorer reads the user, query and LLM states and the conversation so far of the request (the
+user's rating of that LLM at the previous turn and that earlier answer's embedding) and is trained with GMTRouter's pairwise
 loss (softplus of the negative score difference of every preference pair of a request).
 
 No label being predicted is in the graph that predicts it (:func:`check_no_label_leak_gmt`):
-training hides, for each target request (user u, conversation c, turn t), every rating of u in c
-at turns >= t; scoring uses the router's visible history plus, for a later turn, the user's
-ratings of the previous turn of that conversation (``Requests.previous``, the conversation so
-far), never the request's own ratings. Turn queries are recognised by their id
+the graph holds the visible history only (at training steps: without any rating of a target's
+user in the target's conversation); the request's own conversation so far (its user's
+previous-turn ratings, ``Requests.previous``) reaches only that request's scorer row, never
+message passing, so no request sees another request's labels. Turn queries are recognised by their id
 (:func:`prlib.bank.turn_query_id`, ``"<conversation>/t<turn>"``); other ids are single turns.
 """
 
@@ -158,6 +158,9 @@ def build_interaction_graph(inter: Interactions, feats: NodeFeatures, n_users: i
 def interaction_keys(user, conv, llm, turn) -> np.ndarray:
     """One int64 key per (user, conversation code, LLM, turn), shape (n,)."""
     u, c, m, t = (np.asarray(a, dtype=np.int64) for a in (user, conv, llm, turn))
+    if len(t) and (t.max() >= 64 or m.max() >= 4099 or c.max() >= 1_000_003):
+        raise RouterError("interaction keys hold at most 63 turns, 4,098 LLMs and 1,000,002 "
+                          "queries; widen interaction_keys for more")
     return ((u * 1_000_003 + c) * 4099 + m) * 64 + t
 
 
@@ -182,17 +185,18 @@ def check_no_label_leak_gmt(g: HeteroData, targets: Interactions) -> None:
 
 class GMTNet(nn.Module):
     """Per-type input projections, ``layers`` HGTConv layers (hidden, heads, residual), a
-    scorer: an MLP over [user, query, LLM, previous-turn interaction, has-previous] states
-    plus a bilinear user x LLM term."""
+    scorer: an MLP over [user, query, LLM states, the projected conversation so far] plus a
+    bilinear user x LLM term."""
 
     def __init__(self, metadata, dims: dict[str, int], hidden: int, heads: int, layers: int,
-                 dropout: float):
+                 dropout: float, prev_dim: int):
         super().__init__()
         self.proj = nn.ModuleDict({t: nn.Linear(d, hidden) for t, d in dims.items()})
         self.convs = nn.ModuleList([HGTConv(hidden, hidden, metadata, heads)
                                     for _ in range(layers)])
         self.dropout = dropout
-        self.scorer = nn.Sequential(nn.Linear(4 * hidden + 1, 2 * hidden), nn.ReLU(),
+        self.prev_proj = nn.Linear(prev_dim, hidden)
+        self.scorer = nn.Sequential(nn.Linear(4 * hidden, 2 * hidden), nn.ReLU(),
                                     nn.Dropout(dropout), nn.Linear(2 * hidden, 1))
         self.user_llm = nn.Bilinear(hidden, hidden, 1)  # taste: user state x LLM state
 
@@ -205,14 +209,11 @@ class GMTNet(nn.Module):
                               self.dropout, self.training) + h[t] for t in NODE_TYPES}
         return h
 
-    def score(self, h, user, query, llm, prev) -> torch.Tensor:
-        """Scores of (user, query, llm) triples, shape (n,); ``prev``: the node of the user's
-        previous-turn rating of that LLM in this conversation per triple (-1: none)."""
-        z = torch.zeros(len(user), h["user"].shape[1])
-        pick = lambda x, i: (torch.where((i >= 0)[:, None], x[i.clamp(min=0)], z)  # noqa: E731
-                             if len(x) else z)
+    def score(self, h, user, query, llm, prev_x) -> torch.Tensor:
+        """Scores of (user, query, llm) triples, shape (n,); ``prev_x`` (n, prev_dim): the
+        conversation so far of each triple (:meth:`GMTRouter.previous_features`)."""
         feats = torch.cat([h["user"][user], h["query"][query], h["llm"][llm],
-                           pick(h["turn"], prev), (prev >= 0).float()[:, None]], 1)
+                           F.relu(self.prev_proj(prev_x))], 1)
         return (self.scorer(feats) + self.user_llm(h["user"][user], h["llm"][llm])).squeeze(1)
 
 
@@ -268,12 +269,15 @@ class GMTRouter(Router):
                             turn[r].astype(np.int64))
 
     def _fit_ranges(self, history: Requests) -> None:
+        """Each user's rating range over ``history``, widened (never replaced) when the user
+        already has one (``add_user`` of new ratings of a known user)."""
         users = self._users(history)
         for u in np.unique(users):
             vals = history.utility[users == u]
             vals = vals[~np.isnan(vals)]
             if len(vals):
-                self.user_range_[int(u)] = (float(vals.min()), float(vals.max()))
+                lo, hi = self.user_range_.get(int(u), (np.inf, -np.inf))
+                self.user_range_[int(u)] = (min(lo, float(vals.min())), max(hi, float(vals.max())))
 
     # ---------------------------------------------------------------- model
     def _make_net(self) -> GMTNet:
@@ -281,78 +285,77 @@ class GMTRouter(Router):
                                     self.feats, 1, chain=True)
         dims = {t: g[t].x.shape[1] for t in NODE_TYPES}
         p = self.params
-        return GMTNet(g.metadata(), dims, p["hidden"], p["heads"], p["layers"], p["dropout"])
+        return GMTNet(g.metadata(), dims, p["hidden"], p["heads"], p["layers"], p["dropout"],
+                      prev_dim=2 + self.feats.answer_x.shape[2])
 
     def _graph(self, visible: Interactions) -> HeteroData:
         return build_interaction_graph(visible, self.feats, len(self.user_index_),
                                        chain=self.params["multi_turn"])
 
-    def context(self, visible: Interactions, requests: Requests) -> Interactions:
-        """What scoring ``requests`` may see: ``visible`` plus, when multi-turn, the users'
-        ratings of the previous turn of each request's conversation (``requests.previous``)."""
-        if not (self.params["multi_turn"] and requests.previous is not None):
-            return visible
-        prev = self._interactions(requests, requests.previous, previous_turn=True)
-        have = pd.Index(interaction_keys(visible.user, visible.conv, visible.llm, visible.turn))
-        new = ~pd.Index(interaction_keys(prev.user, prev.conv, prev.llm, prev.turn)).isin(have)
-        return Interactions.concat(visible, prev.take(np.flatnonzero(new)))
-
     def graph_for(self, requests: Requests) -> tuple[HeteroData, Interactions]:
-        """The graph (and its interactions) that scores ``requests`` (of one turn number, see
-        :meth:`turn_groups`) after fit: the visible history plus the requests' previous turns;
-        never their own ratings."""
+        """The graph (and its interactions) that scores ``requests`` after fit: the visible
+        history only; the requests' own ratings are never in it, and their conversation so far
+        reaches the scorer directly, per request (:meth:`previous_features`)."""
         self._users(requests)
-        ctx = self.context(self._interactions(self.history_), requests)
+        ctx = self._interactions(self.history_)
         return self._graph(ctx), ctx
 
     def targets(self, requests: Requests) -> Interactions:
         """The ratings of ``requests`` as interactions (what a leak check looks for)."""
         return self._interactions(requests)
 
-    def _score_requests(self, visible: Interactions, requests: Requests) -> torch.Tensor:
-        """(n, n_llms) scores of ``requests``, one graph per turn number (:meth:`context` of
-        that turn's requests: a turn-1 request must not see the turn-1 ratings that are the
-        context of the turn-2 requests scored with it); non-candidates get 0 (masked later)."""
-        out = torch.zeros(len(requests), self.n_llms)
-        for rows in self.turn_groups(requests):
-            part = requests.select(rows)
-            ctx = self.context(visible, part)
-            out[torch.as_tensor(rows)] = self._score_on(self.net.encode(self._graph(ctx)), ctx,
-                                                        part)
+    def previous_features(self, requests: Requests) -> torch.Tensor:
+        """Per (request, candidate) row of ``np.nonzero(candidates)``: [the user's normalised
+        rating of that LLM at the previous turn of this conversation - 0.5, 1{there is one},
+        the MiniLM embedding of that LLM's previous-turn answer], shape (n_rows, 386); zeros
+        at a first turn, without ``Requests.previous`` or with ``multi_turn=False``. Only the
+        request's own user's earlier ratings enter, so no other request's label does."""
+        r, m = np.nonzero(~np.isnan(requests.utility))
+        dim = self.feats.answer_x.shape[2]
+        out = torch.zeros(len(r), 2 + dim)
+        if not self.params["multi_turn"] or requests.previous is None or not len(r):
+            return out
+        rating = requests.previous[r, m]
+        has = ~np.isnan(rating)
+        users = self._users(requests)[r]
+        names, turn = conversation_and_turn(requests.frame["query_id"])
+        prev_q = pd.Index(self.feats.query_ids).get_indexer(
+            [f"{c}/t{t - 1}" for c, t in zip(names, turn)])[r]
+        has &= prev_q >= 0
+        idx = np.flatnonzero(has)
+        out[idx, 0] = torch.as_tensor(self._norm(users[idx], rating[idx]) - 0.5,
+                                      dtype=torch.float32)
+        out[idx, 1] = 1.0
+        out[idx, 2:] = self.feats.answer_x[torch.as_tensor(prev_q[idx]), torch.as_tensor(m[idx])]
         return out
 
-    def turn_groups(self, requests: Requests) -> list[np.ndarray]:
-        """Positions of ``requests`` per turn number (1, 2, ...), each (n_t,) int."""
-        qidx = pd.Index(self.feats.query_ids).get_indexer(requests.frame["query_id"])
-        turn = self.turn_[qidx]
-        return [np.flatnonzero(turn == t) for t in np.unique(turn)]
+    def _score_requests(self, visible: Interactions, requests: Requests) -> torch.Tensor:
+        """(n, n_llms) scores of ``requests`` on the graph of ``visible``; non-candidates get
+        0 (masked later)."""
+        return self._score_on(self.net.encode(self._graph(visible)), requests)
 
-    def _score_on(self, h, ctx: Interactions, requests: Requests) -> torch.Tensor:
+    def _score_on(self, h, requests: Requests) -> torch.Tensor:
         users = self._users(requests)
         if len(self.user_index_) > h["user"].shape[0]:
             raise RouterError("a user was added after the graph was built")
         qidx = pd.Index(self.feats.query_ids).get_indexer(requests.frame["query_id"])
-        conv, turn = self.conv_[qidx], self.turn_[qidx]
         r, m = np.nonzero(~np.isnan(requests.utility))
-        prev = np.full(len(r), -1)
-        if self.params["multi_turn"]:
-            keys = pd.Index(interaction_keys(ctx.user, ctx.conv, ctx.llm, ctx.turn))
-            prev = keys.get_indexer(interaction_keys(users[r], conv[r], m, turn[r] - 1))
         t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64))  # noqa: E731
-        s = self.net.score(h, t(users[r]), t(qidx[r]), t(m), t(prev))
+        s = self.net.score(h, t(users[r]), t(qidx[r]), t(m), self.previous_features(requests))
         out = torch.zeros(len(requests), self.n_llms)
         out[t(r), t(m)] = s
         return out
 
     # ---------------------------------------------------------------- training
     def _step_loss(self, train: Requests, inter: Interactions, rng) -> torch.Tensor:
-        """One step: a batch of target requests, their ratings (and later turns) hidden."""
+        """One step: a batch of target requests; their conversations' ratings are hidden from
+        the graph, their previous turns reach the scorer directly (as at test time)."""
         # at most half of the requests are targets, so the rest can be their context
         n = min(self.params["batch_size"], max(1, len(train) // 2))
         idx = np.sort(rng.choice(len(train), n, replace=False))
         batch = train.select(idx)
         visible = self.training_context(batch, inter, rng)
-        scores = self._score_on(self.net.encode(self._graph(visible)), visible, batch)
+        scores = self._score_on(self.net.encode(self._graph(visible)), batch)
         rows, better, worse = preference_pairs(batch.utility)
         if len(rows) == 0:
             return scores.sum() * 0.0
@@ -364,37 +367,28 @@ class GMTRouter(Router):
                          rng: np.random.Generator | None = None) -> Interactions:
         """The visible ratings of a training step whose targets are ``batch``: every rating
         not hidden for them (:meth:`_hidden_for`); with ``rng``, a sampled subgraph of those:
-        up to ``user_context`` ratings of each target user, the targets' previous turns, and
-        ``pool_context`` ratings of anybody (so a step costs what its batch needs, not what
-        the whole history holds)."""
+        up to ``user_context`` ratings of each target user and ``pool_context`` ratings of
+        anybody (so a step costs what its batch needs, not what the whole history holds)."""
         visible = np.flatnonzero(~self._hidden_for(batch, inter))
         if rng is None:
             return inter.take(visible)
         p = self.params
-        users = set(self._users(batch).tolist())
-        mine = pd.Series(visible[np.isin(inter.user[visible], list(users))])
-        keep = [mine.groupby(inter.user[mine.to_numpy()]).sample(
-            frac=1.0, random_state=int(rng.integers(1 << 31))).groupby(
-            inter.user[mine.to_numpy()]).head(p["user_context"]).to_numpy()] if len(mine) else []
-        qidx = pd.Index(self.feats.query_ids).get_indexer(batch.frame["query_id"])
-        bu = self._users(batch)
-        prev_keys = interaction_keys(np.repeat(bu, self.n_llms), np.repeat(self.conv_[qidx],
-                                     self.n_llms), np.tile(np.arange(self.n_llms), len(batch)),
-                                     np.repeat(self.turn_[qidx] - 1, self.n_llms))
-        vis_keys = interaction_keys(inter.user[visible], inter.conv[visible],
-                                    inter.llm[visible], inter.turn[visible])
-        keep.append(visible[np.isin(vis_keys, prev_keys)])
-        keep.append(rng.choice(visible, min(p["pool_context"], len(visible)), replace=False))
+        mine = visible[np.isin(inter.user[visible], np.unique(self._users(batch)))]
+        mine = rng.permutation(mine)
+        keep = [mine[pd.Series(inter.user[mine]).groupby(inter.user[mine]).cumcount()
+                     .to_numpy() < p["user_context"]],
+                rng.choice(visible, min(p["pool_context"], len(visible)), replace=False)]
         return inter.take(np.unique(np.concatenate(keep)))
 
     def _hidden_for(self, targets: Requests, inter: Interactions) -> np.ndarray:
-        """(len(inter),) bool: the ratings that predicting ``targets`` must not see: for each
-        target (user u, conversation c, turn t), every rating of u in c at turns >= t."""
+        """(len(inter),) bool: the ratings that predicting ``targets`` must not see: every
+        rating of each target's user in the target's conversation (its own turn, the later
+        ones, and the earlier ones, which reach the scorer through ``previous`` as at test
+        time)."""
         users = self._users(targets)
         qidx = pd.Index(self.feats.query_ids).get_indexer(targets.frame["query_id"])
-        pair = pd.Series(self.turn_[qidx]).groupby(users * 1_000_003 + self.conv_[qidx]).min()
-        first = pd.Series(inter.user * 1_000_003 + inter.conv).map(pair).to_numpy()
-        return ~np.isnan(first) & (inter.turn >= np.nan_to_num(first, nan=np.inf))
+        hidden = np.unique(users * 1_000_003 + self.conv_[qidx])
+        return np.isin(inter.user * 1_000_003 + inter.conv, hidden)
 
     def fit(self, train: Requests, val: Requests, *, progress: bool = False) -> "GMTRouter":
         seed_everything(self.seed)
@@ -440,7 +434,8 @@ class GMTRouter(Router):
         self.net.eval()
         self._users(requests)
         with torch_threads(self.params["threads"]):
-            out = self._score_requests(self._interactions(self.history_), requests)
+            g, _ = self.graph_for(requests)
+            out = self._score_on(self.net.encode(g), requests)
         return out.double().numpy()
 
     def add_user(self, history: Requests) -> None:
