@@ -39,10 +39,10 @@ SMOKE_SIZES: dict[str, Any] = {
     "router_judge_queries": 60,  # arena-bench queries of the judge setting (notebooks 40, 50)
     "arena_hard_queries": 40,  # arena-hard-v0.1 queries the persona judge scores (notebook 50)
     "mt_users": 9,  # rating users of notebook 90 (the nine personas)
-    "mt_conversations": 12,  # MT-Bench conversations kept (notebook 90)
-    "mt_llms": 10,  # MT-Bench LLMs kept (notebook 90)
-    "single_turn_queries": 40,  # arena-bench-v1 queries of notebook 90's single-turn setting
-    "gmt_steps": 30,  # GMTRouter's optimizer steps (notebook 90)
+    "mt_conversations": 8,  # MT-Bench conversations kept (notebook 90)
+    "mt_llms": 8,  # MT-Bench LLMs kept (notebook 90)
+    "single_turn_queries": 24,  # arena-bench-v1 queries of notebook 90's single-turn setting
+    "gmt_steps": 20,  # GMTRouter's optimizer steps (notebook 90)
     "mt_heldout_users": 3,  # users held out in notebook 90's new-user study
 }
 
