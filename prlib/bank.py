@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -294,10 +295,24 @@ def per_llm_stats(b: Bank) -> pd.DataFrame:
     return out.assign(bank=b.name).sort_values("mean_cost_usd").reset_index(drop=True)
 
 
-#: How a turn query's id is formed from its conversation's id and the turn number (from 1).
+_TURN_ID = re.compile(r"^(?P<conv>.+)/t(?P<turn>\d+)$")
+
+
 def turn_query_id(conversation_id: str, turn: int) -> str:
     """``"<conversation>/t<turn>"``: the query id of one turn of a conversation."""
     return f"{conversation_id}/t{int(turn)}"
+
+
+def parse_turn_query_ids(query_ids) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`turn_query_id`: ``(conversation, turn)`` arrays, (n,) object and
+    (n,) int; ``"c/t2"`` -> ("c", 2), and any other id is a one-turn conversation of its own
+    (turn 1)."""
+    conv, turn = [], []
+    for q in map(str, query_ids):
+        m = _TURN_ID.match(q)
+        conv.append(m["conv"] if m else q)
+        turn.append(int(m["turn"]) if m else 1)
+    return np.array(conv, dtype=object), np.array(turn, dtype=int)
 
 
 def turn_bank(bank: Bank) -> Bank:

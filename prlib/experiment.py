@@ -169,6 +169,15 @@ def validation_metric(setting: Setting, router: Router, val) -> float:
     return reward_of(val, router.scores(val))
 
 
+def test_metric(setting: Setting, router: Router, test, metric: str | None = None) -> float:
+    """A fitted router's ``metric`` (default: the setting's) on ``test``: pairwise metrics from
+    its scores, every other metric from its routed picks."""
+    metric = metric or setting.metric
+    if metric in PAIRWISE_METRICS:
+        return float(pairwise_metrics(test, router.scores(test))[metric])
+    return float(routing_metrics(test, router.route(test))[metric])
+
+
 def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None = None,
                  seeds: Sequence[int] = DEVELOPMENT_SEEDS[:1],
                  params: Mapping[str, dict] | None = None, progress: bool = False,

@@ -1,6 +1,6 @@
 """Notebook 90's experiments: multi-turn (MT-Bench) and single-turn (arena-bench-v1) rating
-settings, routers compared on preference pairs, new users with k ratings, the turn-chain
-ablation.
+settings, routers compared on preference pairs, the turn-chain ablation (new users with k
+ratings: :func:`prlib.studies.few_shot_users` with ``ours=GMTRouter``).
 
 A setting here is an ordinary :class:`~prlib.experiment.Setting` with ``feedback="utility"``
 (users reveal ratings), ``metric="pair_accuracy"``, the turns of one conversation kept in one
@@ -11,25 +11,22 @@ users are SIMULATED (:mod:`prlib.simulate.multiturn`).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from prlib.bank import Bank, turn_bank
+from prlib.bank import Bank, parse_turn_query_ids, turn_bank
 from prlib.data import load_bank
-from prlib.experiment import Setting, _new_router, setting_views
-from prlib.metrics import pairwise_metrics
-from prlib.requests import Requests, concat_requests
-from prlib.routers import (BestPerUserRouter, GMTRouter, PerUserBradleyTerryRouter,
-                           PerUserKNNRouter, PreviousTurnRouter, Router)
+from prlib.experiment import Setting, setting_views, test_metric
+from prlib.metrics import paired_difference, preference_pairs
+from prlib.report import mean_std
+from prlib.routers import (BestPerUserRouter, PerUserBradleyTerryRouter, PerUserKNNRouter,
+                           PreviousTurnRouter, Router)
 from prlib.simulate.judge import judge_scores
 from prlib.simulate.multiturn import (CARRY, RATING_NOISE, conversation_maps, rating_preferences,
                                       rating_users)
-from prlib.studies import of_users, split_users, support_requests
 
 
 @dataclass(frozen=True)
@@ -75,59 +72,85 @@ def rating_setting(bank: Bank | str, cfg: RatingConfig = RatingConfig(),
                    previous_query=previous if multi_turn else None)
 
 
-def without_history(setting: Setting) -> Setting:
-    """The same setting with the previous-turn ratings withheld from every request."""
-    return replace(setting, name=f"{setting.name} · history off", previous_query=None)
+def describe_setting(setting: Setting) -> dict:
+    """Counts of a rating setting: users, conversations, turn queries, the largest turn, LLMs,
+    ratings, requests (user, turn) and preference pairs (over all splits)."""
+    inter = setting.preferences.interactions
+    turns = setting.bank.queries.get("turn", pd.Series(1, index=setting.bank.queries.index))
+    wide = inter.pivot_table(index=["user_id", "query_id"], columns="llm", values="utility")
+    return {"setting": setting.name, "users": inter["user_id"].nunique(),
+            "conversations": len(set((setting.query_groups or {}).values())),
+            "turn queries": inter["query_id"].nunique(), "max turn": int(turns.max()),
+            "LLMs": len(setting.bank.llms), "ratings": len(inter),
+            "requests (user, turn)": len(wide),
+            "preference pairs": len(preference_pairs(wide.to_numpy())[0])}
 
 
-def _pair(setting: Setting, router: Router, test: Requests) -> float:
-    return float(pairwise_metrics(test, router.scores(test))[setting.metric])
-
-
-#: Baselines of the new-user study: given the same k ratings of each new user.
+#: Baselines of the new-user study (:func:`prlib.studies.few_shot_users` with
+#: ``ours=GMTRouter``): given the same k ratings of each new user.
 NEW_USER_BASELINES: tuple[type[Router], ...] = (BestPerUserRouter, PerUserBradleyTerryRouter,
                                                 PerUserKNNRouter, PreviousTurnRouter)
-GMT_NO_RETRAINING = "GMTRouter, k ratings added (no retraining)"
 
 
-def few_shot_users_pairwise(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
-                            n_heldout: int, params: Mapping | None = None,
-                            progress: bool = False, fitted: Mapping | None = None,
-                            baseline_params: Mapping[str, dict] | None = None) -> pd.DataFrame:
-    """New users on pairs: per seed, ``n_heldout`` users are held out of training; GMTRouter
-    (trained on the others) gets ``k`` of each new user's training-split requests as visible
-    ratings (``add_user``, no retraining) and scores their test requests; the baselines of
-    :data:`NEW_USER_BASELINES` are fitted on the known users plus the same k. One row per
-    (seed, k, method) with ``metric`` (the setting's pairwise metric on the new users' test
-    requests), ``full`` (GMTRouter trained with every user, on the same requests) and
-    ``pct_of_full``. ``fitted``: GMTRouters already trained with every user on this setting,
-    by ``("GMTRouter", seed)`` (e.g. from :func:`~prlib.experiment.run_setting`), reused as the
-    full model. ``baseline_params``: hyper-parameters per baseline class name (e.g. the tuned
-    points, :meth:`~prlib.experiment.Tuning.params`), so they get the same tuning as GMTRouter."""
-    params = dict(params or {})
+def turn_chain_ablation(setting: Setting, fitted_on: Mapping, fitted_off: Mapping,
+                        seeds: Sequence[int]) -> pd.DataFrame:
+    """Pair accuracy of GMTRouters fitted with and without the conversation so far
+    (``{("GMTRouter", seed): router}``, e.g. :func:`~prlib.experiment.run_setting`'s
+    ``fitted``) on each seed's test requests, all turns and later turns only: one row per
+    (seed, variant) with columns ``all turns`` and ``turn 2 only``."""
     rows = []
-    for seed in tqdm(seeds, desc="new users: seeds", disable=not progress):
-        train, val, test = setting_views(setting, seed)
-        known, new = split_users(train.frame["user_id"], n_heldout, seed)
-        test_new = of_users(test, new)
-        full = (fitted or {}).get(("GMTRouter", seed)) or \
-            _new_router(GMTRouter, setting, seed, params).fit(train, val)
-        full_metric = _pair(setting, full, test_new)
-        tr_known, va_known = of_users(train, known), of_users(val, known)
-        base = _new_router(GMTRouter, setting, seed, params).fit(tr_known, va_known)
-        seen = set(base.history_.frame["user_id"]) & set(new)
-        assert not seen, f"held-out users {sorted(seen)} are in the training history"
-        for k in ks:
-            support = support_requests(of_users(train, new), new, k, seed)
-            ours = copy.deepcopy(base)
-            if len(support):
-                ours.add_user(support)
-            out = [(GMT_NO_RETRAINING, _pair(setting, ours, test_new))]
-            hist = concat_requests(tr_known, support) if len(support) else tr_known
-            for cls in NEW_USER_BASELINES:
-                b = _new_router(cls, setting, seed,
-                                (baseline_params or {}).get(cls.__name__, {})).fit(hist, va_known)
-                out.append((cls.name, _pair(setting, b, test_new)))
-            rows += [{"seed": seed, "k": k, "method": m, "metric": v, "full": full_metric,
-                      "pct_of_full": 100 * v / full_metric} for m, v in out]
+    for seed in seeds:
+        test = setting_views(setting, seed)[2]
+        later = test.select(parse_turn_query_ids(test.frame["query_id"])[1] > 1)
+        for label, fitted in (("history on", fitted_on), ("history off", fitted_off)):
+            router = fitted[("GMTRouter", seed)]
+            rows.append({"seed": seed, "variant": label,
+                         "all turns": test_metric(setting, router, test),
+                         "turn 2 only": test_metric(setting, router, later)})
     return pd.DataFrame(rows)
+
+
+def turn_chain_table(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """:func:`turn_chain_ablation`'s rows as a table: per request set, mean ± std with and
+    without history and the paired difference on - off with its 95 % CI."""
+    rows = []
+    on = per_seed[per_seed["variant"] == "history on"].set_index("seed")
+    off = per_seed[per_seed["variant"] == "history off"].set_index("seed").reindex(on.index)
+    for col in ("all turns", "turn 2 only"):
+        d = paired_difference(on[col].to_numpy(), off[col].to_numpy())
+        rows.append({"requests": col, "history on": mean_std(on[col].to_numpy()),
+                     "history off": mean_std(off[col].to_numpy()),
+                     "on - off": f"{d['mean']:+.3f}",
+                     "ci95": (f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d["n"] > 1
+                              else "n/a"), "seeds": d["n"]})
+    return pd.DataFrame(rows)
+
+
+def turn_carry(setting: Setting) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """How much turn 1 says about turn 2 in a multi-turn rating setting: ``(table, pairs)``.
+    ``pairs``: one row per (user, conversation, LLM) rated at both turns, with its turn-1 and
+    turn-2 ratings and the same user's mean rating of that LLM over their *other*
+    conversations (both turns; NaN when there is none). ``table``: the Pearson r of the turn-2
+    rating with each of the two predictors (on the rows where both exist)."""
+    q = setting.bank.queries.set_index("query_id")
+    inter = setting.preferences.interactions.assign(
+        conversation=lambda d: d["query_id"].map(q["conversation"]),
+        turn=lambda d: d["query_id"].map(q["turn"]))
+    pairs = inter.pivot_table(index=["user_id", "conversation", "llm"], columns="turn",
+                              values="utility").dropna().rename(columns={1: "turn 1", 2: "turn 2"})
+    per_conv = inter.groupby(["user_id", "conversation", "llm"])["utility"].agg(["sum", "count"])
+    per_llm = per_conv.groupby(level=["user_id", "llm"]).sum()
+    total = per_llm.reindex(pairs.index.droplevel("conversation")).to_numpy()
+    own = per_conv.reindex(pairs.index).to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pairs["other conversations"] = (total[:, 0] - own[:, 0]) / (total[:, 1] - own[:, 1])
+    ok = pairs["other conversations"].notna()
+    table = pd.DataFrame([
+        {"predictor of the turn-2 rating": "turn-1 rating, same conversation",
+         "Pearson r": np.corrcoef(pairs.loc[ok, "turn 1"], pairs.loc[ok, "turn 2"])[0, 1]},
+        {"predictor of the turn-2 rating": "the user's mean rating of that LLM in their other "
+                                           "conversations",
+         "Pearson r": np.corrcoef(pairs.loc[ok, "other conversations"],
+                                  pairs.loc[ok, "turn 2"])[0, 1]}])
+    table["rows"] = int(ok.sum())
+    return table, pairs.reset_index()

@@ -16,6 +16,8 @@ import pandas as pd
 from prlib.bank import Bank
 
 SPLITS = ("train", "val", "test")
+#: The (n, n_llms) arrays of :class:`Requests`, one column per LLM.
+PER_LLM_FIELDS = ("utility", "quality", "cost", "call_cost", "previous")
 
 
 class RequestsError(ValueError):
@@ -94,6 +96,15 @@ class Requests:
         return Requests(self.frame.iloc[mask].reset_index(drop=True), self.llms, self.utility[mask],
                         self.chosen[mask], pick(self.quality), pick(self.cost),
                         pick(self.call_cost), pick(self.previous))
+
+    def with_llm_columns(self, llms, columns, chosen=None) -> "Requests":
+        """The same requests over ``llms``: ``columns`` maps every (n, n_llms) array (utility,
+        quality, cost, call_cost, previous) to its (n, len(llms)) new columns; ``chosen``: the
+        new index of each request's pick (default: unchanged)."""
+        return replace(self, llms=list(llms),
+                       chosen=self.chosen if chosen is None else np.asarray(chosen),
+                       **{f: None if getattr(self, f) is None else columns(getattr(self, f))
+                          for f in PER_LLM_FIELDS})
 
     def renamed(self, user_id: str) -> "Requests":
         """The same requests asked by another (e.g. a new) user."""

@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from prlib.experiment import Setting, _new_router, setting_views
-from prlib.metrics import routing_metrics
+from prlib.experiment import Setting, _new_router, setting_views, test_metric
 from prlib.requests import Requests, RequestsError, choice_only, concat_requests
 from prlib.routers import (BestPerUserRouter, BestPerUserTaskRouter, BestSingleRouter,
                            PerUserKNNRouter, PersonalizedRouterV2, Router)
@@ -87,9 +86,7 @@ def drop_llms(req: Requests, llms: Sequence[str]) -> Requests:
     col = {old: new for new, old in enumerate(keep)}
     chosen = np.array([col.get(int(c), -1) for c in req.chosen])
     chosen = np.where(chosen >= 0, chosen, np.nanargmax(np.where(np.isnan(util), -np.inf, util), 1))
-    pick = lambda a: None if a is None else a[:, keep]  # noqa: E731
-    return Requests(req.frame, [req.llms[i] for i in keep], util, chosen, pick(req.quality),
-                    pick(req.cost), pick(req.call_cost))
+    return req.with_llm_columns([req.llms[i] for i in keep], lambda a: a[:, keep], chosen)
 
 
 def pad_llms(req: Requests, llms: Sequence[str]) -> Requests:
@@ -97,9 +94,7 @@ def pad_llms(req: Requests, llms: Sequence[str]) -> Requests:
     if list(llms[:len(req.llms)]) != list(req.llms):
         raise RequestsError(f"{llms} does not extend {req.llms}")
     extra = len(llms) - len(req.llms)
-    pad = lambda a: None if a is None else np.hstack([a, np.full((len(a), extra), np.nan)])  # noqa: E731
-    return Requests(req.frame, list(llms), pad(req.utility), req.chosen, pad(req.quality),
-                    pad(req.cost), pad(req.call_cost))
+    return req.with_llm_columns(llms, lambda a: np.hstack([a, np.full((len(a), extra), np.nan)]))
 
 
 def raw_views(setting: Setting, seed: int) -> tuple[Requests, Requests, Requests]:
@@ -122,23 +117,26 @@ def check_held_out(router: Router, users=(), llms=()) -> None:
     assert not known, f"held-out LLMs {sorted(known)} are candidates of the trained router"
 
 
-def _metric(setting: Setting, router: Router, test: Requests) -> float:
-    return float(routing_metrics(test, router.route(test))[setting.metric])
-
-
-def _ours(setting, seed, params, train, val, feats=None) -> Router:
+def _ours(setting, seed, params, train, val, feats=None,
+          ours: type[Router] = PersonalizedRouterV2) -> Router:
     """Ours fitted on ``train`` (over ``feats``' LLMs when given)."""
     s = setting if feats is None else replace(setting, features=feats)
-    return _new_router(PersonalizedRouterV2, s, seed, params).fit(train, val)
+    return _new_router(ours, s, seed, params).fit(train, val)
 
 
-def _full(setting, seed, params, cache) -> Router:
+def full_key(ours: type[Router], setting: Setting, seed: int) -> tuple:
+    """The key under which a study's ``cache`` keeps ``ours`` trained on every user and LLM of
+    ``seed``'s training split of ``setting`` (put an already fitted one there to reuse it)."""
+    return ("full", ours.__name__, setting.name, seed)
+
+
+def _full(setting, seed, params, cache, ours: type[Router] = PersonalizedRouterV2) -> Router:
     """Ours trained on every user and LLM of the seed's training split (kept in ``cache``)."""
-    key = ("full", setting.name, seed)
+    key = full_key(ours, setting, seed)
     if cache is None or key not in cache:
         train, val, _ = raw_views(setting, seed)
         router = _ours(setting, seed, params, seen_by_router(setting, train),
-                       seen_by_router(setting, val))
+                       seen_by_router(setting, val), ours=ours)
         if cache is None:
             return router
         cache[key] = router
@@ -147,7 +145,10 @@ def _full(setting, seed, params, cache) -> Router:
 
 def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_heldout: int,
                    params: Mapping | None = None, progress: bool = False,
-                   cache: dict | None = None, fine_tune_steps: int = 100) -> pd.DataFrame:
+                   cache: dict | None = None, fine_tune_steps: int = 100,
+                   ours: type[Router] = PersonalizedRouterV2,
+                   baselines: Sequence[type[Router]] = USER_BASELINES,
+                   baseline_params: Mapping[str, dict] | None = None) -> pd.DataFrame:
     """New users: per seed, ``n_heldout`` users are held out of training; ours gets ``k`` of each
     one's training-split requests as visible feedback (``add_user``, no retraining) and routes
     their test requests; each baseline of :data:`USER_BASELINES` is fitted on the known users'
@@ -157,7 +158,9 @@ def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_
     trained routers between studies of the same setting and seeds. With ``fine_tune_steps``
     > 0, ours is also fine-tuned for that many steps on the k interactions (k > 0;
     ``PersonalizedRouterV2.fine_tune``, checkpoint chosen on the known users' validation
-    requests)."""
+    requests). ``ours``: the router studied (any with ``add_user``, and ``fine_tune`` when
+    ``fine_tune_steps`` > 0; e.g. GMTRouter in notebook 90); ``baselines`` and their
+    ``baseline_params`` (per class name, e.g. their tuned points; default: their defaults)."""
     params = dict(params or {})
     rows = []
     for seed in tqdm(seeds, desc="new users: seeds", disable=not progress):
@@ -165,30 +168,31 @@ def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_
         train, val = seen_by_router(setting, train_raw), seen_by_router(setting, val_raw)
         known, new = split_users(train.frame["user_id"], n_heldout, seed)
         test_new = of_users(test, new)
-        full = _metric(setting, _full(setting, seed, params, cache), test_new)
+        full = test_metric(setting, _full(setting, seed, params, cache, ours), test_new)
         tr_known, va_known = of_users(train, known), of_users(val, known)
-        base = _ours(setting, seed, params, tr_known, va_known)
+        base = _ours(setting, seed, params, tr_known, va_known, ours=ours)
         check_held_out(base, users=new)
         for k in ks:
             support = support_requests(of_users(train, new), new, k, seed)
             rows += _user_rows(setting, seed, k, base, support, tr_known, va_known, test_new, full,
-                               fine_tune_steps)
+                               fine_tune_steps, baselines, baseline_params or {})
     return pd.DataFrame(rows)
 
 
 def _user_rows(setting, seed, k, base, support, tr_known, va_known, test_new, full,
-               fine_tune_steps) -> list[dict]:
+               fine_tune_steps, baselines, baseline_params) -> list[dict]:
     ours = copy.deepcopy(base)
     if len(support):
         ours.add_user(support)
-    out = [(OURS_NO_RETRAINING, "ours", _metric(setting, ours, test_new))]
+    out = [(OURS_NO_RETRAINING, "ours", test_metric(setting, ours, test_new))]
     if fine_tune_steps and len(support):
         tuned = copy.deepcopy(base).fine_tune(support, va_known, fine_tune_steps)
-        out.append((OURS_FINE_TUNED, "ours", _metric(setting, tuned, test_new)))
+        out.append((OURS_FINE_TUNED, "ours", test_metric(setting, tuned, test_new)))
     hist = concat_requests(tr_known, support) if len(support) else tr_known
-    for cls in USER_BASELINES:
-        b = _new_router(cls, setting, seed, {}).fit(hist, va_known)
-        out.append((cls.name, cls.family, _metric(setting, b, test_new)))
+    for cls in baselines:
+        b = _new_router(cls, setting, seed, baseline_params.get(cls.__name__, {})).fit(
+            hist, va_known)
+        out.append((cls.name, cls.family, test_metric(setting, b, test_new)))
     return [{"seed": seed, "k": k, "method": m, "family": fam, "metric": v, "full": full,
              "pct_of_full": 100 * v / full if full else np.nan} for m, fam, v in out]
 
@@ -245,15 +249,15 @@ def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
                              history=of_users(support, known) if last and len(support) else None)
             if new and len(support):
                 ours.add_user(of_users(support, new))
-            full = _metric(setting, full_router, reorder_llms(rest, train_raw.llms))
-            out = [(OURS_NO_RETRAINING, "ours", _metric(setting, ours, rest))]
+            full = test_metric(setting, full_router, reorder_llms(rest, train_raw.llms))
+            out = [(OURS_NO_RETRAINING, "ours", test_metric(setting, ours, rest))]
             hist = pad_llms(tr_old, order)
             if len(support):
                 hist = concat_requests(hist, support)
             feats = replace(setting, features=setting.feats.with_llms(order))
             for cls in USER_BASELINES:
                 b = _new_router(cls, feats, seed, {}).fit(hist, pad_llms(va_old, order))
-                out.append((cls.name, cls.family, _metric(setting, b, rest)))
+                out.append((cls.name, cls.family, test_metric(setting, b, rest)))
             rows += [{"seed": seed, "k": k, "method": m, "family": fam, "metric": v,
                       "full": full, "pct_of_full": 100 * v / full if full else np.nan}
                      for m, fam, v in out]
@@ -269,9 +273,7 @@ def reorder_llms(req: Requests, order: Sequence[str], keep: Sequence[str] | None
     chosen = np.array([pos.get(int(c), -1) for c in req.chosen])
     if (chosen < 0).any():
         raise RequestsError("a request's chosen LLM is not among the kept LLMs")
-    pick = lambda a: None if a is None else a[:, idx]  # noqa: E731
-    return Requests(req.frame, cols, req.utility[:, idx], chosen, pick(req.quality),
-                    pick(req.cost), pick(req.call_cost))
+    return req.with_llm_columns(cols, lambda a: a[:, idx], chosen)
 
 
 def few_shot_summary(results: pd.DataFrame, k: int) -> pd.DataFrame:

@@ -13,13 +13,15 @@ from prlib.requests import Requests, with_previous_turn
 
 def toy_world(n_users: int = 6, n_conv: int = 12, n_llms: int = 5, seed: int = 0,
               carry: float = 0.8):
-    """(feats, requests): every user rates every LLM at both turns of every conversation;
+    """(feats, requests), the same for one ``seed`` in every process: every user rates every LLM at both turns of every conversation;
     users have a taste vector over LLMs, turn 2 carries ``carry`` x the turn-1 rating."""
     rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
     qids = [turn_query_id(f"c{c}", t) for c in range(n_conv) for t in (1, 2)]
-    feats = NodeFeatures(qids, torch.randn(len(qids), 385), ["default"], torch.randn(1, 384),
-                         [f"m{j}" for j in range(n_llms)], torch.randn(n_llms, 386),
-                         torch.randn(len(qids), n_llms, 384),
+    feats = NodeFeatures(qids, randn(len(qids), 385), ["default"], randn(1, 384),
+                         [f"m{j}" for j in range(n_llms)], randn(n_llms, 386),
+                         randn(len(qids), n_llms, 384),
                          torch.ones(len(qids), n_llms, dtype=torch.bool))
     taste = rng.normal(size=(n_users, n_llms))
     rows, util = [], []

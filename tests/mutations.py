@@ -137,8 +137,8 @@ MUTATIONS = {
          "test_v2_feedback_added_later_equals_a_store_built_at_once"]),
     "few-shot-trains-on-held-out-users": (
         "prlib/studies.py",
-        [("        base = _ours(setting, seed, params, tr_known, va_known)",
-          "        base = _ours(setting, seed, params, train, val)")],
+        [("        base = _ours(setting, seed, params, tr_known, va_known, ours=ours)",
+          "        base = _ours(setting, seed, params, train, val, ours=ours)")],
         ["tests/test_studies.py::"
          "test_few_shot_users_and_llms_give_a_finite_share_of_the_full_model_for_every_k"]),
     "gmt-later-turns-visible": (

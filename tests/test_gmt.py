@@ -265,3 +265,34 @@ def test_pairwise_baselines_rank_as_their_definitions_say():
     pu = PerUserBradleyTerryRouter(feats, C=1.0).fit(train, val)
     assert pairwise_metrics(test, pu.scores(test))["pair_accuracy"] > \
         pairwise_metrics(test, bt.scores(test))["pair_accuracy"]
+
+
+def test_turn_carry_compares_turn_two_with_the_users_other_conversations():
+    from types import SimpleNamespace
+
+    from prlib.multiturn import turn_carry
+
+    queries = pd.DataFrame({"query_id": ["a/t1", "a/t2", "b/t1", "b/t2"],
+                            "conversation": ["a", "a", "b", "b"], "turn": [1, 2, 1, 2]})
+    rows = [("u", "a/t1", "m", 1.0), ("u", "a/t2", "m", 2.0), ("u", "b/t1", "m", 3.0),
+            ("u", "b/t2", "m", 5.0), ("u", "a/t1", "n", 0.0), ("u", "a/t2", "n", 1.0),
+            ("u", "b/t1", "n", 2.0), ("u", "b/t2", "n", 2.0)]
+    inter = pd.DataFrame(rows, columns=["user_id", "query_id", "llm", "utility"])
+    setting = SimpleNamespace(bank=SimpleNamespace(queries=queries),
+                              preferences=SimpleNamespace(interactions=inter))
+    _, pairs = turn_carry(setting)
+    other = pairs.set_index(["conversation", "llm"])["other conversations"]
+    # the mean over the *other* conversation's two turns, never the rating it predicts
+    assert other["a", "m"] == 4.0 and other["b", "m"] == 1.5
+    assert other["a", "n"] == 2.0 and other["b", "n"] == 0.5
+
+
+def test_ratings_fed_back_twice_still_score_and_fine_tune(fitted):
+    import copy
+
+    _, train, val, test, r = fitted
+    again = copy.deepcopy(r)
+    again.add_user(train.select(np.arange(6)))  # ratings that are already visible
+    assert np.isfinite(again.scores(test)[test.candidates]).all()
+    tuned = r.fine_tune(train.select(np.arange(6)), val, steps=4)
+    assert tuned.log_.step[0] == 0 and tuned.log_.best_step is not None

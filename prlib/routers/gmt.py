@@ -11,8 +11,9 @@ query       MiniLM of the user messages so far + log input tokens (385), one per
 response    MiniLM of the answer text (384) of each (turn query, LLM) that a visible rating is
             about: what those users read. The answer to the request being routed does not
             exist yet at routing time and is not read (its LLM's earlier answers are)
-turn        one per visible rating (user, turn query, LLM): [rating min-max normalised per
-            user, 1{first turn}, 1{later turn}] (3)
+turn        one per visible rating (user, turn query, LLM): [r, 1{first turn}, 1{later
+            turn}, r x the LLM's features] (389), r = the rating min-max normalised per user
+            minus 0.5
 ==========  ==============================================================================
 
 Edges: ``turn -by-> user``, ``turn -of-> llm``, ``turn -on-> query``, ``turn -saw-> response``
@@ -29,13 +30,13 @@ the graph holds the visible history only (at training steps: without any rating 
 user in the target's conversation); the request's own conversation so far (its user's
 previous-turn ratings, ``Requests.previous``) reaches only that request's scorer row, never
 message passing, so no request sees another request's labels. Turn queries are recognised by their id
-(:func:`prlib.bank.turn_query_id`, ``"<conversation>/t<turn>"``); other ids are single turns.
+(:func:`prlib.bank.turn_query_id`, ``"<conversation>/t<turn>"``, read back by
+:func:`prlib.bank.parse_turn_query_ids`); other ids are single turns.
 """
 
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,7 @@ from torch import nn
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import HGTConv
 
+from prlib.bank import parse_turn_query_ids, turn_query_id
 from prlib.config import seed_everything, torch_threads
 from prlib.features import NodeFeatures
 from prlib.metrics import pairwise_metrics, preference_pairs
@@ -53,41 +55,29 @@ from prlib.requests import Requests, concat_requests
 from prlib.routers.base import PAIRWISE, Router, RouterError, register
 from prlib.routers.training import train_module
 
-_TURN_ID = re.compile(r"^(?P<conv>.+)/t(?P<turn>\d+)$")
-
-#: Relations (source, name, destination) of the interaction graph; each also gets ``rev_<name>``.
-RELATIONS = (("turn", "by", "user"), ("turn", "of", "llm"), ("turn", "on", "query"),
-             ("turn", "saw", "response"))
 CHAIN = ("turn", "next", "turn")
 NODE_TYPES = ("user", "llm", "query", "response", "turn")
 
 
-def conversation_codes(feats: NodeFeatures) -> tuple[np.ndarray, np.ndarray]:
-    """Per feature query: ``(conversation code, turn)``, both (n_queries,) int; the code of a
-    conversation is the position of its first turn's query (of the query itself when the
-    first turn is not among the features or the id is not a turn id)."""
-    conv, turn = conversation_and_turn(feats.query_ids)
-    pos = pd.Index(feats.query_ids).get_indexer([f"{c}/t1" for c in conv])
-    own = np.arange(len(feats.query_ids))
-    return np.where((pos >= 0) & (turn >= 1), pos, own).astype(np.int64), turn.astype(np.int64)
-
-
-def conversation_and_turn(query_ids) -> tuple[np.ndarray, np.ndarray]:
-    """``(conversation, turn)`` arrays of query ids: ``"c/t2"`` -> ("c", 2); any other id is a
-    one-turn conversation of its own (turn 1)."""
-    conv, turn = [], []
-    for q in map(str, query_ids):
-        m = _TURN_ID.match(q)
-        conv.append(m["conv"] if m else q)
-        turn.append(int(m["turn"]) if m else 1)
-    return np.array(conv, dtype=object), np.array(turn, dtype=int)
+def turn_structure(feats: NodeFeatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per feature query, each (n_queries,) int64: the conversation code (the position of the
+    conversation's first turn among the feature queries; the query's own position when that is
+    absent or the id is no turn id, :func:`prlib.bank.parse_turn_query_ids`), the turn (1, 2,
+    ...), and the position of the previous turn's query (-1 at a first turn)."""
+    conv, turn = parse_turn_query_ids(feats.query_ids)
+    index = pd.Index(feats.query_ids)
+    first = index.get_indexer([turn_query_id(c, 1) for c in conv])
+    codes = np.where(first >= 0, first, np.arange(len(conv)))
+    prev = np.where(turn > 1, index.get_indexer([turn_query_id(c, max(t - 1, 1))
+                                                 for c, t in zip(conv, turn)]), -1)
+    return codes.astype(np.int64), turn.astype(np.int64), prev.astype(np.int64)
 
 
 @dataclass
 class Interactions:
     """Visible ratings as flat arrays, one entry per (user, turn query, LLM) rating: ``user``,
     ``query``, ``llm`` (node indices), ``rating`` (normalised), ``conv`` (conversation code,
-    :func:`conversation_codes`), ``turn`` (1, 2, ...); all shape (n,) int64 (rating float32)."""
+    :func:`turn_structure`), ``turn`` (1, 2, ...); all shape (n,) int64 (rating float32)."""
 
     user: np.ndarray
     query: np.ndarray
@@ -103,19 +93,13 @@ class Interactions:
         return Interactions(*(a[idx] for a in (self.user, self.query, self.llm, self.rating,
                                                self.conv, self.turn)))
 
-    @staticmethod
-    def concat(a: "Interactions", b: "Interactions") -> "Interactions":
-        return Interactions(*(np.concatenate([x, y]) for x, y in zip(
-            (a.user, a.query, a.llm, a.rating, a.conv, a.turn),
-            (b.user, b.query, b.llm, b.rating, b.conv, b.turn))))
-
 
 def build_interaction_graph(inter: Interactions, feats: NodeFeatures, n_users: int,
                             chain: bool = True) -> HeteroData:
     """The HeteroData of :mod:`prlib.routers.gmt` from visible ``inter``; node ``x`` as in the
     module docstring; ``g["turn"].key`` (n_turn, 3) holds (user, query, llm) of each turn node
-    and ``g["turn"].rating`` its rating (the only label-bearing field). ``chain``: add the turn
-    chain (off for the multi-turn ablation)."""
+    (what :func:`check_no_label_leak_gmt` reads). ``chain``: add the turn chain (off for the
+    multi-turn ablation)."""
     if feats.answer_x is None:
         raise RouterError("GMTRouter reads the answers: build the features with answers=True")
     g = HeteroData()
@@ -138,14 +122,12 @@ def build_interaction_graph(inter: Interactions, feats: NodeFeatures, n_users: i
     # the rating times the rated LLM's features: "liked / disliked an LLM like this one"
     g["turn"].x = torch.cat([centred, first, 1 - first,
                              centred * feats.llm_x[torch.as_tensor(inter.llm)]], 1)
-    g["turn"].rating = torch.as_tensor(inter.rating, dtype=torch.float32)
     g["turn"].key = torch.as_tensor(np.stack([inter.user, inter.query, inter.llm], 1))
     t = np.arange(len(inter))
     has = resp_of >= 0
-    resp = resp_of
     edges = {("turn", "by", "user"): (t, inter.user), ("turn", "of", "llm"): (t, inter.llm),
              ("turn", "on", "query"): (t, inter.query), ("turn", "saw", "response"):
-             (t[has], resp[has])}
+             (t[has], resp_of[has])}
     src, dst = chain_edges(inter) if chain else (np.zeros(0, int), np.zeros(0, int))
     edges[CHAIN] = (src, dst)
     for (s, r, d), (a, b) in edges.items():
@@ -166,11 +148,15 @@ def interaction_keys(user, conv, llm, turn) -> np.ndarray:
 
 def chain_edges(inter: Interactions) -> tuple[np.ndarray, np.ndarray]:
     """Turn-chain edges: from the rating of (user, conversation, LLM) at turn t-1 to the one at
-    turn t, ``(src, dst)`` positions in ``inter``."""
-    keys = pd.Index(interaction_keys(inter.user, inter.conv, inter.llm, inter.turn))
-    src = keys.get_indexer(interaction_keys(inter.user, inter.conv, inter.llm, inter.turn - 1))
+    turn t, ``(src, dst)`` positions in ``inter`` (a rating given twice, e.g. fed back again
+    through ``add_user``, chains from its last copy)."""
+    keys = interaction_keys(inter.user, inter.conv, inter.llm, inter.turn)
+    last = pd.Series(np.arange(len(keys)), index=keys)
+    last = last[~last.index.duplicated(keep="last")]
+    src = last.reindex(interaction_keys(inter.user, inter.conv, inter.llm, inter.turn - 1))
+    src = src.fillna(-1).to_numpy(dtype=np.int64)
     dst = np.flatnonzero(src >= 0)
-    return src[dst].astype(np.int64), dst.astype(np.int64)
+    return src[dst], dst.astype(np.int64)
 
 
 def check_no_label_leak_gmt(g: HeteroData, targets: Interactions) -> None:
@@ -249,24 +235,20 @@ class GMTRouter(Router):
         hi = np.array([self.user_range_.get(int(u), (0.0, 1.0))[1] for u in user])
         return np.clip((rating - lo) / np.maximum(hi - lo, 1e-9), -0.5, 1.5)
 
-    def _interactions(self, requests: Requests, utility: np.ndarray | None = None,
-                      previous_turn: bool = False) -> Interactions:
-        """The ratings of ``requests`` (or of their previous turn) as :class:`Interactions`."""
-        users = self._users(requests)
+    def _queries(self, requests: Requests) -> np.ndarray:
+        """Feature-query position of each request, (n,) int64."""
         qidx = pd.Index(self.feats.query_ids).get_indexer(requests.frame["query_id"])
         if (qidx < 0).any():
             raise RouterError("requests name queries missing from the node features")
-        conv, turn = self.conv_[qidx], self.turn_[qidx]
-        util = requests.utility if utility is None else utility
-        if previous_turn:
-            names, _ = conversation_and_turn(requests.frame["query_id"])
-            prev_q = [f"{c}/t{t - 1}" for c, t in zip(names, turn)]
-            qidx = pd.Index(self.feats.query_ids).get_indexer(prev_q)
-            turn = turn - 1
-        r, m = np.nonzero(~np.isnan(util) & (qidx >= 0)[:, None])
-        return Interactions(users[r], qidx[r].astype(np.int64), m.astype(np.int64),
-                            self._norm(users[r], util[r, m]).astype(np.float32), conv[r],
-                            turn[r].astype(np.int64))
+        return qidx.astype(np.int64)
+
+    def _interactions(self, requests: Requests) -> Interactions:
+        """The ratings of ``requests`` as :class:`Interactions`."""
+        users, qidx = self._users(requests), self._queries(requests)
+        r, m = np.nonzero(~np.isnan(requests.utility))
+        return Interactions(users[r], qidx[r], m.astype(np.int64),
+                            self._norm(users[r], requests.utility[r, m]).astype(np.float32),
+                            self.conv_[qidx[r]], self.turn_[qidx[r]])
 
     def _fit_ranges(self, history: Requests) -> None:
         """Each user's rating range over ``history``, widened (never replaced) when the user
@@ -316,12 +298,9 @@ class GMTRouter(Router):
         if not self.params["multi_turn"] or requests.previous is None or not len(r):
             return out
         rating = requests.previous[r, m]
-        has = ~np.isnan(rating)
         users = self._users(requests)[r]
-        names, turn = conversation_and_turn(requests.frame["query_id"])
-        prev_q = pd.Index(self.feats.query_ids).get_indexer(
-            [f"{c}/t{t - 1}" for c, t in zip(names, turn)])[r]
-        has &= prev_q >= 0
+        prev_q = self.prev_q_[self._queries(requests)][r]
+        has = ~np.isnan(rating) & (prev_q >= 0)
         idx = np.flatnonzero(has)
         out[idx, 0] = torch.as_tensor(self._norm(users[idx], rating[idx]) - 0.5,
                                       dtype=torch.float32)
@@ -338,7 +317,7 @@ class GMTRouter(Router):
         users = self._users(requests)
         if len(self.user_index_) > h["user"].shape[0]:
             raise RouterError("a user was added after the graph was built")
-        qidx = pd.Index(self.feats.query_ids).get_indexer(requests.frame["query_id"])
+        qidx = self._queries(requests)
         r, m = np.nonzero(~np.isnan(requests.utility))
         t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64))  # noqa: E731
         s = self.net.score(h, t(users[r]), t(qidx[r]), t(m), self.previous_features(requests))
@@ -385,32 +364,37 @@ class GMTRouter(Router):
         rating of each target's user in the target's conversation (its own turn, the later
         ones, and the earlier ones, which reach the scorer through ``previous`` as at test
         time)."""
-        users = self._users(targets)
-        qidx = pd.Index(self.feats.query_ids).get_indexer(targets.frame["query_id"])
+        users, qidx = self._users(targets), self._queries(targets)
         hidden = np.unique(users * 1_000_003 + self.conv_[qidx])
         return np.isin(inter.user * 1_000_003 + inter.conv, hidden)
+
+    def _train(self, history: Requests, val: Requests, rng: np.random.Generator, steps: int,
+               eval_every: int, desc: str, progress: bool = False,
+               check_at_start: bool = False):
+        """:func:`~prlib.routers.training.train_module` on ``history`` (steps of
+        :meth:`_step_loss`), checked on ``val``'s pair accuracy with ``history`` visible."""
+        inter = self._interactions(history)
+        p = self.params
+        return train_module(
+            self.net, lambda: self._step_loss(history, inter, rng),
+            lambda: pairwise_metrics(val, self._score_requests(inter, val)
+                                     .double().numpy())["pair_accuracy"],
+            steps=steps, lr=p["lr"], weight_decay=p["weight_decay"], eval_every=eval_every,
+            patience=p["patience"], progress=progress, desc=desc, check_at_start=check_at_start)
 
     def fit(self, train: Requests, val: Requests, *, progress: bool = False) -> "GMTRouter":
         seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
         self.user_index_: dict[str, int] = {}
         self.user_range_: dict[int, tuple[float, float]] = {}
-        self.conv_, self.turn_ = conversation_codes(self.feats)
+        self.conv_, self.turn_, self.prev_q_ = turn_structure(self.feats)
         self.history_ = train
         self._fit_ranges(train)
         self._users(val)
         with torch_threads(self.params["threads"]):
             self.net = self._make_net()
-            inter = self._interactions(train)
-            visible = inter
-            p = self.params
-            self.log_ = train_module(
-                self.net, lambda: self._step_loss(train, inter, rng),
-                lambda: pairwise_metrics(val, self._score_requests(visible, val)
-                                         .double().numpy())["pair_accuracy"],
-                steps=p["steps"], lr=p["lr"], weight_decay=p["weight_decay"],
-                eval_every=p["eval_every"], patience=p["patience"], progress=progress,
-                desc=self.name)
+            self.log_ = self._train(train, val, rng, self.params["steps"],
+                                    self.params["eval_every"], self.name, progress)
         return self
 
     # ---------------------------------------------------------------- routing
@@ -425,14 +409,13 @@ class GMTRouter(Router):
     def _rebuild(self) -> None:
         self.user_index_ = {str(k): int(v) for k, v in self.user_index_.items()}
         self.user_range_ = {int(k): tuple(v) for k, v in self.user_range_.items()}
-        self.conv_, self.turn_ = conversation_codes(self.feats)
+        self.conv_, self.turn_, self.prev_q_ = turn_structure(self.feats)
         self.net = self._make_net()
 
     @torch.no_grad()
     def _raw_scores(self, requests: Requests) -> np.ndarray:
         self._check_fitted()
         self.net.eval()
-        self._users(requests)
         with torch_threads(self.params["threads"]):
             g, _ = self.graph_for(requests)
             out = self._score_on(self.net.encode(g), requests)
@@ -449,18 +432,10 @@ class GMTRouter(Router):
 
     def fine_tune(self, support: Requests, val: Requests, steps: int = 50) -> "GMTRouter":
         """A copy with ``support`` visible, trained ``steps`` more steps on history + support
-        (validation-best checkpoint on ``val``)."""
+        (validation-best checkpoint on ``val``, the untrained copy included)."""
         out = copy.deepcopy(self)
         out.add_user(support)
-        p = {**out.params, "steps": steps}
-        rng = np.random.default_rng(self.seed + 1)
-        inter = out._interactions(out.history_)
-        with torch_threads(p["threads"]):
-            out.log_ = train_module(
-                out.net, lambda: out._step_loss(out.history_, inter, rng),
-                lambda: pairwise_metrics(val, out._score_requests(inter, val)
-                                         .double().numpy())["pair_accuracy"],
-                steps=steps, lr=p["lr"], weight_decay=p["weight_decay"],
-                eval_every=max(1, steps // 4), patience=p["patience"], desc="fine-tune",
-                check_at_start=True)
+        with torch_threads(out.params["threads"]):
+            out.log_ = out._train(out.history_, val, np.random.default_rng(self.seed + 1), steps,
+                                  max(1, steps // 4), "fine-tune", check_at_start=True)
         return out

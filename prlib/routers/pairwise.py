@@ -59,16 +59,15 @@ class BradleyTerryRouter(_FittedCheck, Router):
 
 
 @register
-class PerUserBradleyTerryRouter(_FittedCheck, Router):
+class PerUserBradleyTerryRouter(BradleyTerryRouter):
     """Per-user Bradley-Terry: global strengths plus each user's own strengths fitted on that user's pairs alone (L2-shrunk to 0, so sparse users fall back to the global ranking)."""
 
-    name, family = "Bradley-Terry per user", PAIRWISE
-    selection = "grid on validation"
-    defaults = {"C": 1.0}
-    grid = {"C": [0.01, 0.1, 1.0, 10.0]}
+    name = "Bradley-Terry per user"
+    #: Regularisation of the global strengths; the grid tunes the per-user ones (``C``).
+    GLOBAL_C = 1.0
 
     def fit(self, train: Requests, val: Requests, *, progress: bool = False):
-        self.theta_ = bradley_terry(train.utility, 1.0)
+        self.theta_ = bradley_terry(train.utility, self.GLOBAL_C)
         self.user_theta_ = {}
         self.add_user(train)
         return self

@@ -333,10 +333,8 @@ class PersonalizedRouter(Router):
             [self.feats.llm_x, llm_row(description, input_usd_per_m, output_usd_per_m)]),
             answer_x=None, answer_ok=None)
         self.n_llms = len(self.feats.llms)
-        old = self.history_
-        pad = lambda a: None if a is None else np.hstack([a, np.full((len(a), 1), np.nan)])  # noqa: E731
-        self.history_ = Requests(old.frame, self.feats.llms, pad(old.utility), old.chosen,
-                                 pad(old.quality), pad(old.cost), pad(old.call_cost))
+        self.history_ = self.history_.with_llm_columns(
+            self.feats.llms, lambda a: np.hstack([a, np.full((len(a), 1), np.nan)]))
         if history is not None:
             self.history_ = concat_requests(self.history_, history)
 

@@ -392,10 +392,8 @@ class PersonalizedRouterV2(Router):
         feats = replace(self.feats, llms=llms, llm_x=torch.cat(
             [self.feats.llm_x, llm_row(description, input_usd_per_m, output_usd_per_m)]),
             answer_x=None, answer_ok=None)
-        old = self.history_
-        pad = lambda a: None if a is None else np.hstack([a, np.full((len(a), 1), np.nan)])  # noqa: E731
-        history_ = Requests(old.frame, llms, pad(old.utility), old.chosen, pad(old.quality),
-                            pad(old.cost), pad(old.call_cost))
+        history_ = self.history_.with_llm_columns(
+            llms, lambda a: np.hstack([a, np.full((len(a), 1), np.nan)]))
         if history is not None:
             history_ = concat_requests(history_, history)
         store = FeedbackStore(feats.query_ids, feats.query_x.numpy(), feats.tasks, llms,
