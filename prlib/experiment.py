@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -114,6 +115,58 @@ def setting_views(setting: Setting, seed: int, raw: bool = False):
     return train, val, test
 
 
+def _views_by_seed(setting: Setting):
+    """``views(seed)``: :func:`setting_views` of ``setting``, computed once per seed (in each
+    process that asks)."""
+    cache: dict[int, tuple] = {}
+
+    def views(seed: int):
+        if seed not in cache:
+            cache[seed] = setting_views(setting, seed)
+        return cache[seed]
+
+    return views
+
+
+def _call_with_threads(fn, threads, args):
+    with torch_threads(threads):
+        return fn(*args)
+
+
+def map_fits(fn, tasks: Sequence[tuple], jobs: int = 1, threads: int | None = THREADS,
+             progress: bool = False, desc: str = "", label=None):
+    """``fn(*task)`` for each task, in order, with ``threads`` torch threads, yielded as they
+    finish (in task order), with a progress bar.
+
+    ``jobs`` > 1 runs the tasks in that many worker processes (at most the machine's cores) (joblib's loky backend; ``fn``
+    and its arguments are pickled with cloudpickle, results are pickled back). Every fit seeds
+    itself, so a task gives the same result in a worker as here; only wall-clock timings feel
+    the other jobs (on a machine with fewer free cores than ``jobs`` they slow each other).
+    ``label(*task)``: the progress bar's text of a task (serial runs only)."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    bar = tqdm(total=len(tasks), desc=desc, disable=not progress)
+    try:
+        if jobs == 1 or len(tasks) < 2:
+            for task in tasks:
+                if label is not None:
+                    bar.set_postfix_str(label(*task))
+                yield _call_with_threads(fn, threads, task)
+                bar.update()
+            return
+        from joblib import Parallel, delayed
+
+        bar.set_postfix_str(f"{jobs} processes")
+        n_jobs = min(jobs, len(tasks), os.cpu_count() or 1)
+        runs = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=1)(
+            delayed(_call_with_threads)(fn, threads, task) for task in tasks)
+        for result in runs:
+            yield result
+            bar.update()
+    finally:
+        bar.close()
+
+
 def _new_router(cls: type[Router], setting: Setting, seed: int, params: Mapping) -> Router:
     """A seeded router with the setting's implied and the given hyper-parameters."""
     seed_everything(seed)
@@ -181,7 +234,7 @@ def test_metric(setting: Setting, router: Router, test, metric: str | None = Non
 def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None = None,
                  seeds: Sequence[int] = DEVELOPMENT_SEEDS[:1],
                  params: Mapping[str, dict] | None = None, progress: bool = False,
-                 threads: int | None = THREADS) -> Tuning:
+                 threads: int | None = THREADS, jobs: int = 1) -> Tuning:
     """Choose each router's hyper-parameters from its declared ``grid`` on validation.
 
     Every router with a grid (the same :data:`~prlib.routers.base.GRID_POINTS` points each,
@@ -190,6 +243,8 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
     validation requests as the router sees them; the point with the best mean wins (ties: the
     first point). ``params`` are fixed hyper-parameters under the grid (e.g. ``steps``).
     Routers without a grid, or that cannot run on the setting, are not fitted here.
+    ``jobs``: fits run at once in separate processes (:func:`map_fits`); the chosen points do
+    not depend on it.
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
     params = _check_params(classes, params)
@@ -197,27 +252,21 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
         raise ValueError(f"tuning seeds {sorted(set(seeds) & set(REPORT_SEEDS))} are report "
                          f"seeds; tune on development seeds {DEVELOPMENT_SEEDS}")
     tuned = [c for c in classes if c.grid and not c.unavailable(setting.feats)]
-    rows = []
-    total = len(seeds) * sum(len(grid_points(c)) for c in tuned)
-    bar = tqdm(total=total, desc=f"tuning · {setting.name}", disable=not progress)
-    with torch_threads(threads):
-        for seed in seeds:
-            train, val, _ = setting_views(setting, seed)
-            for cls in tuned:
-                for point in grid_points(cls):
-                    bar.set_postfix_str(f"seed {seed} {cls.name} {point}")
-                    router = _new_router(cls, setting, seed,
-                                         {**params.get(cls.__name__, {}), **point})
-                    t0 = time.perf_counter()
-                    router.fit(train, val)
-                    fit_s = time.perf_counter() - t0
-                    rows.append({"setting": setting.name, "router": cls.name,
-                                 "class": cls.__name__, "point": json.dumps(point),
-                                 "seed": seed, "val_metric": validation_metric(setting, router,
-                                                                               val),
-                                 "fit_s": fit_s})
-                    bar.update()
-    bar.close()
+    tasks = [(seed, cls, point) for seed in seeds for cls in tuned for point in grid_points(cls)]
+    _views = _views_by_seed(setting)
+
+    def tune_one(seed, cls, point):
+        train, val, _ = _views(seed)
+        router = _new_router(cls, setting, seed, {**params.get(cls.__name__, {}), **point})
+        t0 = time.perf_counter()
+        router.fit(train, val)
+        fit_s = time.perf_counter() - t0
+        return {"setting": setting.name, "router": cls.name, "class": cls.__name__,
+                "point": json.dumps(point), "seed": seed,
+                "val_metric": validation_metric(setting, router, val), "fit_s": fit_s}
+
+    rows = list(map_fits(tune_one, tasks, jobs, threads, progress, f"tuning · {setting.name}",
+                         lambda seed, cls, point: f"seed {seed} {cls.name} {point}"))
     frame = pd.DataFrame(rows, columns=["setting", "router", "class", "point", "seed",
                                         "val_metric", "fit_s"])
     chosen = {}
@@ -232,7 +281,7 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
 def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None = None,
                 seeds: Sequence[int] = (0,), params: Mapping[str, dict] | None = None,
                 progress: bool = False, fitted: dict | None = None,
-                threads: int | None = THREADS) -> pd.DataFrame:
+                threads: int | None = THREADS, jobs: int = 1) -> pd.DataFrame:
     """Fit every router on each seed's split and score it on that test split.
 
     ``routers``: registered router classes or names (default: every registered router, in
@@ -241,7 +290,8 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     (``Router.params_for``). ``fitted``: a dict to receive the fitted routers by ``(class
     name, seed)``. ``threads``: torch threads while fitting and routing (default 1:
     deterministic, the same number on every machine of one kind; ``None`` leaves them as they
-    are).
+    are). ``jobs``: fits run at once in separate processes, each with ``threads`` threads
+    (:func:`map_fits`); the frame does not depend on it but for ``fit_s``.
 
     A router that cannot run on the setting (:meth:`~prlib.routers.Router.unavailable`, e.g.
     a cascade on a bank without answer texts) is not fitted; the frame's
@@ -260,33 +310,36 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     reasons = {c.name: c.unavailable(setting.feats) for c in classes}
     not_run = {name: why for name, why in reasons.items() if why}
     classes = [c for c in classes if c.name not in not_run]
+    tasks = [(seed, cls) for seed in seeds for cls in classes]
+    _views = _views_by_seed(setting)
+    keep = fitted is not None  # (run_one must not read ``fitted``: workers get a copy of it)
+
+    def run_one(seed, cls):
+        train, val, test = _views(seed)
+        router = _new_router(cls, setting, seed, params.get(cls.__name__, {}))
+        t0 = time.perf_counter()
+        router.fit(train, val)
+        fit_s = time.perf_counter() - t0
+        picks = router.route(test)
+        metrics = routing_metrics(test, picks, router.calls(test, picks))
+        if setting.pairwise:
+            metrics.update(pairwise_metrics(test, router.scores(test)))
+        row = {"setting": setting.name,
+               "router": setting.oracle_name if cls.reads_labels else cls.name,
+               "family": cls.family, "seed": seed, **metrics,
+               "cost_per_1k": 1000 * metrics.get("cost_usd", np.nan),
+               "picks_vary": picks_vary_share(test, picks),
+               "picks_hash": hashlib.sha1(np.asarray(picks, np.int64).tobytes())
+               .hexdigest()[:12], "fit_s": fit_s, "n_train": len(train), "n_test": len(test)}
+        return row, (router if keep else None)
+
     rows = []
-    bar = tqdm(total=len(seeds) * len(classes), desc=setting.name, disable=not progress)
-    with torch_threads(threads):
-        for seed in seeds:
-            train, val, test = setting_views(setting, seed)
-            for cls in classes:
-                bar.set_postfix_str(f"seed {seed} {cls.name}")
-                router = _new_router(cls, setting, seed, params.get(cls.__name__, {}))
-                t0 = time.perf_counter()
-                router.fit(train, val)
-                fit_s = time.perf_counter() - t0
-                picks = router.route(test)
-                metrics = routing_metrics(test, picks, router.calls(test, picks))
-                if setting.pairwise:
-                    metrics.update(pairwise_metrics(test, router.scores(test)))
-                rows.append({"setting": setting.name,
-                             "router": setting.oracle_name if cls.reads_labels else cls.name,
-                             "family": cls.family, "seed": seed, **metrics,
-                             "cost_per_1k": 1000 * metrics.get("cost_usd", np.nan),
-                             "picks_vary": picks_vary_share(test, picks),
-                             "picks_hash": hashlib.sha1(np.asarray(picks, np.int64).tobytes())
-                             .hexdigest()[:12], "fit_s": fit_s,
-                             "n_train": len(train), "n_test": len(test)})
-                if fitted is not None:
-                    fitted[(cls.__name__, seed)] = router
-                bar.update()
-    bar.close()
+    for (seed, cls), (row, router) in zip(tasks, map_fits(
+            run_one, tasks, jobs, threads, progress, setting.name,
+            lambda seed, cls: f"seed {seed} {cls.name}")):
+        rows.append(row)
+        if fitted is not None:
+            fitted[(cls.__name__, seed)] = router
     out = pd.DataFrame(rows)
     out.attrs["not_run"] = not_run
     return out
@@ -295,12 +348,12 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
 def tune_and_run(setting: Setting, seeds: Sequence[int], params: Mapping[str, dict] | None = None,
                  tune_seeds: Sequence[int] = DEVELOPMENT_SEEDS[:1],
                  routers: Sequence[type[Router] | str] | None = None, progress: bool = False,
-                 fitted: dict | None = None) -> tuple[Tuning, pd.DataFrame]:
+                 fitted: dict | None = None, jobs: int = 1) -> tuple[Tuning, pd.DataFrame]:
     """:func:`tune_setting` on ``tune_seeds``, then :func:`run_setting` on ``seeds`` with the
     chosen points: the one protocol of every comparison table."""
-    tuning = tune_setting(setting, routers, tune_seeds, params, progress=progress)
+    tuning = tune_setting(setting, routers, tune_seeds, params, progress=progress, jobs=jobs)
     results = run_setting(setting, routers, seeds, tuning.params(), progress=progress,
-                          fitted=fitted)
+                          fitted=fitted, jobs=jobs)
     return tuning, results
 
 

@@ -255,3 +255,29 @@ def test_frugalgpt_is_listed_not_run_on_a_bank_without_answers():
     assert row["reward"].startswith("not run") and row["seeds"] == 0
     with pytest.raises(R.RouterError, match="no answer texts"):
         R.FrugalGPTRouter(setting.feats).fit(*setting_views(setting, 0)[:2])
+
+
+def test_fits_in_worker_processes_give_the_same_numbers_as_in_one():
+    """``jobs=2`` runs the fits in two processes: the frame (timings aside), the tuning and the
+    fitted routers are those of ``jobs=1``, in the same order."""
+    from prlib.experiment import tune_setting
+
+    bank = Bank.from_frame("my-logs", logged_frame(True), LLM_TABLE)
+    setting = Setting("jobs", bank, simulate_multi_cost(bank))
+    routers = [R.BestPerUserRouter, R.UserMLPRouter, R.PersonalizedRouterV2, R.PerUserKNNRouter]
+    small = {c.__name__: {"steps": 10, "eval_every": 5} for c in routers[1:3]}
+    runs = {}
+    for jobs in (1, 2):
+        fitted = {}
+        res = run_setting(setting, routers, [0, 1], small, fitted=fitted, jobs=jobs)
+        tuning = tune_setting(setting, routers[1:3], [0], small, jobs=jobs)
+        runs[jobs] = res.drop(columns="fit_s"), tuning.frame.drop(columns="fit_s"), fitted
+    pd.testing.assert_frame_equal(runs[1][0], runs[2][0])
+    pd.testing.assert_frame_equal(runs[1][1], runs[2][1])
+    assert list(runs[1][2]) == list(runs[2][2])
+    for (name, seed), router in runs[1][2].items():
+        test = setting_views(setting, seed)[2]
+        np.testing.assert_allclose(router.scores(test), runs[2][2][name, seed].scores(test),
+                                   err_msg=name)
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        run_setting(setting, routers[:1], [0], jobs=0)

@@ -115,24 +115,29 @@ class RetrievalScorer(nn.Module):
         w = alpha[..., None] * nb_observed  # (n, K, M)
         return (w[..., None] * nb_values).sum(1) / w.sum(1).clamp(min=1e-6)[..., None]
 
-    def forward(self, hq, h_queries, llm_x, msg: Messages, nb: dict) -> torch.Tensor:
-        """``hq`` (n, H): the requests' query states; ``h_queries`` (n_queries, H): every
-        feature query's state (the neighbours' keys are gathered from it)."""
-        z, e = self.embed(hq, h_queries, msg, nb)
+    def forward(self, hq, h_user, h_pool, llm_x, msg: Messages, nb: dict) -> torch.Tensor:
+        """``hq`` (n, H): the requests' query states; ``h_user`` / ``h_pool`` (n, K, H): the
+        query states of the user's and the pooled retrieved neighbours."""
+        z, e = self.embed(hq, h_user, h_pool, msg, nb)
         hm = self.llm(llm_x)  # (M, H)
-        ctx = e.mean(1, keepdim=True).expand_as(e)
-        s = self.out(torch.cat([e, hq[:, None, :] * hm[None], ctx], -1)).squeeze(-1)
+        # out[0] reads [e, hq * hm, mean over candidates of e]: its three blocks are applied
+        # separately, the context block once per request (the same map, fewer products)
+        first = self.out[0]
+        w_e, w_qm, w_ctx = first.weight.split(self.hidden, 1)
+        ctx = e.mean(1) @ w_ctx.T + first.bias  # (n, H)
+        pre = e @ w_e.T + (hq[:, None, :] * hm[None]) @ w_qm.T + ctx[:, None, :]
+        s = self.out[1:](pre).squeeze(-1)
         return s + self.readout(z).squeeze(-1)
 
-    def embed(self, hq, h_queries, msg: Messages, nb: dict):
+    def embed(self, hq, h_user, h_pool, msg: Messages, nb: dict):
         """``(z, e)``: the messages each (request, LLM) hears, (n, M, d_in), and their
         embedding, (n, M, H)."""
         parts = [msg.static[..., self.keep]]
         if self.attention:
-            parts += [self.attend(hq, h_queries[nb["user_q"]], msg.user_sim, nb["user_ok"],
-                                  nb["user_values"], nb["user_observed"], 0),
-                      self.attend(hq, h_queries[nb["pool_q"]], msg.pool_sim, nb["pool_ok"],
-                                  nb["pool_values"], nb["pool_observed"], 1)]
+            parts += [self.attend(hq, h_user, msg.user_sim, nb["user_ok"], nb["user_values"],
+                                  nb["user_observed"], 0),
+                      self.attend(hq, h_pool, msg.pool_sim, nb["pool_ok"], nb["pool_values"],
+                                  nb["pool_observed"], 1)]
         z = torch.cat(parts, -1)  # (n, M, d_in)
         if not z.shape[-1]:
             z = torch.ones(*z.shape[:-1], 1, device=z.device)
@@ -216,14 +221,29 @@ class PersonalizedRouterV2(Router):
         (n, d): embeddings of new query texts (else the requests' feature queries, ``msg.query``).
         """
         dev = self.device
-        h_queries = self._query_states()  # (n_queries, H)
-        if query_x is None:
-            hq = h_queries[msg.query.to(dev)]
-        else:
-            hq = self.model.query(query_x.to(dev))
-        msg_d = self._on_device(msg)
-        s = self.model(hq, h_queries, self.llm_x_, msg_d, self._neighbours(msg))
+        nb = self._neighbours(msg)
+        hq, h_user, h_pool = self._states(msg.query, nb, query_x)
+        s = self.model(hq, h_user, h_pool, self.llm_x_, self._on_device(msg), nb)
         return s.masked_fill(~candidates.to(dev), float("-inf"))
+
+    def _states(self, query: torch.Tensor, nb: dict, query_x: torch.Tensor | None = None):
+        """Query states of the requests (n, H) and of their user's and pooled neighbours
+        (n, K, H each). While training, only the distinct queries involved go through the query
+        MLP (the same rows as the whole table, fewer of them); once the weights are final they
+        are read from the cached table."""
+        dev = self.device
+        wanted = [nb["user_q"], nb["pool_q"]] + ([] if query_x is not None else [query.to(dev)])
+        if getattr(self, "_frozen", False):
+            table = self._query_states()
+            got = [table[i] for i in wanted]
+        else:
+            flat = torch.cat([i.reshape(-1) for i in wanted])
+            uniq, inv = torch.unique(flat, return_inverse=True)
+            states = self.model.query(self.feats.query_x[uniq.cpu()].to(dev))[inv]
+            got = list(states.split([i.numel() for i in wanted]))
+            got = [g.reshape(*i.shape, -1) for g, i in zip(got, wanted)]
+        hq = self.model.query(query_x.to(dev)) if query_x is not None else got[2]
+        return hq, got[0], got[1]
 
     def _on_device(self, msg: Messages) -> Messages:
         """``msg`` on the router's device."""
@@ -356,16 +376,14 @@ class PersonalizedRouterV2(Router):
         st, h = self.store_, self.history_
         with torch_threads(self.config.threads):
             msg = st.messages(h)
-            h_queries = self._query_states()
             cand = torch.as_tensor(~np.isnan(h.utility), dtype=torch.float32)
             sums = torch.zeros(len(st.users), self.n_llms, self.config.hidden)
             users = torch.as_tensor(st.index(h)[0])
             for start in range(0, len(h), batch_size):
                 sel = torch.arange(start, min(start + batch_size, len(h)))
                 part = msg.select(sel)
-                on = self._on_device(part)
-                _, e = self.model.embed(h_queries[on.query], h_queries, on,
-                                        self._neighbours(part))
+                nb = self._neighbours(part)
+                _, e = self.model.embed(*self._states(part.query, nb), self._on_device(part), nb)
                 sums.index_add_(0, users[sel], (e.cpu() * cand[sel, :, None]))
             counts = torch.bincount(users, minlength=len(st.users)).clamp(min=1)
         return list(st.users), (sums / counts[:, None, None]).flatten(1).numpy()

@@ -148,7 +148,7 @@ class FeedbackStore:
         self.s_query = np.zeros((nq, m, CHANNELS))
         self.n_query = np.zeros((nq, m))
         self.query_visible = np.zeros(nq, bool)
-        self._pool_cache = None
+        self._pool_cache = self._row_pos_cache = None
 
     # -------------------------------------------------------------- updates
     def add(self, req: Requests) -> None:
@@ -190,7 +190,7 @@ class FeedbackStore:
         np.add.at(self.s_query, q, vals)
         np.add.at(self.n_query, q, o)
         self.query_visible[q] = True
-        self._pool_cache = None
+        self._pool_cache = self._row_pos_cache = None
 
     def _check_new(self, req: Requests) -> None:
         """Refuse, before changing anything, requests whose (user, query) is already visible or
@@ -227,6 +227,12 @@ class FeedbackStore:
         if rows is None:
             rows = self._user_rows_cache[user] = np.asarray(self._user_rows[user], np.int64)
         return rows
+
+    def _row_pool_pos(self) -> np.ndarray:
+        """(n_rows,) position of each history row's query among :meth:`pooled`'s ids."""
+        if self._row_pos_cache is None:
+            self._row_pos_cache = np.searchsorted(self.pooled()[0], self.row_query)
+        return self._row_pos_cache
 
     def pooled(self):
         """Visible queries (feature indices), their unit embeddings, mean feedback over users
@@ -275,13 +281,16 @@ class FeedbackStore:
         nq = np.where(has_q[:, None], self.n_query[np.maximum(q, 0)], 0.0)
         s_t, n_t = self.s_task[tk] - sq, self.n_task[tk] - nq
 
-        # similarities are per distinct query (a batch asks each query for many users)
+        # similarities are per distinct query (a batch asks each query for many users), and
+        # only to the visible queries (every history row's query is one of them)
         if query_x is None:
             uq, inv = np.unique(q, return_inverse=True)
             xq, q_of = self._query_x_t[torch.from_numpy(uq)], uq
         else:
             uq, inv, xq, q_of = np.arange(n), np.arange(n), x, q
-        sim_q = xq @ self._query_x_t.T  # (n_distinct, n_queries): cosine to every feature query
+        pool_ids, pool_x, pool_mean, pool_obs = self.pooled()
+        sim_p = xq @ torch.from_numpy(pool_x).T  # (n_distinct, Q): cosine to visible queries
+        row_pos = self._row_pool_pos()
         user_nb = torch.full((n, k), -1, dtype=torch.long)
         user_sim = torch.zeros(n, k)
         for ui in np.unique(u[known]).tolist():
@@ -290,15 +299,14 @@ class FeedbackStore:
             if not len(rows):
                 continue
             rq = self.row_query[rows]
-            sim = sim_q[torch.from_numpy(inv[mine])[:, None], torch.from_numpy(rq)[None, :]]
+            sim = sim_p[torch.from_numpy(inv[mine])[:, None], torch.from_numpy(row_pos[rows])[None]]
             sim[torch.from_numpy(rq[None, :] == q[mine][:, None])] = float("-inf")  # own query
             top, top_sim = _topk(sim, k)
             mine_t = torch.from_numpy(mine)
             user_nb[mine_t] = torch.where(top >= 0, torch.from_numpy(rows)[top.clamp(min=0)], -1)
             user_sim[mine_t] = top_sim
 
-        pool_ids, _, pool_mean, pool_obs = self.pooled()
-        sim = sim_q[:, torch.from_numpy(pool_ids)]  # (n_distinct, Q)
+        sim = sim_p.clone()
         pos = np.searchsorted(pool_ids, q_of)
         own_pooled = (q_of >= 0) & (pool_ids[np.minimum(pos, len(pool_ids) - 1)] == q_of) \
             if len(pool_ids) else np.zeros(len(q_of), bool)
