@@ -148,7 +148,8 @@ def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_
                    cache: dict | None = None, fine_tune_steps: int = 100,
                    ours: type[Router] = PersonalizedRouterV2,
                    baselines: Sequence[type[Router]] = USER_BASELINES,
-                   baseline_params: Mapping[str, dict] | None = None) -> pd.DataFrame:
+                   baseline_params: Mapping[str, dict] | None = None,
+                   jobs: int = 1) -> pd.DataFrame:
     """New users: per seed, ``n_heldout`` users are held out of training; ours gets ``k`` of each
     one's training-split requests as visible feedback (``add_user``, no retraining) and routes
     their test requests; each baseline of :data:`USER_BASELINES` is fitted on the known users'
@@ -160,22 +161,44 @@ def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_
     ``PersonalizedRouterV2.fine_tune``, checkpoint chosen on the known users' validation
     requests). ``ours``: the router studied (any with ``add_user``, and ``fine_tune`` when
     ``fine_tune_steps`` > 0; e.g. GMTRouter in notebook 90); ``baselines`` and their
-    ``baseline_params`` (per class name, e.g. their tuned points; default: their defaults)."""
+    ``baseline_params`` (per class name, e.g. their tuned points; default: their defaults).
+    ``jobs``: seeds run at once in that many processes (:func:`~prlib.experiment.map_fits`)."""
     params = dict(params or {})
-    rows = []
-    for seed in tqdm(seeds, desc="new users: seeds", disable=not progress):
+
+    def one(seed, full_router):
+        cached = {} if full_router is None else {full_key(ours, setting, seed): full_router}
         train_raw, val_raw, test = raw_views(setting, seed)
         train, val = seen_by_router(setting, train_raw), seen_by_router(setting, val_raw)
         known, new = split_users(train.frame["user_id"], n_heldout, seed)
         test_new = of_users(test, new)
-        full = test_metric(setting, _full(setting, seed, params, cache, ours), test_new)
+        full_router = _full(setting, seed, params, cached, ours)
+        full = test_metric(setting, full_router, test_new)
         tr_known, va_known = of_users(train, known), of_users(val, known)
         base = _ours(setting, seed, params, tr_known, va_known, ours=ours)
         check_held_out(base, users=new)
+        rows = []
         for k in ks:
             support = support_requests(of_users(train, new), new, k, seed)
             rows += _user_rows(setting, seed, k, base, support, tr_known, va_known, test_new, full,
                                fine_tune_steps, baselines, baseline_params or {})
+        return rows, full_router
+
+    return _per_seed(one, ours, setting, seeds, cache, jobs, progress, "new users: seeds")
+
+
+def _per_seed(one, ours, setting, seeds, cache, jobs, progress, desc) -> pd.DataFrame:
+    """``one(seed, fully trained ours or None) -> (rows, fully trained ours)`` over ``seeds``
+    (in ``jobs`` processes), the fully trained routers kept in ``cache``."""
+    from prlib.experiment import map_fits
+
+    keys = [full_key(ours, setting, seed) for seed in seeds]
+    tasks = [(seed, None if cache is None else cache.get(key)) for seed, key in zip(seeds, keys)]
+    rows = []
+    for key, (part, full_router) in zip(keys, map_fits(one, tasks, jobs, progress=progress,
+                                                        desc=desc)):
+        rows += part
+        if cache is not None:
+            cache[key] = full_router
     return pd.DataFrame(rows)
 
 
@@ -200,7 +223,7 @@ def _user_rows(setting, seed, k, base, support, tr_known, va_known, test_new, fu
 def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
                   heldout_llms: Sequence[str], params: Mapping | None = None,
                   n_heldout_users: int = 0, progress: bool = False,
-                  cache: dict | None = None) -> pd.DataFrame:
+                  cache: dict | None = None, jobs: int = 1) -> pd.DataFrame:
     """New LLMs (and, with ``n_heldout_users > 0``, new users at the same time): per seed, ours
     is trained without ``heldout_llms`` (and without the held-out users); the LLMs are then added
     from their description and prices (``add_llm``), with ``k`` interactions per user: ``k``
@@ -210,17 +233,20 @@ def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
     (only the held-out users' when there are any)
     against the fully trained ours on the same requests. Rows as in :func:`few_shot_users`;
     baselines are fitted on the training requests (the new LLMs not candidates there) plus the
-    same interactions."""
+    same interactions. ``jobs``: seeds run at once in that many processes."""
     params = dict(params or {})
     heldout_llms = list(heldout_llms)
     prices = setting.bank.llms.set_index("llm")
-    rows = []
-    for seed in tqdm(seeds, desc="new LLMs: seeds", disable=not progress):
+
+    def one(seed, full_router):
+        rows = []
         train_raw, val_raw, test_raw = raw_views(setting, seed)
         users = sorted(train_raw.frame["user_id"].unique())
         known, new = (split_users(users, n_heldout_users, seed) if n_heldout_users
                       else (users, []))
-        full_router = _full(setting, seed, params, cache)
+        cached = {} if full_router is None else {
+            full_key(PersonalizedRouterV2, setting, seed): full_router}
+        full_router = _full(setting, seed, params, cached)
         old = [m for m in train_raw.llms if m not in set(heldout_llms)]
         order = old + heldout_llms  # the LLMs of ours once the held-out ones are added
         tr_old = of_users(seen_by_router(setting, drop_llms(train_raw, heldout_llms)), known)
@@ -261,7 +287,10 @@ def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
             rows += [{"seed": seed, "k": k, "method": m, "family": fam, "metric": v,
                       "full": full, "pct_of_full": 100 * v / full if full else np.nan}
                      for m, fam, v in out]
-    return pd.DataFrame(rows)
+        return rows, full_router
+
+    return _per_seed(one, PersonalizedRouterV2, setting, seeds, cache, jobs, progress,
+                     "new LLMs: seeds")
 
 
 def reorder_llms(req: Requests, order: Sequence[str], keep: Sequence[str] | None = None
@@ -296,17 +325,24 @@ def few_shot_summary(results: pd.DataFrame, k: int) -> pd.DataFrame:
 
 def layer_sweep(setting: Setting, router: type[Router], layers: Sequence[int],
                 seeds: Sequence[int], params: Mapping | None = None,
-                progress: bool = False) -> pd.DataFrame:
+                progress: bool = False, jobs: int = 1) -> pd.DataFrame:
     """The layer-count ablation: ``router`` fitted with each number of message-passing
     ``layers`` (its ``layers`` hyper-parameter) on every seed's split, everything else equal.
     One row per (layers, seed): the router's test metrics of
-    :func:`~prlib.experiment.run_setting` (``fit_s`` included) and ``layers``."""
-    from prlib.experiment import run_setting
+    :func:`~prlib.experiment.run_setting` (``fit_s`` included) and ``layers``. ``jobs``: fits
+    run at once in that many processes (:func:`~prlib.experiment.map_fits`)."""
+    from prlib.experiment import map_fits, run_setting
 
     if "layers" not in router.defaults:
         raise ValueError(f"{router.__name__} has no 'layers' hyper-parameter")
-    parts = []
-    for n in tqdm(layers, desc=f"{router.name}: layers", disable=not progress):
-        p = {router.__name__: {**dict(params or {}), "layers": int(n)}}
-        parts.append(run_setting(setting, [router], seeds, params=p).assign(layers=int(n)))
-    return pd.concat(parts, ignore_index=True)
+    base = dict(params or {})
+
+    def one(n, seed):
+        p = {router.__name__: {**base, "layers": int(n)}}
+        return run_setting(setting, [router], [seed], params=p).assign(layers=int(n))
+
+    # the deepest (slowest) fits are handed out first, so no long fit starts last
+    tasks = [(int(n), seed) for n in layers for seed in seeds][::-1]
+    parts = map_fits(one, tasks, jobs, progress=progress, desc=f"{router.name}: layers",
+                     label=lambda n, seed: f"{n} layers, seed {seed}")
+    return pd.concat(list(parts)[::-1], ignore_index=True)

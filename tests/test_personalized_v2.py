@@ -210,6 +210,41 @@ def test_v2_user_states_tell_users_apart_and_depend_on_the_weights(toy, fitted):
     assert fitted.llm_states().shape == (len(fitted.feats.llms), fitted.config.hidden)
 
 
+def test_v2_profile_states_average_to_the_user_states(toy, fitted):
+    """A user's state is the request-count-weighted mean of their (user, task) profile states."""
+    users, states = fitted.user_states()
+    ids, prof = fitted.user_states(by="profile")
+    h = fitted.history_.frame
+    assert sorted(ids) == sorted(set(h["user_id"] + "|" + h["task"]))
+    counts = h.groupby(["user_id", "task"]).size()
+    for i, user in enumerate(users):
+        mine = [j for j, p in enumerate(ids) if p.split("|")[0] == user]
+        w = np.array([counts[user, ids[j].split("|")[1]] for j in mine], float)
+        np.testing.assert_allclose((w[:, None] * prof[mine]).sum(0) / w.sum(), states[i],
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="by must be"):
+        fitted.user_states(by="task")
+
+
+def test_v2_llm_prototypes_sit_among_the_users_and_leave_the_router_unchanged(toy, fitted):
+    """Each LLM's prototype (a user who always gave it the top feedback) is a state in the user
+    space, distinct per LLM, and nearer to the users whose visible feedback favours that LLM
+    than the other prototypes are; the router's history is untouched."""
+    before = len(fitted.history_), list(fitted.store_.users)
+    users, states = fitted.user_states()
+    proto = fitted.llm_prototype_states(n_queries=20)
+    assert proto.shape == (len(fitted.feats.llms), states.shape[1])
+    assert (len(fitted.history_), list(fitted.store_.users)) == before
+    assert np.linalg.matrix_rank(proto) == len(fitted.feats.llms)
+    # each user's favourite LLM in their visible history (mean feedback value per LLM)
+    h = fitted.history_
+    fav = {u: int(np.nanargmax(np.nanmean(h.utility[(h.frame["user_id"] == u).to_numpy()], 0)))
+           for u in users}
+    dist = np.linalg.norm(states[:, None, :] - proto[None], axis=-1)  # (users, llms)
+    nearest_is_fav = [dist[i].argmin() == fav[u] for i, u in enumerate(users)]
+    assert np.mean(nearest_is_fav) > 1 / len(fitted.feats.llms) + 0.2, (nearest_is_fav, fav)
+
+
 def test_v2_fine_tune_adds_the_history_and_keeps_weights_no_worse_on_validation(toy, fitted):
     import copy
 

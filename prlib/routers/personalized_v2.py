@@ -366,27 +366,80 @@ class PersonalizedRouterV2(Router):
     record_feedback = add_user
 
     @torch.no_grad()
-    def user_states(self, batch_size: int = 4096) -> tuple[list[str], np.ndarray]:
-        """What the router learned about each user with visible feedback: ``(user_ids,
-        states (n_users, n_llms * H))``, the mean over the user's visible requests (each heard
+    def user_states(self, batch_size: int = 4096, by: str = "user") -> tuple[list[str], np.ndarray]:
+        """What the router learned about each user with visible feedback: ``(ids, states
+        (n_ids, n_llms * H))``, the mean over the user's visible requests (each heard
         leave-one-query-out, as in training) of the message embedding of every LLM, LLMs
-        concatenated (an LLM that is not a candidate contributes zeros)."""
+        concatenated (an LLM that is not a candidate contributes zeros). ``by="profile"``: one
+        state per (user, task) profile with visible requests, ids ``"<user>|<task>"``."""
+        if by not in ("user", "profile"):
+            raise ValueError(f"by must be 'user' or 'profile', got {by!r}")
         self._check_fitted()
         self.model.eval()
         st, h = self.store_, self.history_
         with torch_threads(self.config.threads):
             msg = st.messages(h)
             cand = torch.as_tensor(~np.isnan(h.utility), dtype=torch.float32)
-            sums = torch.zeros(len(st.users), self.n_llms, self.config.hidden)
-            users = torch.as_tensor(st.index(h)[0])
+            u, _, tk = st.index(h)
+            if by == "user":
+                ids, group = list(st.users), torch.as_tensor(u)
+            else:
+                codes, group = np.unique(u * len(st.tpos) + tk, return_inverse=True)
+                tasks = list(st.tpos)
+                ids = [f"{st.users[c // len(tasks)]}|{tasks[c % len(tasks)]}" for c in codes]
+                group = torch.as_tensor(group)
+            sums = torch.zeros(len(ids), self.n_llms, self.config.hidden)
             for start in range(0, len(h), batch_size):
                 sel = torch.arange(start, min(start + batch_size, len(h)))
                 part = msg.select(sel)
                 nb = self._neighbours(part)
                 _, e = self.model.embed(*self._states(part.query, nb), self._on_device(part), nb)
-                sums.index_add_(0, users[sel], (e.cpu() * cand[sel, :, None]))
-            counts = torch.bincount(users, minlength=len(st.users)).clamp(min=1)
-        return list(st.users), (sums / counts[:, None, None]).flatten(1).numpy()
+                sums.index_add_(0, group[sel], (e.cpu() * cand[sel, :, None]))
+            counts = torch.bincount(group, minlength=len(ids)).clamp(min=1)
+        return ids, (sums / counts[:, None, None]).flatten(1).numpy()
+
+    def llm_prototype_states(self, n_queries: int = 50, seed: int = 0) -> np.ndarray:
+        """Each LLM placed among the user states: the :meth:`user_states` state (n_llms,
+        n_llms * H) of a prototype user who, on ``n_queries`` visible queries (seeded draw),
+        gave every LLM the population's mean feedback there except that LLM, which gets the
+        query's best mean plus its spread (the top by a clear margin): an average user who
+        always prefers that LLM. With choice-only feedback (every value 1 or 0) the prototype
+        picks that LLM every time.
+        Computed on a copy: the router's own history does not change."""
+        import copy
+
+        self._check_fitted()
+        h = self.history_
+        qids = h.frame["query_id"].to_numpy()
+        visible = np.unique(qids)
+        take = np.sort(np.random.default_rng(seed).choice(
+            len(visible), min(n_queries, len(visible)), replace=False))
+        chosen_q = visible[take]
+        tasks = h.frame.drop_duplicates("query_id").set_index("query_id")["task"]
+        rows = pd.Series(np.arange(len(h))).groupby(qids).apply(list)
+        with np.errstate(all="ignore"):
+            mean = np.stack([np.nanmean(h.utility[rows[q]], 0) for q in chosen_q])  # (n, M)
+        mean = np.where(np.isnan(mean), np.nanmin(mean, 1, keepdims=True), mean)
+        top = np.nanmax(mean, 1) + np.maximum(np.ptp(mean, 1), 1e-3)
+        seen = h.utility[~np.isnan(h.utility)]
+        if np.isin(seen, (0.0, 1.0)).all():  # choice-only feedback: the prototype picks it
+            mean, top = np.zeros_like(mean), np.ones(len(mean))
+        frames, utilities, picks = [], [], []
+        for j, llm in enumerate(self.feats.llms):
+            frames.append(pd.DataFrame({"user_id": f"__prefers__{llm}", "query_id": chosen_q,
+                                        "task": tasks.loc[chosen_q].to_numpy(),
+                                        "split": "prototype"}))
+            util = mean.copy()
+            util[:, j] = top
+            utilities.append(util)
+            picks.append(np.full(len(chosen_q), j))
+        proto = Requests(pd.concat(frames, ignore_index=True), self.feats.llms,
+                         np.concatenate(utilities), np.concatenate(picks))
+        other = copy.deepcopy(self)
+        other.add_user(proto)
+        ids, states = other.user_states()
+        pos = {u: i for i, u in enumerate(ids)}
+        return states[[pos[f"__prefers__{llm}"] for llm in self.feats.llms]]
 
     @torch.no_grad()
     def llm_states(self) -> np.ndarray:
