@@ -135,14 +135,14 @@ def _call_with_threads(fn, threads, args):
 
 def map_fits(fn, tasks: Sequence[tuple], jobs: int = 1, threads: int | None = THREADS,
              progress: bool = False, desc: str = "", label=None):
-    """``fn(*task)`` for each task, in order, with ``threads`` torch threads, yielded as they
-    finish (in task order), with a progress bar.
+    """``fn(*task)`` for each task with ``threads`` torch threads, results yielded in task order,
+    with a progress bar.
 
-    ``jobs`` > 1 runs the tasks in that many worker processes (at most the machine's cores) (joblib's loky backend; ``fn``
-    and its arguments are pickled with cloudpickle, results are pickled back). Every fit seeds
-    itself, so a task gives the same result in a worker as here; only wall-clock timings feel
-    the other jobs (on a machine with fewer free cores than ``jobs`` they slow each other).
-    ``label(*task)``: the progress bar's text of a task (serial runs only)."""
+    ``jobs`` > 1 runs the tasks in that many worker processes (at most the machine's cores;
+    joblib's loky backend: ``fn`` and its arguments are pickled with cloudpickle, results are
+    pickled back). Every fit seeds itself, so a task gives the same result in a worker as here;
+    only wall-clock timings feel the other jobs (with fewer free cores than ``jobs`` they slow
+    each other). ``label(*task)``: the progress bar's text of a task (serial runs only)."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress)
