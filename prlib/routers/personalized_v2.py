@@ -18,6 +18,7 @@ computes only their own messages from cached sums and neighbour searches.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -417,7 +418,8 @@ class PersonalizedRouterV2(Router):
         chosen_q = visible[take]
         tasks = h.frame.drop_duplicates("query_id").set_index("query_id")["task"]
         rows = pd.Series(np.arange(len(h))).groupby(qids).apply(list)
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # an LLM no user had as a candidate there: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.stack([np.nanmean(h.utility[rows[q]], 0) for q in chosen_q])  # (n, M)
         mean = np.where(np.isnan(mean), np.nanmin(mean, 1, keepdims=True), mean)
         top = np.nanmax(mean, 1) + np.maximum(np.ptp(mean, 1), 1e-3)
