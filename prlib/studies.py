@@ -23,7 +23,6 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from prlib.experiment import Setting, _new_router, setting_views, test_metric
 from prlib.requests import Requests, RequestsError, choice_only, concat_requests
@@ -166,12 +165,12 @@ def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_
     params = dict(params or {})
 
     def one(seed, full_router):
-        cached = {} if full_router is None else {full_key(ours, setting, seed): full_router}
         train_raw, val_raw, test = raw_views(setting, seed)
         train, val = seen_by_router(setting, train_raw), seen_by_router(setting, val_raw)
         known, new = split_users(train.frame["user_id"], n_heldout, seed)
         test_new = of_users(test, new)
-        full_router = _full(setting, seed, params, cached, ours)
+        if full_router is None:  # not in the cache: train it here
+            full_router = _full(setting, seed, params, None, ours)
         full = test_metric(setting, full_router, test_new)
         tr_known, va_known = of_users(train, known), of_users(val, known)
         base = _ours(setting, seed, params, tr_known, va_known, ours=ours)
@@ -244,9 +243,8 @@ def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
         users = sorted(train_raw.frame["user_id"].unique())
         known, new = (split_users(users, n_heldout_users, seed) if n_heldout_users
                       else (users, []))
-        cached = {} if full_router is None else {
-            full_key(PersonalizedRouterV2, setting, seed): full_router}
-        full_router = _full(setting, seed, params, cached)
+        if full_router is None:
+            full_router = _full(setting, seed, params, None)
         old = [m for m in train_raw.llms if m not in set(heldout_llms)]
         order = old + heldout_llms  # the LLMs of ours once the held-out ones are added
         tr_old = of_users(seen_by_router(setting, drop_llms(train_raw, heldout_llms)), known)
