@@ -344,3 +344,20 @@ def layer_sweep(setting: Setting, router: type[Router], layers: Sequence[int],
     parts = map_fits(one, tasks, jobs, progress=progress, desc=f"{router.name}: layers",
                      label=lambda n, seed: f"{n} layers, seed {seed}")
     return pd.concat(list(parts)[::-1], ignore_index=True)
+
+
+def archetype_silhouette(states: np.ndarray, labels: Sequence) -> float:
+    """How well ``labels`` (n,) separate ``states`` (n, d) in the full-dimensional space:
+    scikit-learn's silhouette score (-1 ... 1, 0: no separation) after standardising each
+    dimension (notebook 80's score of what a router learned about its users)."""
+    from sklearn.metrics import silhouette_score
+    from sklearn.preprocessing import StandardScaler
+
+    labels = np.asarray(labels)
+    if len(states) != len(labels):
+        raise ValueError(f"{len(states)} states but {len(labels)} labels")
+    n_classes = len(np.unique(labels))
+    if not 2 <= n_classes <= len(labels) - 1:
+        raise ValueError(f"a silhouette needs 2 to n - 1 classes, got {n_classes} for "
+                         f"{len(labels)} states")
+    return float(silhouette_score(StandardScaler().fit_transform(states), labels))
