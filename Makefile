@@ -3,6 +3,8 @@
 #   make test   pytest over prlib + nbval (lax) over every notebook in smoke mode
 PYTHON ?= python3
 VENV ?= .venv
+#: pytest-xdist workers of `make test` (each test module / notebook runs whole in one)
+TEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
@@ -30,8 +32,8 @@ smoke: env  ## every notebook, smoke size, executed copies under build/
 notebook: env  ## one notebook: make notebook NB=00 [SMOKE=1]
 	$(PY) -m prlib.runner $(NB) $(if $(SMOKE),--smoke,)
 
-test: env  ## pytest + nbval (lax) over the notebooks in smoke mode
-	PRLIB_SMOKE=1 $(PY) -m pytest
+test: env  ## pytest + nbval (lax) over the notebooks in smoke mode, TEST_WORKERS at once
+	PRLIB_SMOKE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 lab: env  ## JupyterLab on the notebooks (as root it needs --allow-root)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)

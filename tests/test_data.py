@@ -204,3 +204,21 @@ def test_personalizedrouter_queries():
     llms = data.load_personalizedrouter_llms()
     assert len(llms) == 10
     assert json.loads(json.dumps(llms["llm"].tolist()))
+
+
+def test_token_counts_are_cached_on_disk_and_equal_the_tokenizer(tmp_path, monkeypatch):
+    from prlib import tokens
+
+    texts = ["What is 2 + 2?", "", "Ünïcode and emoji 🚀 count too.", "What is 2 + 2?"]
+    direct = [len(e.ids) for e in tokens._tokenizer().encode_batch(texts, add_special_tokens=False)]
+    first = tokens.count_tokens(texts, cache=tokens.TokenCountCache(tmp_path))
+    assert first.tolist() == direct and first.dtype == np.int64
+
+    def no_tokenizer():
+        raise AssertionError("the tokenizer ran although every text was cached")
+
+    monkeypatch.setattr(tokens, "_tokenizer", no_tokenizer)
+    again = tokens.count_tokens(texts[::-1], cache=tokens.TokenCountCache(tmp_path))  # from disk
+    assert again.tolist() == direct[::-1]
+    with pytest.raises(AssertionError, match="tokenizer ran"):
+        tokens.count_tokens(["a text nobody counted"], cache=tokens.TokenCountCache(tmp_path))

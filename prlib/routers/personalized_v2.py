@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prlib import distributed
 from prlib.config import resolve_device, seed_everything, torch_threads
 from prlib.features import NodeFeatures, llm_row, query_row
 from prlib.requests import Requests, concat_requests
@@ -224,7 +225,8 @@ class PersonalizedRouterV2(Router):
         dev = self.device
         nb = self._neighbours(msg)
         hq, h_user, h_pool = self._states(msg.query, nb, query_x)
-        s = self.model(hq, h_user, h_pool, self.llm_x_, self._on_device(msg), nb)
+        net = getattr(self, "_net", None) or self.model  # DDP-wrapped while training on many
+        s = net(hq, h_user, h_pool, self.llm_x_, self._on_device(msg), nb)
         return s.masked_fill(~candidates.to(dev), float("-inf"))
 
     def _states(self, query: torch.Tensor, nb: dict, query_x: torch.Tensor | None = None):
@@ -323,20 +325,37 @@ class PersonalizedRouterV2(Router):
 
         def step_loss():
             idx = rng.choice(len(train), min(c.batch_size, len(train)), replace=False)
-            idx_t = torch.from_numpy(idx)
+            if not distributed.is_distributed():
+                idx_t = torch.from_numpy(idx)
+                logits = self._logits(cand[idx_t], train_msg.select(idx_t))
+                if c.loss == "choice":
+                    return F.cross_entropy(logits, chosen[idx_t].to(self.device))
+                m = cand[idx_t].to(self.device)
+                return F.mse_loss(logits[m], util[idx_t].to(self.device)[m])
+            # every process drew the same global batch and scores its shard; the loss is scaled
+            # so that DDP's mean of the shards' gradients is the global batch's gradient
+            world = distributed.rank_and_world()[1]
+            idx_t = torch.from_numpy(distributed.shard(idx))
             logits = self._logits(cand[idx_t], train_msg.select(idx_t))
             if c.loss == "choice":
-                return F.cross_entropy(logits, chosen[idx_t].to(self.device))
+                loss = F.cross_entropy(logits, chosen[idx_t].to(self.device), reduction="sum")
+                return loss * world / len(idx)
             m = cand[idx_t].to(self.device)
-            return F.mse_loss(logits[m], util[idx_t].to(self.device)[m])
+            loss = F.mse_loss(logits[m], util[idx_t].to(self.device)[m], reduction="sum")
+            return loss * world / int(cand[torch.from_numpy(idx)].sum())
 
         def val_metric():
-            return reward_of(val, self._logits(val_cand, val_msg).double().cpu().numpy())
+            metric = reward_of(val, self._logits(val_cand, val_msg).double().cpu().numpy())
+            return distributed.agree(metric)  # rank 0's on every process: the same stop
 
-        self.log_ = train_module(self.model, step_loss, val_metric, steps=steps, lr=c.lr,
-                                 weight_decay=c.weight_decay, eval_every=c.eval_every,
-                                 patience=c.patience, progress=progress, desc=self.name,
-                                 check_at_start=True)
+        self._net = distributed.wrap(self.model)
+        try:
+            self.log_ = train_module(self.model, step_loss, val_metric, steps=steps, lr=c.lr,
+                                     weight_decay=c.weight_decay, eval_every=c.eval_every,
+                                     patience=c.patience, progress=progress, desc=self.name,
+                                     check_at_start=True)
+        finally:
+            self._net = None
         self.history_ = train
 
     # -------------------------------------------------------------- inference
