@@ -33,7 +33,7 @@ notebook: env  ## one notebook: make notebook NB=00 [SMOKE=1]
 	$(PY) -m prlib.runner $(NB) $(if $(SMOKE),--smoke,)
 
 test: env  ## pytest + nbval (lax) over the notebooks in smoke mode, TEST_WORKERS at once
-	PRLIB_SMOKE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
+	PRLIB_SMOKE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 lab: env  ## JupyterLab on the notebooks (as root it needs --allow-root)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)

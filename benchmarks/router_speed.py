@@ -8,7 +8,8 @@ included) and its resident memory before the fit, batched routing throughput of 
 requests (best of 3, after a warm-up; 1 and 2 torch threads), and single-request latency
 p50 / p99 over ``--calls`` warm calls of ``route`` on one request each (the one-row requests are
 built before the clock starts). Writes ``figures/40_router_benchmark.json`` and the README's
-sentence ``figures/40_router_benchmark.md``.
+sentence ``figures/40_router_benchmark.md``; with ``--routers all``, every registered router
+into the efficiency table ``figures/95_efficiency.json`` / ``.md`` instead.
 
 Run: ``python benchmarks/router_speed.py`` (``--routers`` to choose, ``--calls`` for the latency
 sample). Runs take a few minutes on 2 CPU cores.
@@ -106,7 +107,9 @@ def measure(router_class: str, calls: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--routers", nargs="+", default=DEFAULT_ROUTERS, help="class names")
+    parser.add_argument("--routers", nargs="+", default=DEFAULT_ROUTERS,
+                        help="class names, or 'all' for every registered router (the efficiency "
+                             "table, figures/95_efficiency.*)")
     parser.add_argument("--calls", type=int, default=1000, help="single-request calls timed")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one router
     args = parser.parse_args(argv)
@@ -115,6 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     from prlib.config import REPO_ROOT
 
+    every = args.routers == ["all"]
+    if every:
+        from prlib.experiment import registered
+
+        args.routers = [c.__name__ for c in sorted(registered(), key=lambda c: c.family != "ours")]
     load_before = os.getloadavg()[0]
     rows = []
     for name in args.routers:
@@ -132,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_1min_after": round(os.getloadavg()[0], 2),
         "routers": rows,
     }
+    if every:
+        return _write_efficiency_table(result, REPO_ROOT / "figures" / "95_efficiency.json")
     out = REPO_ROOT / "figures" / "40_router_benchmark.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     ours = next((r for r in rows if r["class"] == "PersonalizedRouterV2"), rows[0])
@@ -148,6 +158,28 @@ def main(argv: list[str] | None = None) -> dict:
         f"{result['load_average_1min_before']:.1f} on the machine when the run started (above 0: "
         "other jobs shared the cores); baselines in "
         "`figures/40_router_benchmark.json` (`benchmarks/router_speed.py`).\n")
+    print(out.with_suffix(".md").read_text())
+    return result
+
+
+def _write_efficiency_table(result: dict, out) -> dict:
+    """The efficiency table of every router: JSON and a Markdown table beside it."""
+    import pandas as pd
+
+    from prlib.report import to_markdown
+
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    cols = {"router": "router", "fit_seconds": "fit (s)", "peak_rss_mb": "peak memory (MB)",
+            "requests_per_second_1_thread": "batched req/s (1 thread)",
+            "requests_per_second_2_threads": "batched req/s (2 threads)",
+            "single_request_p50_ms": "single p50 (ms)", "single_request_p99_ms": "single p99 (ms)",
+            "test_reward": "test reward"}
+    table = pd.DataFrame(result["routers"])[list(cols)].rename(columns=cols)
+    note = (f"{result['what']}; {result['cpu_count']} CPU cores, device "
+            f"{result['routers'][0]['device']}, load average {result['load_average_1min_before']} "
+            f"before the run (`python benchmarks/router_speed.py --routers all`).")
+    out.with_suffix(".md").write_text(to_markdown(table, floatfmt=",.2f") + "\n\n"
+                                      + note + "\n")
     print(out.with_suffix(".md").read_text())
     return result
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
@@ -43,9 +44,30 @@ class EmbeddingCache:
         self.folder = Path(folder) if folder else cache_dir() / "embeddings"
         self.folder.mkdir(parents=True, exist_ok=True)
         self._vectors: dict[str, np.ndarray] = {}
+        self._shards: set[str] = set()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the shards that other processes wrote since this cache last looked."""
         for shard in sorted(self.folder.glob("*.npz")):
-            with np.load(shard) as data:
-                self._vectors.update(zip(data["keys"].tolist(), data["vectors"]))
+            if shard.name not in self._shards:
+                with np.load(shard) as data:
+                    self._vectors.update(zip(data["keys"].tolist(), data["vectors"]))
+                self._shards.add(shard.name)
+
+    @contextmanager
+    def computing(self):
+        """Hold the folder's lock while embedding: processes that need the same texts at the
+        same time (notebooks, test workers, fit workers) embed them once; the others wait and
+        then read them (call :meth:`refresh` inside)."""
+        import fcntl
+
+        with open(self.folder / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def __contains__(self, key: str) -> bool:
         return key in self._vectors
@@ -61,6 +83,7 @@ class EmbeddingCache:
         tmp = self.folder / f".{name}.tmp.npz"
         np.savez(tmp, keys=np.array(keys), vectors=vectors.astype(np.float32))
         os.replace(tmp, self.folder / f"{name}.npz")
+        self._shards.add(f"{name}.npz")
         self._vectors.update(zip(keys, vectors.astype(np.float32)))
 
 
@@ -76,15 +99,15 @@ def embed_texts(texts: Iterable[str], batch_size: int = 64, device: str = "cpu",
         _CACHE = _CACHE or EmbeddingCache()
         cache = _CACHE
     keys = [_key(t) for t in texts]
-    todo: dict[str, str] = {}
-    for k, t in zip(keys, texts):
-        if k not in cache and k not in todo:
-            todo[k] = t
-    if todo:
-        vectors = _model(device).encode(list(todo.values()), batch_size=batch_size,
-                                        convert_to_numpy=True, normalize_embeddings=True,
-                                        show_progress_bar=progress)
-        cache.add(list(todo), vectors)
+    if any(k not in cache for k in keys):
+        with cache.computing():
+            cache.refresh()  # another process may have embedded them while this one waited
+            todo = {k: t for k, t in zip(keys, texts) if k not in cache}
+            if todo:
+                vectors = _model(device).encode(list(todo.values()), batch_size=batch_size,
+                                                convert_to_numpy=True, normalize_embeddings=True,
+                                                show_progress_bar=progress)
+                cache.add(list(todo), vectors)
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
     return np.stack([cache.get(k) for k in keys]).astype(np.float32)

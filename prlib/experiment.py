@@ -28,8 +28,8 @@ from prlib.features import NodeFeatures, node_features
 from prlib.metrics import (PAIRWISE_METRICS, pairwise_metrics, paired_difference,
                            picks_vary_share, routing_metrics)
 from prlib.report import mean_std
-from prlib.requests import (SPLITS, build_requests, choice_only, split_queries,
-                            with_previous_turn)
+from prlib.requests import (SPLITS, build_requests, choice_only, sample_per_user,
+                            split_queries, with_previous_turn)
 from prlib.routers import Router, get_router, registered
 from prlib.routers.base import grid_points, reward_of
 from prlib.simulate.preferences import Preferences
@@ -57,7 +57,9 @@ class Setting:
     a turn to the previous turn of its conversation, and requests then carry the user's
     utilities of that previous turn (:attr:`~prlib.requests.Requests.previous`). With a
     pairwise ``metric`` (:data:`~prlib.metrics.PAIRWISE_METRICS`) every router is also scored,
-    and tuned, on preference pairs by its score differences.
+    and tuned, on preference pairs by its score differences. ``train_per_user``: each user
+    keeps at most that many training requests (seeded per split seed,
+    :func:`~prlib.requests.sample_per_user`); validation and test are unchanged.
     """
 
     name: str
@@ -69,8 +71,12 @@ class Setting:
     features: NodeFeatures | None = field(default=None, repr=False)
     query_groups: dict[str, str] | None = field(default=None, repr=False)
     previous_query: dict[str, str] | None = field(default=None, repr=False)
+    train_per_user: int | None = None
 
     def __post_init__(self) -> None:
+        if self.train_per_user is not None and self.train_per_user < 1:
+            raise ValueError(f"train_per_user must be >= 1 (or None: all), got "
+                             f"{self.train_per_user}")
         if self.feedback not in FEEDBACK:
             raise ValueError(f"feedback must be one of {FEEDBACK}, got {self.feedback!r}")
         if self.metric not in MAIN_METRICS:
@@ -110,6 +116,8 @@ def setting_views(setting: Setting, seed: int, raw: bool = False):
     if setting.previous_query:
         req = with_previous_turn(req, setting.previous_query)
     train, val, test = (req.split(s) for s in SPLITS)
+    if setting.train_per_user is not None:
+        train = sample_per_user(train, setting.train_per_user, seed=seed)
     if setting.feedback == "choice" and not raw:
         train, val = choice_only(train), choice_only(val)
     return train, val, test

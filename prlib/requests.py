@@ -180,6 +180,18 @@ def concat_requests(a: Requests, b: Requests) -> Requests:
                     both(a.call_cost, b.call_cost), both(a.previous, b.previous))
 
 
+def sample_per_user(requests: Requests, n: int, seed: int = 0) -> Requests:
+    """At most ``n`` requests of each user (a seeded draw, original order kept); a user with
+    fewer keeps all of theirs. The sparsity knob of PersonaRoute-Bench's sweep: how many
+    interactions per user a router learns from."""
+    if n < 1:
+        raise RequestsError(f"n must be >= 1 interaction per user, got {n}")
+    rng = np.random.default_rng(seed)
+    keep = [rows if len(rows) <= n else rng.choice(rows, n, replace=False)
+            for rows in requests.frame.groupby("user_id", sort=True).indices.values()]
+    return requests.select(np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64))
+
+
 def choice_only(requests: Requests) -> Requests:
     """The view a router gets when feedback is the choice only: utility = 1 for the chosen
     LLM, 0 for the other candidates (NaN stays NaN), so validation reward = accuracy."""

@@ -190,6 +190,7 @@ def _per_seed(one, ours, setting, seeds, cache, jobs, progress, desc) -> pd.Data
     (in ``jobs`` processes), the fully trained routers kept in ``cache``."""
     from prlib.experiment import map_fits
 
+    _ = setting.feats  # computed here once, sent to the workers with the setting
     keys = [full_key(ours, setting, seed) for seed in seeds]
     tasks = [(seed, None if cache is None else cache.get(key)) for seed, key in zip(seeds, keys)]
     rows = []
@@ -339,6 +340,7 @@ def layer_sweep(setting: Setting, router: type[Router], layers: Sequence[int],
         p = {router.__name__: {**base, "layers": int(n)}}
         return run_setting(setting, [router], [seed], params=p).assign(layers=int(n))
 
+    _ = setting.feats  # computed here once, sent to the workers with the setting
     # the deepest (slowest) fits are handed out first, so no long fit starts last
     tasks = [(int(n), seed) for n in layers for seed in seeds][::-1]
     parts = map_fits(one, tasks, jobs, progress=progress, desc=f"{router.name}: layers",

@@ -222,3 +222,23 @@ def test_token_counts_are_cached_on_disk_and_equal_the_tokenizer(tmp_path, monke
     assert again.tolist() == direct[::-1]
     with pytest.raises(AssertionError, match="tokenizer ran"):
         tokens.count_tokens(["a text nobody counted"], cache=tokens.TokenCountCache(tmp_path))
+
+
+def test_embeddings_another_process_cached_meanwhile_are_read_not_recomputed(tmp_path,
+                                                                              monkeypatch):
+    """Two caches on one folder (two processes): what one embeds, the other reads under the
+    folder's lock instead of embedding it again."""
+    from prlib import embed
+
+    texts = ["a question about prime numbers", "a recipe for bread"]
+    mine, theirs = embed.EmbeddingCache(tmp_path), embed.EmbeddingCache(tmp_path)
+    first = embed.embed_texts(texts, cache=theirs)  # the other process embeds them
+    assert first.shape == (2, embed.DIM)
+
+    def no_model(device="cpu"):
+        raise AssertionError("embedded again although another process had cached the texts")
+
+    monkeypatch.setattr(embed, "_model", no_model)
+    np.testing.assert_array_equal(embed.embed_texts(texts[::-1], cache=mine), first[::-1])
+    with pytest.raises(AssertionError, match="embedded again"):
+        embed.embed_texts(["a text nobody embedded"], cache=mine)

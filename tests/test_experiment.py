@@ -281,3 +281,23 @@ def test_fits_in_worker_processes_give_the_same_numbers_as_in_one():
                                    err_msg=name)
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         run_setting(setting, routers[:1], [0], jobs=0)
+
+
+def test_train_per_user_thins_each_users_training_requests_and_nothing_else():
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    full = Setting("all", bank, simulate_multi_cost(bank))
+    sparse = Setting("sparse", bank, full.preferences, train_per_user=3)
+    (train, val, test), (s_train, s_val, s_test) = setting_views(full, 0), setting_views(sparse, 0)
+    have = train.frame.groupby("user_id").size()
+    kept = s_train.frame.groupby("user_id").size().reindex(have.index, fill_value=0)
+    assert (kept == np.minimum(3, have)).all() and (have > 3).any()
+    key = lambda r: set(zip(r.frame["user_id"], r.frame["query_id"]))  # noqa: E731
+    assert key(s_train) <= key(train)
+    rows = [train.frame.index[(train.frame["user_id"] == u) & (train.frame["query_id"] == q)][0]
+            for u, q in zip(s_train.frame["user_id"], s_train.frame["query_id"])]
+    np.testing.assert_array_equal(s_train.utility, train.utility[rows])  # labels travel along
+    for a, b in ((s_val, val), (s_test, test)):
+        pd.testing.assert_frame_equal(a.frame, b.frame)
+    assert key(setting_views(sparse, 0)[0]) == key(s_train)  # seeded
+    with pytest.raises(ValueError, match="train_per_user must be >= 1"):
+        Setting("none", bank, full.preferences, train_per_user=0)
