@@ -31,6 +31,7 @@ SMOKE_SIZES: dict[str, Any] = {
     "epochs": 15,
     "n_bench_users": 60,
     "queries_per_user": 40,
+    "bench_queries": 60,  # arena-bench-v1 queries of notebook 80's bench (cold embedding time)
     "shots": [1, 5],
     "max_llms": 10,
     "judge_queries": 8,  # arena-bench queries the persona judge embeds (notebook 20)
