@@ -57,6 +57,9 @@ def measure(router_class: str, calls: int) -> dict:
     feats = node_features(bank, progress=False)  # cached on disk after the first run
     train, val, test = req.split("train"), req.split("val"), req.split("test")
     cls = get_router(router_class)
+    why_not = cls.unavailable(feats)  # e.g. a cascade needs answer texts these features lack
+    if why_not:
+        return {"router": cls.name, "class": router_class, "skipped": why_not}
     rss_before = _rss_mb()
     with torch_threads(1):
         start = time.perf_counter()
@@ -174,7 +177,8 @@ def _write_efficiency_table(result: dict, out) -> dict:
             "requests_per_second_2_threads": "batched req/s (2 threads)",
             "single_request_p50_ms": "single p50 (ms)", "single_request_p99_ms": "single p99 (ms)",
             "test_reward": "test reward"}
-    table = pd.DataFrame(result["routers"])[list(cols)].rename(columns=cols)
+    cols["skipped"] = "not run because"
+    table = pd.DataFrame(result["routers"]).reindex(columns=list(cols)).rename(columns=cols)
     note = (f"{result['what']}; {result['cpu_count']} CPU cores, device "
             f"{result['routers'][0]['device']}, load average {result['load_average_1min_before']} "
             f"before the run (`python benchmarks/router_speed.py --routers all`).")

@@ -39,13 +39,15 @@ def make_feats(n_q: int = N_Q, dim: int = 8, seed: int = 0) -> NodeFeatures:
 
 
 def make_requests(utility_fn, users=("frugal", "quality"), n_q: int = N_Q,
-                  drop_mid_every: int = 0) -> Requests:
-    """utility_fn(user, cluster) -> 3 utilities; mid is no candidate on every k-th query."""
+                  drop_mid_every: int = 0, task_of=None) -> Requests:
+    """utility_fn(user, cluster) -> 3 utilities; mid is no candidate on every k-th query.
+    ``task_of`` (n_q,): each query's task index (default: its cluster, ``i % 2``)."""
     rows, util = [], []
     for i in range(n_q):
         split = "train" if i < 0.6 * n_q else "val" if i < 0.8 * n_q else "test"
         for u in users:
-            rows.append({"user_id": u, "query_id": f"q{i:02d}", "task": f"t{i % 2}",
+            task = i % 2 if task_of is None else task_of[i]
+            rows.append({"user_id": u, "query_id": f"q{i:02d}", "task": f"t{task}",
                          "split": split})
             v = np.array(utility_fn(u, i % 2), dtype=float)
             if drop_mid_every and i % drop_mid_every == 0:

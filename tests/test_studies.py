@@ -96,28 +96,19 @@ def _two_archetype_requests(same_taste: bool):
     small LLM on cluster 0 and the mid one on cluster 1, quality users the mid and the large
     (``same_taste``: everyone has the frugal taste); tasks are drawn independently of the
     clusters, utilities carry noise."""
-    import pandas as pd
-
-    from prlib.requests import Requests
-    from test_routers import LLMS, N_Q
+    from test_routers import N_Q, make_requests
 
     rng = np.random.default_rng(0)
     users = [f"frugal{i}" for i in range(4)] + [f"quality{i}" for i in range(4)]
     task_of = rng.integers(0, 2, N_Q)
     taste = {("f", 0): [1.0, 0.5, 0.0], ("f", 1): [0.2, 1.0, 0.0],
              ("q", 0): [0.0, 1.0, 0.5], ("q", 1): [0.0, 0.2, 1.0]}
-    rows, util = [], []
-    for i in range(N_Q):
-        split = "train" if i < 0.6 * N_Q else "val" if i < 0.8 * N_Q else "test"
-        for u in users:
-            rows.append({"user_id": u, "query_id": f"q{i:02d}", "task": f"t{task_of[i]}",
-                         "split": split})
-            kind = "f" if same_taste else u[0]
-            util.append(np.clip(np.array(taste[kind, i % 2]) + rng.normal(0, 0.1, 3), 0, 1))
-    util = np.array(util)
-    return Requests(pd.DataFrame(rows), LLMS, util, util.argmax(1),
-                    np.tile([0.2, 0.5, 0.9], (len(util), 1)),
-                    np.tile([1e-4, 2e-4, 3e-4], (len(util), 1)))
+
+    def utility(user, cluster):
+        kind = "f" if same_taste else user[0]
+        return np.clip(np.array(taste[kind, cluster]) + rng.normal(0, 0.1, 3), 0, 1)
+
+    return make_requests(utility, users=users, task_of=task_of)
 
 
 def test_user_states_separate_two_clear_archetypes_and_not_users_of_one_taste():
