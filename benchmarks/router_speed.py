@@ -9,7 +9,8 @@ requests (best of 3, after a warm-up; 1 and 2 torch threads), and single-request
 p50 / p99 over ``--calls`` warm calls of ``route`` on one request each (the one-row requests are
 built before the clock starts). Writes ``figures/40_router_benchmark.json`` and the README's
 sentence ``figures/40_router_benchmark.md``; with ``--routers all``, every registered router
-into the efficiency table ``figures/95_efficiency.json`` / ``.md`` instead.
+into the efficiency table ``figures/40_efficiency_llmrouter.json`` / ``.md`` instead (notebook
+95 writes the same table on PersonaRoute-Bench, ``figures/95_efficiency.*``).
 
 Run: ``python benchmarks/router_speed.py`` (``--routers`` to choose, ``--calls`` for the latency
 sample). Runs take a few minutes on 2 CPU cores.
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--routers", nargs="+", default=DEFAULT_ROUTERS,
                         help="class names, or 'all' for every registered router (the efficiency "
-                             "table, figures/95_efficiency.*)")
+                             "table, figures/40_efficiency_llmrouter.*)")
     parser.add_argument("--calls", type=int, default=1000, help="single-request calls timed")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one router
     args = parser.parse_args(argv)
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
         "routers": rows,
     }
     if every:
-        return _write_efficiency_table(result, REPO_ROOT / "figures" / "95_efficiency.json")
+        return _write_efficiency_table(result,
+                                       REPO_ROOT / "figures" / "40_efficiency_llmrouter.json")
     out = REPO_ROOT / "figures" / "40_router_benchmark.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     ours = next((r for r in rows if r["class"] == "PersonalizedRouterV2"), rows[0])

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-from prlib.config import cache_dir
+from prlib.config import cache_dir, resolve_device
 
 DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -90,9 +90,11 @@ class EmbeddingCache:
 _CACHE: EmbeddingCache | None = None
 
 
-def embed_texts(texts: Iterable[str], batch_size: int = 64, device: str = "cpu",
+def embed_texts(texts: Iterable[str], batch_size: int = 64, device: str = "auto",
                 progress: bool = False, cache: EmbeddingCache | None = None) -> np.ndarray:
-    """Unit-norm MiniLM embeddings of ``texts``, shape (n, 384), float32; cached by text hash."""
+    """Unit-norm MiniLM embeddings of ``texts``, shape (n, 384), float32; cached by text hash.
+    ``device``: where the encoder runs (``"auto"``: CUDA when present, else CPU); the cache
+    keeps whatever was computed first, on any device."""
     global _CACHE
     texts = ["" if t is None else str(t) for t in texts]
     if cache is None:
@@ -104,7 +106,7 @@ def embed_texts(texts: Iterable[str], batch_size: int = 64, device: str = "cpu",
             cache.refresh()  # another process may have embedded them while this one waited
             todo = {k: t for k, t in zip(keys, texts) if k not in cache}
             if todo:
-                vectors = _model(device).encode(list(todo.values()), batch_size=batch_size,
+                vectors = _model(resolve_device(device)).encode(list(todo.values()), batch_size=batch_size,
                                                 convert_to_numpy=True, normalize_embeddings=True,
                                                 show_progress_bar=progress)
                 cache.add(list(todo), vectors)

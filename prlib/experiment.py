@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Mapping, Sequence
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from prlib.bank import Bank
 from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS, seed_everything, torch_threads
+from prlib.efficiency import PeakMemory
 from prlib.features import NodeFeatures, node_features
 from prlib.metrics import (PAIRWISE_METRICS, pairwise_metrics, paired_difference,
                            picks_vary_share, routing_metrics)
@@ -99,6 +101,18 @@ class Setting:
         return ORACLE_READS[self.feedback]
 
     @cached_property
+    def fingerprint(self) -> str:
+        """A hash of everything the views depend on: interactions, bank rows, feedback,
+        fractions, groups, previous turns and ``train_per_user``."""
+        h = hashlib.sha1()
+        for frame in (self.preferences.interactions, self.bank.bank):
+            h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        h.update(json.dumps([self.feedback, list(self.fractions), self.train_per_user,
+                             sorted((self.query_groups or {}).items()),
+                             sorted((self.previous_query or {}).items())]).encode())
+        return h.hexdigest()
+
+    @cached_property
     def feats(self) -> NodeFeatures:
         """The bank's node features with its answer texts' embeddings where it has answers
         (computed once, embeddings cached on disk)."""
@@ -123,15 +137,26 @@ def setting_views(setting: Setting, seed: int, raw: bool = False):
     return train, val, test
 
 
+#: Views computed in this process, by (setting fingerprint, seed), most recent last: a worker
+#: process gets a fresh copy of the setting with every task, so a cache on the setting itself
+#: would be rebuilt for every fit (seconds per fit on a 1,000-user bench).
+_VIEWS: OrderedDict = OrderedDict()
+_VIEWS_KEPT = 8
+
+
 def _views_by_seed(setting: Setting):
-    """``views(seed)``: :func:`setting_views` of ``setting``, computed once per seed (in each
-    process that asks)."""
-    cache: dict[int, tuple] = {}
+    """``views(seed)``: :func:`setting_views` of ``setting``, computed once per seed and
+    process (kept for the :data:`_VIEWS_KEPT` most recent (setting, seed) pairs)."""
+    key = setting.fingerprint  # computed here, in the parent: it travels with the setting
 
     def views(seed: int):
-        if seed not in cache:
-            cache[seed] = setting_views(setting, seed)
-        return cache[seed]
+        if (key, seed) in _VIEWS:
+            _VIEWS.move_to_end((key, seed))
+        else:
+            _VIEWS[(key, seed)] = setting_views(setting, seed)
+            while len(_VIEWS) > _VIEWS_KEPT:
+                _VIEWS.popitem(last=False)
+        return _VIEWS[(key, seed)]
 
     return views
 
@@ -311,7 +336,8 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     :meth:`~prlib.routers.Router.calls`), ``cost_per_1k`` (USD per 1,000 requests),
     ``picks_vary`` (share of test queries whose pick differs across users), ``picks_hash`` (a
     fingerprint of the test picks, to find routers that route identically), ``fit_s``
-    (seconds) and ``n_train`` / ``n_test`` requests.
+    (seconds), ``fit_memory_mb`` (the fit's peak resident memory above the process's before it,
+    :class:`~prlib.efficiency.PeakMemory`) and ``n_train`` / ``n_test`` requests.
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
     params = _check_params(classes, params)
@@ -325,9 +351,10 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     def run_one(seed, cls):
         train, val, test = _views(seed)
         router = _new_router(cls, setting, seed, params.get(cls.__name__, {}))
-        t0 = time.perf_counter()
-        router.fit(train, val)
-        fit_s = time.perf_counter() - t0
+        with PeakMemory() as memory:
+            t0 = time.perf_counter()
+            router.fit(train, val)
+            fit_s = time.perf_counter() - t0
         picks = router.route(test)
         metrics = routing_metrics(test, picks, router.calls(test, picks))
         if setting.pairwise:
@@ -338,7 +365,8 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
                "cost_per_1k": 1000 * metrics.get("cost_usd", np.nan),
                "picks_vary": picks_vary_share(test, picks),
                "picks_hash": hashlib.sha1(np.asarray(picks, np.int64).tobytes())
-               .hexdigest()[:12], "fit_s": fit_s, "n_train": len(train), "n_test": len(test)}
+               .hexdigest()[:12], "fit_s": fit_s, "fit_memory_mb": memory.increase_mb,
+               "n_train": len(train), "n_test": len(test)}
         return row, (router if keep else None)
 
     rows = []

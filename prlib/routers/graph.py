@@ -85,7 +85,9 @@ class GraphRouterGNN(TorchRouter):
               ("llm", "offered", "query"): torch.stack([mq, rq]),
               ("query", "rated", "llm"): torch.stack([rq[vis], mq[vis]])}
         ea = {("llm", "offered", "query"): attr, ("query", "rated", "llm"): attr[vis]}
-        x = {"task": self.feats.task_x, "query": self._query_x()[qpos], "llm": self.feats.llm_x}
+        x = {"task": self._on_device(self.feats.task_x),
+             "query": self._on_device(self._query_x()[qpos]),
+             "llm": self._on_device(self.feats.llm_x)}
         return self.net(x, ei, ea)
 
     def _train_loss(self, train, rng):
@@ -127,5 +129,5 @@ class ReferenceDesignRouter(GraphRouterGNN):
 
     def _query_x(self):
         n_q = self.feats.query_x.shape[0]
-        onehot = F.one_hot(torch.arange(n_q) % self.n_users_, self.n_users_).float()
-        return torch.cat([self.feats.query_x, onehot], 1)
+        onehot = F.one_hot(torch.arange(n_q, device="cpu") % self.n_users_, self.n_users_).float()
+        return torch.cat([self.feats.query_x, onehot], 1)  # on CPU, like the features

@@ -4,6 +4,7 @@ the validation-best weights reloaded before anything is scored on test."""
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from prlib.config import seed_everything
+from prlib.config import resolve_device, seed_everything
 from prlib.requests import Requests
 from prlib.routers.base import (NEG, History, Router, RouterError, candidates,
                                 query_embeddings, reward_of)
@@ -84,12 +85,19 @@ class TorchRouter(Router):
     fitted state from the training data in ``_prepare(train)``. The hyper-parameter ``loss`` is
     ``"ce"`` (softmax over candidates on the chosen LLM) or ``"mse"`` (utilities of candidates);
     ``_loss`` may be overridden.
+
+    ``device`` (``"auto"``: CUDA when present, else CPU): the module and every tensor made while
+    fitting and scoring live there (the fit and the scoring run under ``torch.device(device)``,
+    so tensors that subclasses make with ``torch.tensor`` / ``as_tensor`` / ``arange`` land on
+    it; feature tensors are moved with :meth:`_on_device`); scores come back as NumPy arrays.
+    On CPU nothing changes.
     """
 
     selection = "early stopping (validation-best checkpoint)"
     #: the same step budget and early-stopping rule as ours (:class:`TrainConfig`)
     defaults = {"steps": 1000, "hidden": 64, "lr": 3e-3, "weight_decay": 1e-4,
-                "batch_size": 512, "eval_every": 25, "patience": 10, "loss": "ce"}
+                "batch_size": 512, "eval_every": 25, "patience": 10, "loss": "ce",
+                "device": "auto"}
     grid = {"hidden": [64, 128], "lr": [1e-3, 3e-3]}
 
     def _prepare(self, train: Requests) -> None:
@@ -102,7 +110,21 @@ class TorchRouter(Router):
         raise NotImplementedError
 
     def _qx(self, requests: Requests) -> torch.Tensor:
-        return torch.as_tensor(query_embeddings(self.feats, requests))
+        return torch.as_tensor(query_embeddings(self.feats, requests), device=self.device)
+
+    @property
+    def device(self) -> str:
+        """Where the module and its tensors live (``params["device"]`` resolved)."""
+        return resolve_device(self.params.get("device", "auto"))
+
+    def _on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` on the router's device (a feature tensor kept on CPU by the features)."""
+        return t.to(self.device)
+
+    def _device_scope(self):
+        """Factory functions make tensors on the router's device inside this block (nothing to
+        do on CPU)."""
+        return nullcontext() if self.device == "cpu" else torch.device(self.device)
 
     @staticmethod
     def _targets(requests: Requests):
@@ -125,14 +147,15 @@ class TorchRouter(Router):
         seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
         self._prepare(train)
-        self.net = self._make_net()
         p = self.params
-        self.log_ = train_module(
-            self.net, lambda: self._train_loss(train, rng),
-            lambda: reward_of(val, self._forward(val).double().numpy()),
-            steps=p["steps"], lr=p["lr"], weight_decay=p["weight_decay"],
-            eval_every=p["eval_every"], patience=p["patience"], progress=progress,
-            desc=self.name)
+        with self._device_scope():
+            self.net = self._make_net().to(self.device)
+            self.log_ = train_module(
+                self.net, lambda: self._train_loss(train, rng),
+                lambda: reward_of(val, self._forward(val).double().cpu().numpy()),
+                steps=p["steps"], lr=p["lr"], weight_decay=p["weight_decay"],
+                eval_every=p["eval_every"], patience=p["patience"], progress=progress,
+                desc=self.name)
         return self
 
     def _check_fitted(self) -> None:
@@ -144,13 +167,15 @@ class TorchRouter(Router):
         return {"net": self.net}
 
     def _rebuild(self) -> None:
-        self.net = self._make_net()
+        with self._device_scope():
+            self.net = self._make_net().to(self.device)
 
     @torch.no_grad()
     def _raw_scores(self, requests):
         self._check_fitted()
         self.net.eval()
-        return self._forward(requests).double().numpy()
+        with self._device_scope():
+            return self._forward(requests).double().cpu().numpy()
 
 
 def mlp(d_in: int, hidden: int, d_out: int, dropout: float = 0.1) -> nn.Sequential:

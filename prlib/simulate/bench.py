@@ -133,26 +133,47 @@ def bench_judge_users(cfg: BenchConfig, persona_names: list[str]) -> tuple[pd.Da
     return users, w
 
 
+STRATEGIES = ("multi_cost", "judge")
+
+
 def personaroute_bench(bank: Bank, cfg: BenchConfig | None = None,
-                       scores: JudgeScores | None = None,
-                       progress: bool = False) -> dict[str, Preferences]:
+                       scores: JudgeScores | None = None, progress: bool = False,
+                       strategies: tuple[str, ...] = STRATEGIES) -> dict[str, Preferences]:
     """Both strategies of PersonaRoute-Bench on ``bank`` (arena-bench-v1): ``{"multi_cost": ...,
-    "judge": ...}``. ``scores`` may pass precomputed judge scores of the bench's LLMs."""
+    "judge": ...}`` (or only those in ``strategies``). ``scores`` may pass precomputed judge
+    scores of the bench's LLMs."""
     cfg = cfg or BenchConfig()
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown or not strategies:
+        raise PreferencesError(f"strategies must be a non-empty subset of {STRATEGIES}, got "
+                               f"{tuple(strategies)}")
     sub = bank.subset(llms=list(cfg.llms))
     base_meta = {"benchmark": "PersonaRoute-Bench (our generator; the paper's is unpublished)",
                  "generator": cfg.as_dict()}
-    # multi-cost: pool = queries scored for all 10 LLMs
+    out: dict[str, Preferences] = {}
+    if "multi_cost" in strategies:
+        out["multi_cost"] = _bench_multi_cost(sub, cfg, base_meta)
+    if "judge" in strategies:
+        out["judge"] = _bench_judge(sub, cfg, base_meta, scores, progress)
+    return out
+
+
+def _bench_multi_cost(sub: Bank, cfg: BenchConfig, base_meta: dict) -> Preferences:
+    # pool = queries scored for all 10 LLMs
     pool, dropped = scorable_queries(sub)
     users = bench_multi_cost_users(cfg)
     samples = sample_queries(np.random.default_rng([cfg.seed, 3]), pool, users["user_id"].tolist(),
                              cfg.queries_per_user)
-    mc = multi_cost_preferences(sub, users, samples, seed=cfg.seed,
-                                name="personaroute-bench-multi_cost",
-                                extra_meta={**base_meta,
-                                            "queries_per_user": min(cfg.queries_per_user,
-                                                                    len(pool))})
-    # judge: pool = (optionally the first judge_queries) queries with texts
+    return multi_cost_preferences(sub, users, samples, seed=cfg.seed,
+                                  name="personaroute-bench-multi_cost",
+                                  extra_meta={**base_meta,
+                                              "queries_per_user": min(cfg.queries_per_user,
+                                                                      len(pool))})
+
+
+def _bench_judge(sub: Bank, cfg: BenchConfig, base_meta: dict, scores: JudgeScores | None,
+                 progress: bool) -> Preferences:
+    # pool = (optionally the first judge_queries) queries with texts
     qids = sub.queries["query_id"].tolist()
     if cfg.judge_queries is not None:
         qids = qids[:cfg.judge_queries]
@@ -164,11 +185,11 @@ def personaroute_bench(bank: Bank, cfg: BenchConfig | None = None,
     jusers, w = bench_judge_users(cfg, js.personas)
     jsamples = sample_queries(np.random.default_rng([cfg.seed, 4]), jpool,
                               jusers["user_id"].tolist(), cfg.queries_per_user)
-    jd = judge_preferences(js, jusers, w, jsamples, sub.name, seed=cfg.seed,
-                           name="personaroute-bench-judge",
-                           extra_meta={**base_meta,
-                                       "queries_per_user": min(cfg.queries_per_user, len(jpool))})
-    return {"multi_cost": mc, "judge": jd}
+    return judge_preferences(js, jusers, w, jsamples, sub.name, seed=cfg.seed,
+                             name="personaroute-bench-judge",
+                             extra_meta={**base_meta,
+                                         "queries_per_user": min(cfg.queries_per_user,
+                                                                 len(jpool))})
 
 
 def bench_summary(prefs: dict[str, Preferences]) -> pd.DataFrame:
