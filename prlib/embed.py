@@ -87,6 +87,33 @@ class EmbeddingCache:
         self._vectors.update(zip(keys, vectors.astype(np.float32)))
 
 
+class MemoryEmbeddingCache(EmbeddingCache):
+    """An embedding cache that lives in this process only (nothing is read from or written to
+    disk; a server's new texts), keeping the ``max_texts`` most recent vectors."""
+
+    def __init__(self, max_texts: int = 100_000):
+        from collections import OrderedDict
+
+        self.max_texts = max_texts
+        self._vectors: OrderedDict = OrderedDict()
+
+    def refresh(self) -> None:
+        """Nothing to read: no other process writes here."""
+
+    @contextmanager
+    def computing(self):
+        yield self
+
+    def get(self, key: str) -> np.ndarray:
+        self._vectors.move_to_end(key)
+        return self._vectors[key]
+
+    def add(self, keys: list[str], vectors: np.ndarray) -> None:
+        self._vectors.update(zip(keys, vectors.astype(np.float32)))
+        while len(self._vectors) > self.max_texts:
+            self._vectors.popitem(last=False)
+
+
 _CACHE: EmbeddingCache | None = None
 
 
@@ -106,9 +133,9 @@ def embed_texts(texts: Iterable[str], batch_size: int = 64, device: str = "auto"
             cache.refresh()  # another process may have embedded them while this one waited
             todo = {k: t for k, t in zip(keys, texts) if k not in cache}
             if todo:
-                vectors = _model(resolve_device(device)).encode(list(todo.values()), batch_size=batch_size,
-                                                convert_to_numpy=True, normalize_embeddings=True,
-                                                show_progress_bar=progress)
+                vectors = _model(resolve_device(device)).encode(
+                    list(todo.values()), batch_size=batch_size, convert_to_numpy=True,
+                    normalize_embeddings=True, show_progress_bar=progress)
                 cache.add(list(todo), vectors)
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)

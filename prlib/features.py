@@ -77,11 +77,16 @@ def node_features(bank: Bank, progress: bool = False, answers: bool = False) -> 
                         answer_x, answer_ok)
 
 
-def query_row(text: str, input_tokens: int | None = None) -> torch.Tensor:
-    """Features of a new query (as in :func:`node_features`), shape (1, 385)."""
-    tokens = int(count_tokens([text])[0]) if input_tokens is None else input_tokens
+def query_row(text: str, input_tokens: int | None = None, embedding_cache=None,
+              token_cache=None) -> torch.Tensor:
+    """Features of a new query (as in :func:`node_features`), shape (1, 385). The caches
+    default to the disk caches; a server passes in-memory ones
+    (:class:`~prlib.embed.MemoryEmbeddingCache`, :class:`~prlib.tokens.MemoryTokenCountCache`)."""
+    tokens = (int(count_tokens([text], cache=token_cache)[0]) if input_tokens is None
+              else input_tokens)
     extra = np.log1p([[tokens]]) / 10.0
-    return torch.tensor(np.hstack([embed_texts([text]), extra]), dtype=torch.float32)
+    return torch.tensor(np.hstack([embed_texts([text], cache=embedding_cache), extra]),
+                        dtype=torch.float32)
 
 
 def llm_row(description: str, input_usd_per_m: float, output_usd_per_m: float) -> torch.Tensor:

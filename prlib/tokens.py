@@ -52,6 +52,20 @@ class TokenCountCache:
         self.counts.update(zip(keys, np.asarray(counts).tolist()))
 
 
+class MemoryTokenCountCache(TokenCountCache):
+    """Token counts kept in this process only (nothing read from or written to disk; a
+    server's new texts), at most ``max_texts`` of them (the oldest are dropped)."""
+
+    def __init__(self, max_texts: int = 100_000):
+        self.max_texts = max_texts
+        self.counts: dict[str, int] = {}
+
+    def add(self, keys: list[str], counts: np.ndarray) -> None:
+        self.counts.update(zip(keys, np.asarray(counts).tolist()))
+        while len(self.counts) > self.max_texts:
+            self.counts.pop(next(iter(self.counts)))
+
+
 _CACHE: TokenCountCache | None = None
 
 

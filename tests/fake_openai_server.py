@@ -7,7 +7,8 @@ are served first, in order: ``"429"`` (with ``Retry-After: retry_after``), ``"50
 that is not JSON). Every answer takes ``latency`` seconds; ``peak`` is the most requests served at
 once.
 Every request is counted per (model, messages) as ``received``; completed 200 answers as
-``answered``. Requests to ``hang_model`` wait until :meth:`abandon` drops them unanswered (a run
+``answered``. With ``"stream": true`` the answer comes as server-sent events, one chunk per
+word and ``data: [DONE]``. Requests to ``hang_model`` wait until :meth:`abandon` drops them unanswered (a run
 interrupted mid-flight).
 """
 
@@ -130,6 +131,19 @@ class FakeOpenAIServer:
                 usage = {"prompt_tokens": sum(len(m["content"].split()) for m in messages),
                          "completion_tokens": len(text.split())}
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                if body.get("stream"):  # server-sent events: one chunk per word, then [DONE]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    for word in text.split(" "):
+                        chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                                 "model": model, "choices": [{"index": 0, "delta": {
+                                     "content": word + " "}}]}
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    with server._lock:
+                        server.answered[key] += 1
+                    return None
                 reply = {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
                          "model": model, "usage": usage,
                          "choices": [{"index": 0, "finish_reason": "stop",

@@ -494,17 +494,25 @@ class PersonalizedRouterV2(Router):
         self.feats, self.n_llms, self.history_, self.store_ = feats, len(llms), history_, store
         self.llm_x_ = feats.llm_x.to(self.device)
 
-    @torch.no_grad()
-    def route_text(self, user_id: str, query_text: str, task: str | None = None) -> str:
-        """The LLM picked for ``user_id`` and a new query text (the router's features do not
-        grow). ``task`` defaults to the task whose description is closest to the query."""
-        self._check_fitted()
-        row = query_row(query_text)
+    def _text_task(self, row: torch.Tensor, task: str | None) -> str:
         if task is None:
-            sims = F.cosine_similarity(self.feats.task_x, row[:, :-1])
-            task = self.feats.tasks[int(sims.argmax())]
-        elif task not in self.feats.tasks:
+            sims = F.cosine_similarity(self.feats.task_x, row[:, :self.feats.task_x.shape[1]])
+            return self.feats.tasks[int(sims.argmax())]
+        if task not in self.feats.tasks:
             raise KeyError(f"unknown task {task!r}; known tasks: {self.feats.tasks}")
+        return task
+
+    @torch.no_grad()
+    def text_scores(self, user_id: str, query_text: str, task: str | None = None,
+                    query_x: torch.Tensor | None = None) -> np.ndarray:
+        """Scores (n_llms,) of every LLM for ``user_id`` and a new query text; the router's
+        features do not grow. ``task`` defaults to the task whose description is closest to
+        the query; ``query_x`` (1, query_dim): the text's feature row when the caller has it
+        (:func:`~prlib.features.query_row`). A user without visible feedback gets the
+        population's messages (the cold-start prior)."""
+        self._check_fitted()
+        row = query_row(query_text) if query_x is None else query_x
+        task = self._text_task(row, task)
         n = len(self.feats.llms)
         req = Requests(pd.DataFrame({"user_id": [user_id], "query_id": ["__text__"],
                                      "task": [task], "split": ["new"]}), self.feats.llms,
@@ -513,7 +521,38 @@ class PersonalizedRouterV2(Router):
         with torch_threads(self.config.threads):
             msg = self.store_.messages(req, query_x=row.numpy())
             cand = torch.ones(1, n, dtype=torch.bool)
-            return self.feats.llms[int(self._logits(cand, msg, row).argmax())]
+            return self._logits(cand, msg, row)[0].cpu().numpy()
+
+    def route_text(self, user_id: str, query_text: str, task: str | None = None) -> str:
+        """The LLM picked for ``user_id`` and a new query text (:meth:`text_scores`)."""
+        return self.feats.llms[int(np.argmax(self.text_scores(user_id, query_text, task)))]
+
+    def add_text_feedback(self, user_id: str, query_text: str, utility: np.ndarray,
+                          task: str | None = None, query_x: torch.Tensor | None = None,
+                          query_id: str | None = None) -> str:
+        """Make a user's feedback on a new query text visible, without retraining (a served
+        request): ``utility`` (n_llms,) is the feedback per LLM, NaN where the user gave none
+        (e.g. 1 for a picked answer and 0 for the one served instead, or a rating of the
+        served answer). The text becomes a query of the router's features and history (its
+        row: ``query_x``, or computed); only the touched sums change. Returns its query id."""
+        self._check_fitted()
+        utility = np.asarray(utility, dtype=float).reshape(1, -1)
+        if utility.shape[1] != len(self.feats.llms) or np.isnan(utility).all():
+            raise ValueError(f"utility must give feedback on at least one of the "
+                             f"{len(self.feats.llms)} LLMs {self.feats.llms} (NaN = none)")
+        row = query_row(query_text) if query_x is None else query_x
+        task = self._text_task(row, task)
+        qid = query_id or f"text-{len(self.feats.query_ids)}"
+        self.store_.add_queries([qid], row.numpy())
+        self.feats = replace(self.feats, query_ids=self.feats.query_ids + [qid],
+                             query_x=torch.cat([self.feats.query_x, row]),
+                             answer_x=None, answer_ok=None)
+        self._hq_cache = None
+        chosen = np.nan_to_num(utility, nan=-np.inf).argmax(1)
+        req = Requests(pd.DataFrame({"user_id": [user_id], "query_id": [qid], "task": [task],
+                                     "split": ["train"]}), self.feats.llms, utility, chosen)
+        self.add_user(req)
+        return qid
 
     def _check_fitted(self) -> None:
         if self.model is None or self.history_ is None:

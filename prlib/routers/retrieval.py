@@ -192,6 +192,23 @@ class FeedbackStore:
         self.query_visible[q] = True
         self._pool_cache = self._row_pos_cache = None
 
+    def add_queries(self, query_ids, query_x: np.ndarray) -> None:
+        """New queries the history may refer to (no feedback yet): ``query_x`` (n, d), as the
+        feature rows. A query id the store already has is an error."""
+        query_ids = list(query_ids)
+        known = [q for q in query_ids if q in self.qpos]
+        if known or len(set(query_ids)) < len(query_ids):
+            raise ValueError(f"queries already in the store (or given twice): {known[:5]}")
+        n, m = len(query_ids), len(self.llms)
+        for i, q in enumerate(query_ids):
+            self.qpos[q] = len(self.query_x) + i
+        self.query_x = np.concatenate([self.query_x, unit(np.asarray(query_x, np.float32))])
+        self._query_x_t = torch.from_numpy(self.query_x)
+        self.s_query = np.concatenate([self.s_query, np.zeros((n, m, CHANNELS))])
+        self.n_query = np.concatenate([self.n_query, np.zeros((n, m))])
+        self.query_visible = np.concatenate([self.query_visible, np.zeros(n, bool)])
+        self._pool_cache = self._row_pos_cache = None
+
     def _check_new(self, req: Requests) -> None:
         """Refuse, before changing anything, requests whose (user, query) is already visible or
         appears twice in ``req`` (its feedback would count twice); unknown queries or tasks

@@ -1,0 +1,72 @@
+"""Benchmark (not a timed test): `prlib serve` under load, against a fake upstream on 127.0.0.1.
+
+200 chat completions sent at once from 20 users (distinct texts), routed by a saved router
+(``--router DIR`` from ``prlib train``; default: ours trained here on 1,500 LLMRouter queries
+with the nine paper users) and forwarded to a local fake OpenAI-compatible server that answers
+at once. Reports: every request answered once (counted on the upstream: lost or duplicated
+requests are listed), the router's own routing time per request (``route_ms``: embedding the
+new text with MiniLM on CPU, its messages and scores) and the server's overhead per request
+(``overhead_ms``: from arrival to the routing decision, queueing for the router included), p50
+and p99. Writes ``figures/serve_load.json``.
+
+Run: ``python benchmarks/serve_load.py`` (about a minute on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+
+from prlib.config import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the fake upstream of the tests
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from fake_openai_server import FakeOpenAIServer, request_key
+
+    from prlib.cli import main as prlib_main
+    from prlib.efficiency import machine
+    from prlib.serve import RoutingService, load_for_serving, load_test, upstream_map
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--router", help="a folder written by `prlib train` (default: train one)")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--out", default=str(REPO_ROOT / "figures" / "serve_load.json"))
+    args = parser.parse_args(argv)
+    folder = args.router
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix="prlib-router-")
+        prlib_main(["train", "--bank", "llmrouter", "--max-queries", "1500", "--out", folder])
+    router = load_for_serving(folder)
+    load_before = os.getloadavg()[0]
+    with FakeOpenAIServer() as upstream:
+        service = RoutingService(router, upstream_map(router.feats.llms, upstream.url))
+        out = load_test(service, args.requests, args.users)
+        sent = Counter(request_key(m, [{"role": "user", "content": t}])
+                       for m, t in zip(out["models"], out["texts"]))
+        lost = sorted(set(sent) - set(upstream.received))
+        duplicated = sorted(k for k, n in upstream.received.items() if n > 1)
+    result = {"what": f"{args.requests} concurrent chat completions from {args.users} users, "
+                      "prlib serve in front of a fake upstream on 127.0.0.1",
+              "router": type(router).__name__, "router_users": len(router.store_.users),
+              "history_requests": len(router.store_.row_user),
+              "answered_200": out["statuses"].count(200), "lost": len(lost),
+              "duplicated": len(duplicated), "wall_s": round(out["wall_s"], 3),
+              **{k: round(out[k], 3) for k in ("route_ms_p50", "route_ms_p99",
+                                                 "overhead_ms_p50", "overhead_ms_p99")},
+              "target_overhead_p99_ms": 5.0, **machine(),
+              "load_average_1min_before": round(load_before, 2)}
+    with open(args.out, "w") as f:
+        f.write(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""prlib.serve: the personalised OpenAI-compatible proxy, against a fake upstream on 127.0.0.1."""
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from fake_openai_server import FakeOpenAIServer, request_key
+from prlib.bank import Bank
+from prlib.experiment import Setting, setting_views
+from prlib.routers import PersonalizedRouterV2
+from prlib.serve import (RoutingService, create_app, load_for_serving, save_for_serving,
+                         upstream_map)
+from prlib.simulate import simulate_multi_cost
+from test_experiment import LLM_TABLE, logged_frame
+
+TEXT = "math question number 3: please help"
+
+
+@pytest.fixture(scope="module")
+def saved_router(tmp_path_factory):
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    setting = Setting("serve", bank, simulate_multi_cost(bank))
+    train, val, _ = setting_views(setting, 0)
+    router = PersonalizedRouterV2(setting.feats, seed=0, steps=40, eval_every=10).fit(train, val)
+    return save_for_serving(router, tmp_path_factory.mktemp("router"))
+
+
+@pytest.fixture()
+def upstream():
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+def client_for(folder, upstream, **kw):
+    router = load_for_serving(folder)
+    service = RoutingService(router, upstream_map(router.feats.llms, upstream.url))
+    return TestClient(create_app(service, **kw)), service
+
+
+def chat(client, user=None, text=TEXT, **extra):
+    body = {"model": "auto", "messages": [{"role": "user", "content": text}], **extra}
+    if user is not None:
+        body["user"] = user
+    return client.post("/v1/chat/completions", json=body)
+
+
+def test_a_saved_router_loads_for_serving_with_the_same_scores(saved_router):
+    a, b = load_for_serving(saved_router), load_for_serving(saved_router)
+    np.testing.assert_allclose(a.text_scores("mc-00", TEXT), b.text_scores("mc-00", TEXT))
+    with pytest.raises(FileNotFoundError, match="save_for_serving"):
+        load_for_serving(saved_router.parent)
+
+
+def test_a_chat_is_routed_forwarded_and_named(saved_router, upstream):
+    client, service = client_for(saved_router, upstream)
+    r = chat(client, "mc-00")
+    assert r.status_code == 200, r.text
+    llm = r.headers["x-prlib-model"]
+    expected = service.llms[int(np.argmax(service.router.text_scores("mc-00", TEXT)))]
+    assert llm == expected and r.json()["model"] == llm
+    assert r.json()["choices"][0]["message"]["content"] == f"{llm} says: {TEXT}"
+    assert upstream.received[request_key(llm, [{"role": "user", "content": TEXT}])] == 1
+    assert r.headers["x-prlib-route"] == "routed"
+    # an unknown user and a request without user: the population prior, never an error
+    cold = chat(client, "somebody-new")
+    anon = chat(client)
+    assert cold.status_code == anon.status_code == 200
+    assert "population prior" in cold.headers["x-prlib-route"]
+    assert "population prior" in anon.headers["x-prlib-route"]
+    # asking for an LLM by name skips routing; /v1/models lists them
+    asked = client.post("/v1/chat/completions", json={
+        "model": "huge", "messages": [{"role": "user", "content": TEXT}]})
+    assert asked.headers["x-prlib-model"] == "huge" and asked.headers["x-prlib-route"] == "asked"
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == service.llms
+    assert client.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("body, status, says", [
+    ("not json", 400, "not JSON"),
+    ([1, 2], 400, "JSON object"),
+    ({"messages": []}, 400, "non-empty list"),
+    ({"messages": [{"role": "system", "content": "hi"}]}, 400, "no message with role 'user'"),
+    ({"messages": [{"role": "user", "content": "  "}]}, 400, "no text content"),
+    ({"messages": [{"role": "user", "content": "hi"}], "user": 7}, 400, "'user' must be"),
+    ({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}, 404, "not served"),
+], ids=["not-json", "not-object", "no-messages", "no-user-message", "empty", "user-type",
+        "unknown-model"])
+def test_bad_requests_get_a_4xx_that_says_what_is_wrong(saved_router, upstream, body, status,
+                                                         says):
+    client, _ = client_for(saved_router, upstream)
+    r = (client.post("/v1/chat/completions", content=body) if isinstance(body, str)
+         else client.post("/v1/chat/completions", json=body))
+    assert r.status_code == status and says in r.json()["error"]["message"]
+    assert not upstream.received  # nothing was forwarded
+
+
+def test_an_upstream_500_is_retried_then_answered_502(saved_router, upstream):
+    client, _ = client_for(saved_router, upstream, retries=2)
+    upstream.fail("500")
+    assert chat(client, "mc-01").status_code == 200  # one failure, then the retry answers
+    upstream.fail("500", "500", "500")
+    r = chat(client, "mc-01")
+    assert r.status_code == 502 and "after 3 tries: HTTP 500" in r.json()["error"]["message"]
+    assert sum(upstream.received.values()) == 2 + 3
+
+
+def test_the_upstream_map_refuses_llms_the_router_does_not_know(saved_router, tmp_path):
+    router = load_for_serving(saved_router)
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"huge": {"base_url": "http://127.0.0.1:1/v1"},
+                                "gpt-9": {"base_url": "http://127.0.0.1:1/v1"}}))
+    with pytest.raises(ValueError, match=r"does not know: \['gpt-9'\]"):
+        upstream_map(router.feats.llms, map_file=path)
+    path.write_text(json.dumps({"huge": {"base_url": "http://127.0.0.1:1/v1", "model": "h"}}))
+    only = upstream_map(router.feats.llms, map_file=path)
+    service = RoutingService(router, only)
+    assert service.route("mc-00", TEXT)[0] == "huge"  # the only LLM with an upstream
+
+
+def test_streaming_passes_through(saved_router, upstream):
+    client, _ = client_for(saved_router, upstream)
+    with client.stream("POST", "/v1/chat/completions", json={
+            "model": "auto", "stream": True, "user": "mc-02",
+            "messages": [{"role": "user", "content": TEXT}]}) as r:
+        body = "".join(r.iter_text())
+        llm = r.headers["x-prlib-model"]
+    assert r.status_code == 200 and body.rstrip().endswith("data: [DONE]")
+    words = [json.loads(line[6:])["choices"][0]["delta"]["content"]
+             for line in body.splitlines() if line.startswith("data: {")]
+    assert "".join(words).strip() == f"{llm} says: {TEXT}"
+
+
+def test_feedback_changes_that_users_next_route_without_retraining(saved_router, upstream):
+    client, service = client_for(saved_router, upstream)
+    weights = {k: v.clone() for k, v in service.router.model.state_dict().items()}
+    first = chat(client, "new-user")
+    served = first.headers["x-prlib-model"]
+    wanted = next(m for m in service.llms if m != served)
+    routes = [served]
+    for _ in range(4):  # the user keeps saying they prefer `wanted`
+        r = chat(client, "new-user") if len(routes) > 1 else first
+        fb = client.post("/v1/feedback", json={"request_id": r.headers["x-prlib-request-id"],
+                                               "user": "new-user", "pick": wanted})
+        assert fb.status_code == 200, fb.text
+        routes.append(chat(client, "new-user").headers["x-prlib-model"])
+        if routes[-1] == wanted:
+            break
+    assert routes[-1] == wanted, routes
+    assert service.known_user("new-user")
+    # another new user still gets the population prior, and no weight moved
+    assert chat(client, "other-new-user").headers["x-prlib-model"] == served
+    for k, v in service.router.model.state_dict().items():
+        assert (v == weights[k]).all(), k
+
+
+def test_feedback_errors_say_what_is_wrong(saved_router, upstream):
+    client, _ = client_for(saved_router, upstream)
+    rid = chat(client, "mc-03").headers["x-prlib-request-id"]
+    post = lambda body: client.post("/v1/feedback", json=body)  # noqa: E731
+    assert post({"user": "mc-03"}).status_code == 400
+    assert post({"request_id": "prlib-nope", "user": "mc-03", "pick": "huge"}).status_code == 404
+    assert post({"request_id": rid, "user": "mc-04", "pick": "huge"}).status_code == 403
+    assert "exactly one" in post({"request_id": rid, "user": "mc-03"}).json()["error"]["message"]
+    assert post({"request_id": rid, "user": "mc-03", "pick": "gpt-9"}).status_code == 400
+    assert post({"request_id": rid, "user": "mc-03", "rating": 3}).status_code == 400
+    assert post({"request_id": rid, "user": "mc-03", "rating": 0.8}).status_code == 200
+    assert post({"request_id": rid, "user": "mc-03", "rating": 0.8}).status_code == 404  # once
+
+
+def test_200_concurrent_requests_from_20_users_are_each_forwarded_once(saved_router, upstream):
+    from prlib.serve import load_test
+
+    router = load_for_serving(saved_router)
+    service = RoutingService(router, upstream_map(router.feats.llms, upstream.url))
+    out = load_test(service, n_requests=200, n_users=20)
+    assert out["statuses"] == [200] * 200
+    assert len(set(out["request_ids"])) == 200
+    # counted on the upstream: every (model, text) exactly once, nothing else
+    expected = {request_key(m, [{"role": "user", "content": t}])
+                for m, t in zip(out["models"], out["texts"])}
+    assert len(expected) == 200 and set(upstream.received) == expected
+    assert set(upstream.received.values()) == {1} and sum(upstream.answered.values()) == 200
+    assert 0 < out["route_ms_p50"] <= out["route_ms_p99"]
