@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from prlib.bank import Bank
-from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS, seed_everything, torch_threads
+from prlib.config import (DEVELOPMENT_SEEDS, REPORT_SEEDS, cache_dir, seed_everything,
+                          torch_threads)
 from prlib.efficiency import PeakMemory
 from prlib.features import NodeFeatures, node_features
 from prlib.metrics import (PAIRWISE_METRICS, pairwise_metrics, paired_difference,
@@ -144,16 +145,71 @@ _VIEWS: OrderedDict = OrderedDict()
 _VIEWS_KEPT = 8
 
 
-def _views_by_seed(setting: Setting):
-    """``views(seed)``: :func:`setting_views` of ``setting``, computed once per seed and
-    process (kept for the :data:`_VIEWS_KEPT` most recent (setting, seed) pairs)."""
-    key = setting.fingerprint  # computed here, in the parent: it travels with the setting
+class Shared:
+    """An object that worker processes receive once, not with every task.
+
+    In this process ``obj`` is the object itself. Pickled (a task sent to a worker of
+    :func:`map_fits`), it is only the path of a temporary file into which the object was
+    pickled once, on the first send; a worker loads that file on first use and keeps the
+    object (:data:`_SHARED`). The file is removed when this process's ``Shared`` is garbage
+    collected. (A 1,000-user bench setting is ~110 MB: sent with each of a notebook's ~200
+    fits, pickling and unpickling it cost more than the fits.)
+    """
+
+    def __init__(self, obj):
+        self.obj, self.path = obj, None
+
+    def __getstate__(self) -> dict:
+        if self.path is None:
+            import pickle
+            import tempfile
+            import weakref
+
+            import cloudpickle
+
+            folder = cache_dir() / "shared"
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, path = tempfile.mkstemp(suffix=".pkl", dir=folder)
+            with os.fdopen(fd, "wb") as f:
+                cloudpickle.dump(self.obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+            self.path = path
+            weakref.finalize(self, _remove_quietly, path)
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path = state["path"]
+        if self.path not in _SHARED:
+            import pickle
+
+            with open(self.path, "rb") as f:
+                _SHARED[self.path] = pickle.load(f)
+            while len(_SHARED) > _VIEWS_KEPT:
+                _SHARED.popitem(last=False)
+        self.obj = _SHARED[self.path]
+
+
+#: Objects loaded from :class:`Shared` files in this (worker) process, by path.
+_SHARED: OrderedDict = OrderedDict()
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _views_by_seed(shared: Shared):
+    """``views(seed)``: :func:`setting_views` of the :class:`Shared` setting, computed once
+    per seed and process (kept for the :data:`_VIEWS_KEPT` most recent (setting, seed)
+    pairs)."""
+    key = shared.obj.fingerprint  # computed here, in the parent: it travels with the setting
 
     def views(seed: int):
         if (key, seed) in _VIEWS:
             _VIEWS.move_to_end((key, seed))
         else:
-            _VIEWS[(key, seed)] = setting_views(setting, seed)
+            _VIEWS[(key, seed)] = setting_views(shared.obj, seed)
             while len(_VIEWS) > _VIEWS_KEPT:
                 _VIEWS.popitem(last=False)
         return _VIEWS[(key, seed)]
@@ -286,9 +342,12 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
                          f"seeds; tune on development seeds {DEVELOPMENT_SEEDS}")
     tuned = [c for c in classes if c.grid and not c.unavailable(setting.feats)]
     tasks = [(seed, cls, point) for seed in seeds for cls in tuned for point in grid_points(cls)]
-    _views = _views_by_seed(setting)
+    shared = Shared(setting)
+    _views = _views_by_seed(shared)
+    del setting  # the tasks read the setting through `shared` (sent to a worker once)
 
     def tune_one(seed, cls, point):
+        setting = shared.obj
         train, val, _ = _views(seed)
         router = _new_router(cls, setting, seed, {**params.get(cls.__name__, {}), **point})
         t0 = time.perf_counter()
@@ -298,7 +357,7 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
                 "point": json.dumps(point), "seed": seed,
                 "val_metric": validation_metric(setting, router, val), "fit_s": fit_s}
 
-    rows = list(map_fits(tune_one, tasks, jobs, threads, progress, f"tuning · {setting.name}",
+    rows = list(map_fits(tune_one, tasks, jobs, threads, progress, f"tuning · {shared.obj.name}",
                          lambda seed, cls, point: f"seed {seed} {cls.name} {point}"))
     frame = pd.DataFrame(rows, columns=["setting", "router", "class", "point", "seed",
                                         "val_metric", "fit_s"])
@@ -345,10 +404,13 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     not_run = {name: why for name, why in reasons.items() if why}
     classes = [c for c in classes if c.name not in not_run]
     tasks = [(seed, cls) for seed in seeds for cls in classes]
-    _views = _views_by_seed(setting)
+    shared = Shared(setting)
+    _views = _views_by_seed(shared)
     keep = fitted is not None  # (run_one must not read ``fitted``: workers get a copy of it)
+    del setting  # the tasks read the setting through `shared` (sent to a worker once)
 
     def run_one(seed, cls):
+        setting = shared.obj
         train, val, test = _views(seed)
         router = _new_router(cls, setting, seed, params.get(cls.__name__, {}))
         with PeakMemory() as memory:
@@ -371,7 +433,7 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
 
     rows = []
     for (seed, cls), (row, router) in zip(tasks, map_fits(
-            run_one, tasks, jobs, threads, progress, setting.name,
+            run_one, tasks, jobs, threads, progress, shared.obj.name,
             lambda seed, cls: f"seed {seed} {cls.name}")):
         rows.append(row)
         if fitted is not None:

@@ -302,3 +302,24 @@ def test_train_per_user_thins_each_users_training_requests_and_nothing_else():
     assert key(setting_views(sparse, 0)[0]) == key(s_train)  # seeded
     with pytest.raises(ValueError, match="train_per_user must be >= 1"):
         Setting("none", bank, full.preferences, train_per_user=0)
+
+
+def test_a_shared_object_is_written_once_and_read_once_per_process():
+    import gc
+    import os
+    import pickle
+
+    from prlib import experiment
+
+    big = {"rows": list(range(1000))}
+    shared = experiment.Shared(big)
+    first, second = pickle.dumps(shared), pickle.dumps(shared)
+    assert len(first) < 500 and first == second  # a path, the same one each time
+    path = shared.path
+    experiment._SHARED.clear()
+    a, b = pickle.loads(first), pickle.loads(second)
+    assert a.obj == big and a.obj is b.obj  # loaded once in this process
+    assert shared.obj is big  # the sender keeps the object itself
+    del shared
+    gc.collect()
+    assert not os.path.exists(path)  # the file goes with the sender's object
