@@ -9,6 +9,7 @@ and random routing are routers like any other.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -203,23 +204,41 @@ def _views_by_seed(shared: Shared):
     """``views(seed)``: :func:`setting_views` of the :class:`Shared` setting, computed once
     per seed and process (kept for the :data:`_VIEWS_KEPT` most recent (setting, seed)
     pairs)."""
-    key = shared.obj.fingerprint  # computed here, in the parent: it travels with the setting
+    shared.obj.fingerprint  # computed here, in the parent: it travels with the setting
+    return functools.partial(_cached_views, shared)
 
-    def views(seed: int):
-        if (key, seed) in _VIEWS:
-            _VIEWS.move_to_end((key, seed))
-        else:
-            _VIEWS[(key, seed)] = setting_views(shared.obj, seed)
-            while len(_VIEWS) > _VIEWS_KEPT:
-                _VIEWS.popitem(last=False)
-        return _VIEWS[(key, seed)]
 
-    return views
+def _cached_views(shared: Shared, seed: int):
+    """:func:`setting_views` from this process's :data:`_VIEWS`. (A module-level function, so
+    that a worker's tasks read the worker's cache: a closure sent to a worker would carry a
+    copy of the cache, empty, with every task.)"""
+    key = (shared.obj.fingerprint, seed)
+    if key in _VIEWS:
+        _VIEWS.move_to_end(key)
+    else:
+        _VIEWS[key] = setting_views(shared.obj, seed)
+        while len(_VIEWS) > _VIEWS_KEPT:
+            _VIEWS.popitem(last=False)
+    return _VIEWS[key]
 
 
 def _call_with_threads(fn, threads, args):
+    _keep_worker_caches()
     with torch_threads(threads):
         return fn(*args)
+
+
+def _keep_worker_caches() -> None:
+    """Tell loky (joblib's worker pool) that this worker's growth is not a leak: a worker keeps
+    the views and shared settings of its fits on purpose (:data:`_VIEWS`, :data:`_SHARED`),
+    and loky restarts a worker that grew by more than 300 MB since its first task (with psutil
+    installed), throwing those caches away."""
+    try:
+        from joblib.externals.loky import process_executor
+    except ImportError:  # pragma: no cover - joblib vendors loky
+        return
+    process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE,
+                                                 64 * 2 ** 30)
 
 
 def map_fits(fn, tasks: Sequence[tuple], jobs: int = 1, threads: int | None = THREADS,
