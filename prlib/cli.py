@@ -80,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="execute notebooks with papermill (figures/ or smoke)")
     r.add_argument("names", nargs="*", default=["all"], help="'all', numbers or stems")
     r.add_argument("--smoke", action="store_true", help="small sizes (also PRLIB_SMOKE=1)")
+    r.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"), help="a notebook parameter (JSON, else text)")
     d = sub.add_parser("data", help="download or verify the data files")
     d.add_argument("rest", nargs=argparse.REMAINDER, help="download [--dest D] | verify")
     t = sub.add_parser("train", help="train ours on a bank with simulated users and save it")
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "run":
             from prlib.runner import main as run_main
 
-            return run_main(args.names + (["--smoke"] if args.smoke else []))
+            extra = [x for name, value in args.parameter for x in ("-p", name, value)]
+            return run_main(args.names + (["--smoke"] if args.smoke else []) + extra)
         if args.cmd == "data":
             from prlib.data import main as data_main
 

@@ -1,7 +1,9 @@
 """Execute the numbered notebooks with papermill, in pipeline order.
 
 ``python -m prlib.runner all`` runs every notebook at full size (writing ``figures/``);
-``python -m prlib.runner 00 20 --smoke`` runs two in smoke mode. Executed copies go to the
+``python -m prlib.runner 00 20 --smoke`` runs two in smoke mode; ``-p NAME VALUE`` sets a
+parameter (a JSON literal, else a string), e.g. ``python -m prlib.runner 10 -p LOCAL_MODEL
+true``. Executed copies go to the
 git-ignored ``build/notebooks/`` (``build/notebooks-smoke/`` in smoke mode); the stored notebooks
 stay without outputs.
 """
@@ -60,16 +62,30 @@ def run_notebook(path: Path, smoke: bool = False, parameters: dict | None = None
     return out
 
 
+def _literal(value: str):
+    """A parameter value from the command line: JSON (``true``, ``3``, ``[1, 2]``) or text."""
+    import json
+
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prlib.runner", description=__doc__)
     parser.add_argument("names", nargs="*", default=["all"], help="'all', numbers or stems")
     parser.add_argument("--smoke", action="store_true", help="small sizes (also PRLIB_SMOKE=1)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                        metavar=("NAME", "VALUE"),
+                        help="a notebook parameter (VALUE: a JSON literal, else a string)")
     args = parser.parse_args(argv)
+    parameters = {name: _literal(value) for name, value in args.parameter}
     smoke = args.smoke or os.environ.get("PRLIB_SMOKE", "") in {"1", "true", "yes"}
     for path in select(args.names):
         start = time.time()
         print(f"[prlib.runner] {path.name} ({'smoke' if smoke else 'full'}) ...", flush=True)
-        out = run_notebook(path, smoke=smoke)
+        out = run_notebook(path, smoke=smoke, parameters=parameters)
         print(f"[prlib.runner] {path.name} done in {time.time() - start:.0f} s -> "
               f"{out.relative_to(REPO_ROOT)}", flush=True)
     return 0
