@@ -7,7 +7,7 @@ at once. Reports: every request answered once (counted on the upstream: lost or 
 requests are listed), the router's own routing time per request (``route_ms``: embedding the
 new text with MiniLM on CPU, its messages and scores) and the server's overhead per request
 (``overhead_ms``: from arrival to the routing decision, queueing for the router included), p50
-and p99. Writes ``figures/serve_load.json``.
+and p99. Writes ``figures/serve_load.json`` and the README's sentence ``figures/serve_load.md``.
 
 Run: ``python benchmarks/serve_load.py`` (about a minute on 2 CPU cores).
 """
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     folder = args.router
     if folder is None:
         folder = tempfile.mkdtemp(prefix="prlib-router-")
-        prlib_main(["train", "--bank", "llmrouter", "--max-queries", "1500", "--out", folder])
+        if prlib_main(["train", "--bank", "llmrouter", "--max-queries", "1500", "--out", folder]):
+            raise SystemExit("prlib train failed (see above)")
     router = load_for_serving(folder)
     load_before = os.getloadavg()[0]
     with FakeOpenAIServer() as upstream:
@@ -64,7 +65,22 @@ def main(argv: list[str] | None = None) -> dict:
               "load_average_1min_before": round(load_before, 2)}
     with open(args.out, "w") as f:
         f.write(json.dumps(result, indent=1) + "\n")
+    sentence = (  # the README's sentence, from the numbers above
+        f"Load test (`benchmarks/serve_load.py`, {result['cpu_count']} CPU cores): "
+        f"{args.requests} concurrent chat completions from {args.users} users through `prlib "
+        f"serve` ({result['router']} over {result['history_requests']:,} visible requests of "
+        f"{result['router_users']} users) to a fake upstream on 127.0.0.1: "
+        f"{result['answered_200']} answered, {result['lost']} lost, {result['duplicated']} "
+        f"duplicated (counted on the upstream), in {result['wall_s']:.1f} s. Routing a request "
+        f"(embedding its text with MiniLM on CPU, its messages and scores) took "
+        f"{result['route_ms_p50']:.1f} ms p50 / {result['route_ms_p99']:.1f} ms p99 (target p99 "
+        f"<= 5 ms); from its arrival to the routing decision, queueing for the one router "
+        f"included, {result['overhead_ms_p50']:.0f} ms p50 / {result['overhead_ms_p99']:.0f} ms "
+        f"p99, with a load average of {result['load_average_1min_before']:.1f} before the run.\n")
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(sentence)
     print(json.dumps(result, indent=1))
+    print(sentence)
     return result
 
 

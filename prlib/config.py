@@ -44,10 +44,10 @@ SMOKE_SIZES: dict[str, Any] = {
     "mt_llms": 8,  # MT-Bench LLMs kept (notebook 90)
     "single_turn_queries": 24,  # arena-bench-v1 queries of notebook 90's single-turn setting
     "gmt_steps": 20,  # GMTRouter's optimizer steps (notebook 90)
-    "mt_heldout_users": 3,
+    "mt_heldout_users": 3,  # users held out in notebook 90's new-user study
     "sparsity_levels": [5, 20],  # interactions per user in training (notebook 95)
     "scaling_users": [20, 60],  # bench sizes of notebook 95's scaling study
-    "efficiency_calls": 20,  # single-request calls timed per router (notebook 95)  # users held out in notebook 90's new-user study
+    "efficiency_calls": 20,  # single-request calls timed per router (notebook 95)
 }
 
 

@@ -104,10 +104,12 @@ class Setting:
 
     @cached_property
     def fingerprint(self) -> str:
-        """A hash of everything the views depend on: interactions, bank rows, feedback,
-        fractions, groups, previous turns and ``train_per_user``."""
+        """A hash of everything the views depend on: interactions, the bank's rows, queries and
+        LLM order, feedback, fractions, groups, previous turns and ``train_per_user``
+        (computed once: change a setting with :func:`dataclasses.replace`, not in place)."""
         h = hashlib.sha1()
-        for frame in (self.preferences.interactions, self.bank.bank):
+        for frame in (self.preferences.interactions, self.bank.bank,
+                      self.bank.queries[["query_id", "task"]], self.bank.llms[["llm"]]):
             h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
         h.update(json.dumps([self.feedback, list(self.fractions), self.train_per_user,
                              sorted((self.query_groups or {}).items()),

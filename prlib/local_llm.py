@@ -51,10 +51,25 @@ def smollm2_folder(root: str | Path | None = None) -> Path:
     """The converted model folder ``<root>/smollm2`` (default root: the cache folder), made
     once from :func:`smollm2_gguf` and reused: ``config.json`` (with ``architectures``),
     ``model.safetensors``, the tokenizer and its chat template."""
+    import fcntl
+
     root = Path(root) if root is not None else cache_dir() / "models"
     folder = root / MODEL_ID.removeprefix("./")
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+    done = lambda: (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()  # noqa: E731
+    if done():
         return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".smollm2.lock", "w") as lock:  # one process converts, the others wait
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done():
+                _convert(folder)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
+
+
+def _convert(folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
@@ -64,13 +79,12 @@ def smollm2_folder(root: str | Path | None = None) -> Path:
     config.architectures = [type(loaded).__name__]
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
-    tmp = root / f".{folder.name}.tmp-{os.getpid()}"
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)  # whole, or not at all
-    return folder
 
 
 def _free_port() -> int:

@@ -3,15 +3,17 @@
 A client sends a standard chat completion with the ``user`` field; the server routes (user, last
 user message) with a saved router, sets ``model`` to the chosen LLM's upstream model id,
 forwards the request to that LLM's endpoint and returns the upstream's answer unchanged, except
-that the response's ``model`` names the chosen router LLM and ``x-prlib-*`` headers name the
-choice, its score and the routed request's id. Endpoints (FastAPI):
+that the response's ``model`` names the chosen router LLM (streamed answers: in the headers only)
+and ``x-prlib-*`` headers name the choice, its score and the routed request's id. Endpoints (FastAPI):
 
 ==========================  =================================================================
 ``POST /v1/chat/completions``  routed (``model`` ``"auto"`` or absent) or sent to the named LLM;
                             ``stream: true`` passes the upstream's event stream through
 ``POST /v1/feedback``       ``{"request_id", "user", "pick": LLM}`` or ``{..., "rating": r}``
-                            (r in [0, 1], of the answer served): the user's state is updated
-                            at once (no retraining); the user's next request sees it
+                            (r in [0, 1], of the answer served) on a *routed* request of a
+                            named user: the user's state is updated at once (no retraining);
+                            the user's next request sees it. The text joins the visible
+                            history, so other users' pooled neighbours may include it
 ``GET /v1/models``          the LLMs this server routes among
 ``GET /health``             ``{"status": "ok", ...}``
 ==========================  =================================================================
@@ -33,7 +35,7 @@ import json
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +152,13 @@ class RoutingService:
         self.routed: OrderedDict[str, Routed] = OrderedDict()
         self.embeddings, self.tokens = MemoryEmbeddingCache(), MemoryTokenCountCache()
         self.lock = threading.Lock()
-        self.route_ms: list[float] = []  # time spent routing each request (lock held)
+        self.route_ms: deque[float] = deque(maxlen=100_000)  # routing time per request (ms)
+
+    def save(self, folder: str | Path) -> Path:
+        """:func:`save_for_serving` of the router as it is now (feedback included), under the
+        lock: no feedback lands halfway through."""
+        with self.lock:
+            return save_for_serving(self.router, folder)
 
     def known_user(self, user: str) -> bool:
         return user in self.router.store_.upos
@@ -184,6 +192,10 @@ class RoutingService:
                                f"{self.remember:,} most recent)")
             if req.user != user:
                 raise PermissionError(f"request {request_id!r} was routed for another user")
+            if user == ANONYMOUS:
+                raise PermissionError("requests without a user cannot give feedback (it would "
+                                      "personalise the route of every anonymous request): send "
+                                      "the `user` field")
             utility = np.full(len(self.llms), np.nan)
             if (pick is None) == (rating is None):
                 raise ValueError("give exactly one of pick (an LLM name) or rating (0 to 1)")
@@ -217,7 +229,7 @@ def _last_user_text(body: dict) -> str:
         if m["role"] == "user":
             content = m.get("content")
             if isinstance(content, list):  # content parts: the text ones
-                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                content = " ".join(p.get("text") or "" for p in content if isinstance(p, dict))
             if not isinstance(content, str) or not content.strip():
                 raise ValueError("the last user message has no text content")
             return content
@@ -238,7 +250,7 @@ def create_app(service: RoutingService, retries: int = 2, timeout: float = 120.0
 
     app = FastAPI(title="prlib serve", description=__doc__.split("\n\n")[0], lifespan=lifespan)
     app.state.service = service
-    app.state.overhead_ms = []  # per request: routing, waits for the router's lock included
+    app.state.overhead_ms = deque(maxlen=100_000)  # ms per request, lock waits included
 
     def client(base_url: str) -> httpx.AsyncClient:
         if base_url not in clients:
@@ -354,7 +366,7 @@ def create_app(service: RoutingService, retries: int = 2, timeout: float = 120.0
     async def save():
         if save_to is None:
             return _error(409, "this server was started without --save-to: nothing is written")
-        await asyncio.to_thread(save_for_serving, service.router, save_to)
+        await asyncio.to_thread(service.save, save_to)
         return {"saved": str(save_to)}
 
     return app
@@ -430,8 +442,8 @@ def load_test(service: RoutingService, n_requests: int = 200, n_users: int = 20)
         start = time.perf_counter()
         replies = asyncio.run(_fire(server.url, bodies))
         wall = time.perf_counter() - start
-    route = np.array(service.route_ms[before:])
-    overhead = np.array(app.state.overhead_ms)
+    route = np.array(list(service.route_ms)[before:])
+    overhead = np.array(list(app.state.overhead_ms))
     pct = lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan")  # noqa: E731
     return {"requests": n_requests, "users": n_users, "wall_s": wall,
             "statuses": [r.status_code for r in replies],

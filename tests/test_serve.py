@@ -18,12 +18,17 @@ from test_experiment import LLM_TABLE, logged_frame
 TEXT = "math question number 3: please help"
 
 
+TRAINED_SCORES = {}
+
+
 @pytest.fixture(scope="module")
 def saved_router(tmp_path_factory):
     bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
     setting = Setting("serve", bank, simulate_multi_cost(bank))
     train, val, _ = setting_views(setting, 0)
     router = PersonalizedRouterV2(setting.feats, seed=0, steps=40, eval_every=10).fit(train, val)
+    TRAINED_SCORES["mc-00"] = router.text_scores("mc-00", TEXT)
+    TRAINED_SCORES["cold"] = router.text_scores("nobody", TEXT)
     return save_for_serving(router, tmp_path_factory.mktemp("router"))
 
 
@@ -47,8 +52,11 @@ def chat(client, user=None, text=TEXT, **extra):
 
 
 def test_a_saved_router_loads_for_serving_with_the_same_scores(saved_router):
-    a, b = load_for_serving(saved_router), load_for_serving(saved_router)
-    np.testing.assert_allclose(a.text_scores("mc-00", TEXT), b.text_scores("mc-00", TEXT))
+    loaded = load_for_serving(saved_router)
+    np.testing.assert_allclose(loaded.text_scores("mc-00", TEXT), TRAINED_SCORES["mc-00"],
+                               atol=1e-6)
+    np.testing.assert_allclose(loaded.text_scores("nobody", TEXT), TRAINED_SCORES["cold"],
+                               atol=1e-6)
     with pytest.raises(FileNotFoundError, match="save_for_serving"):
         load_for_serving(saved_router.parent)
 
@@ -148,10 +156,8 @@ def test_feedback_changes_that_users_next_route_without_retraining(saved_router,
         if routes[-1] == wanted:
             break
     assert routes[-1] == wanted, routes
-    assert service.known_user("new-user")
-    # another new user still gets the population prior, and no weight moved
-    assert chat(client, "other-new-user").headers["x-prlib-model"] == served
-    for k, v in service.router.model.state_dict().items():
+    assert service.known_user("new-user") and not service.known_user("other-new-user")
+    for k, v in service.router.model.state_dict().items():  # no retraining: no weight moved
         assert (v == weights[k]).all(), k
 
 
@@ -167,6 +173,25 @@ def test_feedback_errors_say_what_is_wrong(saved_router, upstream):
     assert post({"request_id": rid, "user": "mc-03", "rating": 3}).status_code == 400
     assert post({"request_id": rid, "user": "mc-03", "rating": 0.8}).status_code == 200
     assert post({"request_id": rid, "user": "mc-03", "rating": 0.8}).status_code == 404  # once
+    anonymous = chat(client).headers["x-prlib-request-id"]
+    r = post({"request_id": anonymous, "pick": "huge"})
+    assert r.status_code == 403 and "send the `user` field" in r.json()["error"]["message"]
+
+
+def test_admin_save_writes_the_router_with_its_feedback_only_when_asked(saved_router, upstream,
+                                                                        tmp_path):
+    client, service = client_for(saved_router, upstream)
+    assert client.post("/v1/admin/save").status_code == 409  # started without --save-to
+    client, service = client_for(saved_router, upstream, save_to=tmp_path / "saved")
+    rid = chat(client, "mc-05").headers["x-prlib-request-id"]
+    assert client.post("/v1/feedback", json={"request_id": rid, "user": "mc-05",
+                                             "rating": 1.0}).status_code == 200
+    assert client.post("/v1/admin/save").status_code == 200
+    again = load_for_serving(tmp_path / "saved")
+    np.testing.assert_allclose(again.text_scores("mc-05", "another question"),
+                               service.router.text_scores("mc-05", "another question"),
+                               atol=1e-6)
+    assert len(again.history_) == len(service.router.history_)
 
 
 def test_200_concurrent_requests_from_20_users_are_each_forwarded_once(saved_router, upstream):

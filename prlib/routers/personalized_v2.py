@@ -511,7 +511,7 @@ class PersonalizedRouterV2(Router):
         (:func:`~prlib.features.query_row`). A user without visible feedback gets the
         population's messages (the cold-start prior)."""
         self._check_fitted()
-        row = query_row(query_text) if query_x is None else query_x
+        row = (query_row(query_text) if query_x is None else query_x).cpu()
         task = self._text_task(row, task)
         n = len(self.feats.llms)
         req = Requests(pd.DataFrame({"user_id": [user_id], "query_id": ["__text__"],
@@ -540,14 +540,17 @@ class PersonalizedRouterV2(Router):
         if utility.shape[1] != len(self.feats.llms) or np.isnan(utility).all():
             raise ValueError(f"utility must give feedback on at least one of the "
                              f"{len(self.feats.llms)} LLMs {self.feats.llms} (NaN = none)")
-        row = query_row(query_text) if query_x is None else query_x
+        row = (query_row(query_text) if query_x is None else query_x).cpu()
         task = self._text_task(row, task)
         qid = query_id or f"text-{len(self.feats.query_ids)}"
         self.store_.add_queries([qid], row.numpy())
         self.feats = replace(self.feats, query_ids=self.feats.query_ids + [qid],
                              query_x=torch.cat([self.feats.query_x, row]),
                              answer_x=None, answer_ok=None)
-        self._hq_cache = None
+        if getattr(self, "_hq_cache", None) is not None:  # one new row, not the whole table
+            with torch.no_grad():
+                self._hq_cache = torch.cat([self._hq_cache,
+                                            self.model.query(row.to(self.device))])
         chosen = np.nan_to_num(utility, nan=-np.inf).argmax(1)
         req = Requests(pd.DataFrame({"user_id": [user_id], "query_id": [qid], "task": [task],
                                      "split": ["train"]}), self.feats.llms, utility, chosen)
