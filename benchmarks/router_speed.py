@@ -22,22 +22,18 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
 
+from prlib.efficiency import peak_rss_mb
+
 #: Ours and the strongest baselines of notebook 50 (the per-user lookup table, per-user kNN and
 #: the MLP with a user embedding).
 DEFAULT_ROUTERS = ["PersonalizedRouterV2", "BestPerUserTaskRouter", "PerUserKNNRouter",
                    "UserMLPRouter"]
-
-
-def _rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(router_class: str, calls: int) -> dict:
@@ -61,12 +57,12 @@ def measure(router_class: str, calls: int) -> dict:
     why_not = cls.unavailable(feats)  # e.g. a cascade needs answer texts these features lack
     if why_not:
         return {"router": cls.name, "class": router_class, "skipped": why_not}
-    rss_before = _rss_mb()
+    rss_before = peak_rss_mb()
     with torch_threads(1):
         start = time.perf_counter()
         router = cls(feats, seed=0).fit(train, val)
         fit_s = time.perf_counter() - start
-    rss_after_fit = _rss_mb()
+    rss_after_fit = peak_rss_mb()
     throughput = {}
     for threads in (1, 2):
         if hasattr(router, "config") and hasattr(router.config, "threads"):
@@ -98,7 +94,7 @@ def measure(router_class: str, calls: int) -> dict:
         "fit_seconds": round(fit_s, 2), "fit_torch_threads": 1,
         "steps_run": int(log.step[-1]) if log is not None and len(log.step) else None,
         "best_step": getattr(log, "best_step", None),
-        "peak_rss_mb": round(_rss_mb()), "rss_before_fit_mb": round(rss_before),
+        "peak_rss_mb": round(peak_rss_mb()), "rss_before_fit_mb": round(rss_before),
         "peak_rss_after_fit_mb": round(rss_after_fit), **throughput,
         "single_request_p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
         "single_request_p99_ms": round(float(np.percentile(lat_ms, 99)), 3),

@@ -26,6 +26,13 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2 ** 20
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process over its life, MB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class PeakMemory:
     """Peak resident memory of this process while a ``with`` block runs.
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from prlib.bank import Bank
-from prlib.efficiency import machine, routing_speed, timed_fit
+from prlib.efficiency import machine, peak_rss_mb, routing_speed, timed_fit
 from prlib.experiment import Setting, _new_router, run_setting, setting_views
 from prlib.features import NodeFeatures, node_features
 from prlib.metrics import routing_metrics
@@ -84,11 +83,6 @@ def sparsity_sweep(setting: Setting, levels: Sequence[int],
     return pd.concat(frames, ignore_index=True)
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process over its life, MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def scaling_point(n_users: int, bank: Bank, router: str = "PersonalizedRouterV2",
                   strategy: str = "multi_cost", queries_per_user: int = 100,
                   train_per_user: int | None = 20, seed: int = 0,
@@ -129,7 +123,7 @@ def scaling_point(n_users: int, bank: Bank, router: str = "PersonalizedRouterV2"
             "generate_s": generate_s, "fit_s": cost.fit_s, "steps_run": cost.steps_run,
             "best_step": cost.best_step, "s_per_step": cost.seconds_per_step,
             "fit_memory_increase_mb": cost.increase_mb,
-            "process_peak_rss_mb": _peak_rss_mb(), **speed,
+            "process_peak_rss_mb": peak_rss_mb(), **speed,
             "metric": setting.metric, "test_metric": metric, **machine()}
 
 

@@ -219,6 +219,17 @@ def _error(status: int, message: str, kind: str = "invalid_request_error"):
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
 
+async def _json_object(request: Request, expected: str):
+    """The request's JSON object body, or a 400 answer that says what to send (``expected``)."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, f"the body is not JSON: send {expected}")
+    if not isinstance(body, dict):
+        return _error(400, f"the body must be a JSON object: {expected}")
+    return body
+
+
 def _last_user_text(body: dict) -> str:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -287,13 +298,10 @@ def create_app(service: RoutingService, retries: int = 2, timeout: float = 120.0
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "the body is not JSON: send a chat completion request "
-                               '{"messages": [{"role": "user", "content": "..."}], "user": "..."}')
+        body = await _json_object(request, 'a chat completion request {"messages": [{"role": '
+                                           '"user", "content": "..."}], "user": "..."}')
         if not isinstance(body, dict):
-            return _error(400, "the body must be a JSON object (a chat completion request)")
+            return body  # the 400 answer
         try:
             text = _last_user_text(body)
         except ValueError as e:
@@ -342,12 +350,11 @@ def create_app(service: RoutingService, retries: int = 2, timeout: float = 120.0
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, 'the body is not JSON: send {"request_id": ..., "user": ..., '
-                               '"pick": LLM} or {..., "rating": 0.0-1.0}')
-        if not isinstance(body, dict) or "request_id" not in body:
+        body = await _json_object(request, '{"request_id": ..., "user": ..., "pick": LLM} or '
+                                           '{..., "rating": 0.0-1.0}')
+        if not isinstance(body, dict):
+            return body  # the 400 answer
+        if "request_id" not in body:
             return _error(400, "feedback needs the routed request's 'request_id' (the "
                                "x-prlib-request-id header of its answer)")
         try:

@@ -323,3 +323,20 @@ def test_a_shared_object_is_written_once_and_read_once_per_process():
     del shared
     gc.collect()
     assert not os.path.exists(path)  # the file goes with the sender's object
+
+
+def test_views_sent_to_a_worker_land_in_that_workers_cache():
+    """What a worker receives (the pickled views function) must fill the module's cache, so the
+    worker's next fit of the same seed reuses the views; a closure would carry its own copy."""
+    import cloudpickle
+
+    from prlib import experiment
+
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    setting = Setting("cache", bank, simulate_multi_cost(bank))
+    shared = experiment.Shared(setting)  # the sender keeps it (its file lives as long)
+    sent = cloudpickle.loads(cloudpickle.dumps(experiment._views_by_seed(shared)))
+    experiment._VIEWS.clear()
+    first = sent(0)
+    assert (setting.fingerprint, 0) in experiment._VIEWS
+    assert sent(0) is first  # the second fit of the seed reads the cache
