@@ -244,7 +244,7 @@ def _keep_worker_caches() -> None:
 
 
 def map_fits(fn, tasks: Sequence[tuple], jobs: int = 1, threads: int | None = THREADS,
-             progress: bool = False, desc: str = "", label=None):
+             progress: bool = False, desc: str = "", label=None, cost=None):
     """``fn(*task)`` for each task with ``threads`` torch threads, results yielded in task order,
     with a progress bar.
 
@@ -252,7 +252,10 @@ def map_fits(fn, tasks: Sequence[tuple], jobs: int = 1, threads: int | None = TH
     joblib's loky backend: ``fn`` and its arguments are pickled with cloudpickle, results are
     pickled back). Every fit seeds itself, so a task gives the same result in a worker as here;
     only wall-clock timings feel the other jobs (with fewer free cores than ``jobs`` they slow
-    each other). ``label(*task)``: the progress bar's text of a task (serial runs only)."""
+    each other). ``label(*task)``: the progress bar's text of a task (serial runs only).
+    ``cost(*task)``: a task's rough expected run time; with several jobs the costliest tasks
+    are started first (longest first: no worker is left running one long fit at the end while
+    the others idle), and results still come back in task order."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress)
@@ -268,11 +271,18 @@ def map_fits(fn, tasks: Sequence[tuple], jobs: int = 1, threads: int | None = TH
 
         bar.set_postfix_str(f"{jobs} processes")
         n_jobs = min(jobs, len(tasks), os.cpu_count() or 1)
+        order = list(range(len(tasks)))
+        if cost is not None:  # stable: equal costs keep their task order
+            order.sort(key=lambda i: -float(cost(*tasks[i])))
         runs = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=1)(
-            delayed(_call_with_threads)(fn, threads, task) for task in tasks)
-        for result in runs:
-            yield result
+            delayed(_call_with_threads)(fn, threads, tasks[i]) for i in order)
+        done, nxt = {}, 0
+        for i, result in zip(order, runs):
+            done[i] = result
             bar.update()
+            while nxt in done:  # yield in task order as soon as the prefix is complete
+                yield done.pop(nxt)
+                nxt += 1
     finally:
         bar.close()
 
@@ -379,7 +389,8 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
                 "val_metric": validation_metric(setting, router, val), "fit_s": fit_s}
 
     rows = list(map_fits(tune_one, tasks, jobs, threads, progress, f"tuning · {shared.obj.name}",
-                         lambda seed, cls, point: f"seed {seed} {cls.name} {point}"))
+                         lambda seed, cls, point: f"seed {seed} {cls.name} {point}",
+                         cost=lambda seed, cls, point: cls.fit_cost))
     frame = pd.DataFrame(rows, columns=["setting", "router", "class", "point", "seed",
                                         "val_metric", "fit_s"])
     chosen = {}
@@ -455,7 +466,7 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     rows = []
     for (seed, cls), (row, router) in zip(tasks, map_fits(
             run_one, tasks, jobs, threads, progress, shared.obj.name,
-            lambda seed, cls: f"seed {seed} {cls.name}")):
+            lambda seed, cls: f"seed {seed} {cls.name}", cost=lambda seed, cls: cls.fit_cost)):
         rows.append(row)
         if fitted is not None:
             fitted[(cls.__name__, seed)] = router

@@ -126,11 +126,13 @@ def build_requests(interactions: pd.DataFrame, bank: Bank, split: QuerySplit) ->
     inter = interactions[interactions["query_id"].isin(split.of())]
     if inter.empty:
         raise RequestsError("no interaction names a query of the split; check bank and split")
-    key = inter[["user_id", "query_id"]].drop_duplicates().reset_index(drop=True)
+    # one request per (user, query), numbered in order of first appearance
+    r = inter.groupby(["user_id", "query_id"], sort=False, dropna=False).ngroup().to_numpy()
+    first = np.zeros(len(inter), bool)
+    first[np.unique(r, return_index=True)[1]] = True
+    key = inter.loc[first, ["user_id", "query_id"]].reset_index(drop=True)
     key["task"] = key["query_id"].map(dict(zip(bank.queries["query_id"], bank.queries["task"])))
     key["split"] = key["query_id"].map(split.of())
-    row = pd.Series(np.arange(len(key)), index=pd.MultiIndex.from_frame(key[["user_id", "query_id"]]))
-    r = row.loc[list(zip(inter["user_id"], inter["query_id"]))].to_numpy()
     col = pd.Index(llms).get_indexer(inter["llm"])
     if (col < 0).any():
         raise RequestsError(f"interactions name LLMs not in bank {bank.name!r}: "

@@ -340,3 +340,22 @@ def test_views_sent_to_a_worker_land_in_that_workers_cache():
     first = sent(0)
     assert (setting.fingerprint, 0) in experiment._VIEWS
     assert sent(0) is first  # the second fit of the seed reads the cache
+
+
+def _sleep_and_report(seconds):
+    import time
+
+    start = time.monotonic()
+    time.sleep(seconds)
+    return seconds, start
+
+
+def test_parallel_fits_start_the_costliest_first_and_return_in_task_order():
+    """``map_fits(cost=...)`` with two workers: the two costliest tasks (last in task order)
+    start before any other, and results come back in task order."""
+    from prlib.experiment import map_fits
+
+    tasks = [(0.05,), (0.05,), (0.05,), (0.05,), (0.5,), (0.5,)]
+    out = list(map_fits(_sleep_and_report, tasks, jobs=2, cost=lambda s: s))
+    assert [o[0] for o in out] == [t[0] for t in tasks]
+    assert max(o[1] for o in out[4:]) < min(o[1] for o in out[:4])

@@ -10,8 +10,8 @@ from prlib.bank import Bank
 from prlib.features import node_features
 from prlib.graph import build_graph, check_no_label_leak
 from prlib.metrics import picks_vary_share, routing_metrics
-from prlib.requests import (Requests, RequestsError, build_requests, concat_requests,
-                            split_queries)
+from prlib.requests import (QuerySplit, Requests, RequestsError, build_requests,
+                            concat_requests, split_queries)
 from prlib.routers import PersonalizedRouter
 from prlib.simulate import simulate_multi_cost
 
@@ -269,3 +269,27 @@ def test_feedback_conv_dense_mean_equals_message_passing():
     assert torch.allclose(dense, gathered, atol=1e-5)
     assert torch.allclose(g_dense, g_gathered, atol=1e-5)
     assert dense[30:].abs().max() == 0  # no incoming edge: no message
+
+
+def test_build_requests_keeps_each_users_feedback_on_their_own_row():
+    """Interactions in any order (a (user, query)'s rows apart): one request per (user, query)
+    in order of first appearance, each LLM's utility and the pick on that request's row."""
+    bank = Bank("toy", pd.DataFrame({"query_id": ["a", "b"], "task": "t", "text": ["x", "y"],
+                                     "turns": 1}),
+                pd.DataFrame({"llm": ["m1", "m2"], "family": "toy", "size_b": 1.0,
+                              "input_usd_per_m": 1.0, "output_usd_per_m": 1.0,
+                              "description": ["one", "two"]}),
+                pd.DataFrame([{"query_id": q, "task": "t", "llm": m, "quality": 0.5,
+                               "cost_usd": 0.1, "input_tokens": 1, "output_tokens": 1}
+                              for q in "ab" for m in ("m1", "m2")]))
+    inter = pd.DataFrame({"user_id": ["v", "u", "v", "u", "u", "v"],
+                          "query_id": ["b", "a", "a", "b", "a", "b"],
+                          "llm": ["m1", "m1", "m2", "m2", "m2", "m2"],
+                          "utility": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                          "chosen": [False, False, True, True, True, True]})
+    req = build_requests(inter, bank, QuerySplit(train=["a", "b"], val=[], test=[]))
+    assert list(zip(req.frame["user_id"], req.frame["query_id"])) == [
+        ("v", "b"), ("u", "a"), ("v", "a"), ("u", "b")]
+    np.testing.assert_array_equal(req.utility, [[0.1, 0.6], [0.2, 0.5], [np.nan, 0.3],
+                                                [np.nan, 0.4]])
+    assert req.chosen.tolist() == [1, 1, 1, 1]

@@ -269,6 +269,10 @@ class Router:
     #: Hyper-parameter values tried on validation, ``{param: [values]}``: empty, or exactly
     #: :data:`GRID_POINTS` points (the same selection budget for every router).
     grid: ClassVar[dict] = {}
+    #: Rough relative fit time (1: a lookup; trained networks more), used only to start the
+    #: slowest fits first when fits run in parallel (:func:`prlib.experiment.map_fits`), so
+    #: that no worker waits for one long fit at the end. Results do not depend on it.
+    fit_cost: ClassVar[float] = 1.0
 
     def __init__(self, feats: NodeFeatures, seed: int = 0, **params):
         unknown = sorted(set(params) - set(self.defaults))

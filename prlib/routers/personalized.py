@@ -186,6 +186,7 @@ class PersonalizedRouter(Router):
     """
 
     name = "PersonalizedRouter v1 (notebook 30's graph)"
+    fit_cost = 20.0
     #: superseded by :class:`~prlib.routers.personalized_v2.PersonalizedRouterV2`; registered
     #: (it saves and loads like any router) but not among the routers of the comparison tables
     family = "ablation"

@@ -158,6 +158,7 @@ class PersonalizedRouterV2(Router):
     name = "PersonalizedRouter v2 (ours)"
     family = "ours"
     selection = "early stopping (validation-best checkpoint)"
+    fit_cost = 20.0
     defaults = {f.name: f.default for f in fields(V2Config)}
     grid = {"lr": [1e-3, 3e-3], "dropout": [0.0, 0.2]}
 
