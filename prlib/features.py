@@ -82,10 +82,19 @@ def query_row(text: str, input_tokens: int | None = None, embedding_cache=None,
     """Features of a new query (as in :func:`node_features`), shape (1, 385). The caches
     default to the disk caches; a server passes in-memory ones
     (:class:`~prlib.embed.MemoryEmbeddingCache`, :class:`~prlib.tokens.MemoryTokenCountCache`)."""
-    tokens = (int(count_tokens([text], cache=token_cache)[0]) if input_tokens is None
+    return query_rows([text], None if input_tokens is None else [input_tokens],
+                      embedding_cache, token_cache)
+
+
+def query_rows(texts: list[str], input_tokens: list[int] | None = None, embedding_cache=None,
+               token_cache=None) -> torch.Tensor:
+    """:func:`query_row` of several new queries at once (one batch through the text
+    encoder), shape (n, 385)."""
+    texts = list(texts)
+    tokens = (count_tokens(texts, cache=token_cache) if input_tokens is None
               else input_tokens)
-    extra = np.log1p([[tokens]]) / 10.0
-    return torch.tensor(np.hstack([embed_texts([text], cache=embedding_cache), extra]),
+    extra = np.log1p(np.asarray(tokens, dtype=float).reshape(-1, 1)) / 10.0
+    return torch.tensor(np.hstack([embed_texts(texts, cache=embedding_cache), extra]),
                         dtype=torch.float32)
 
 

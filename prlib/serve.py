@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import threading
 import time
 import uuid
@@ -46,7 +47,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from prlib.embed import MemoryEmbeddingCache
-from prlib.features import NodeFeatures, query_row
+from prlib.features import NodeFeatures, query_rows
 from prlib.routers import Router
 from prlib.tokens import MemoryTokenCountCache
 
@@ -137,6 +138,72 @@ class Routed:
     query_x: object  # (1, query_dim) tensor
 
 
+class BatchingEncoder:
+    """Feature rows of new query texts (:func:`~prlib.features.query_rows`), computed in one
+    background thread that embeds every text waiting at that moment in one batch (at most
+    ``max_batch``): under concurrent requests the text encoder runs once per batch, not once
+    per request, and outside the router's lock. Its caches are in memory and touched by that
+    thread only."""
+
+    def __init__(self, max_batch: int = 64):
+        self.max_batch = int(max_batch)
+        self.embeddings, self.tokens = MemoryEmbeddingCache(), MemoryTokenCountCache()
+        self.batch_sizes: deque[int] = deque(maxlen=100_000)
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    async def row(self, text: str):
+        """The (1, query_dim) feature row of ``text``, awaited without blocking the event
+        loop."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._submit((text, lambda value, ok: loop.call_soon_threadsafe(
+            _resolve, future, value, ok)))
+        return await future
+
+    def row_now(self, text: str):
+        """:meth:`row` from a thread that may block (tests, the command line)."""
+        import concurrent.futures
+
+        future = concurrent.futures.Future()
+        self._submit((text, lambda value, ok: future.set_result(value) if ok
+                      else future.set_exception(value)))
+        return future.result()
+
+    def _submit(self, item) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="prlib-encoder",
+                                                daemon=True)
+                self._thread.start()
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                rows = query_rows([t for t, _ in batch], embedding_cache=self.embeddings,
+                                  token_cache=self.tokens)
+            except Exception as e:  # every waiting request gets the error
+                for _, done in batch:
+                    done(e, False)
+                continue
+            self.batch_sizes.append(len(batch))
+            for i, (_, done) in enumerate(batch):
+                done(rows[i:i + 1], True)
+
+
+def _resolve(future: asyncio.Future, value, ok: bool) -> None:
+    if not future.done():  # (a client that went away cancelled it)
+        future.set_result(value) if ok else future.set_exception(value)
+
+
 class RoutingService:
     """A router, the LLMs it may pick (those with an upstream), and the routed requests that
     feedback may still name (the ``remember`` most recent). Thread-safe: one lock around the
@@ -150,9 +217,9 @@ class RoutingService:
         self.llms = list(router.feats.llms)
         self.allowed = np.array([m in upstreams for m in self.llms])
         self.routed: OrderedDict[str, Routed] = OrderedDict()
-        self.embeddings, self.tokens = MemoryEmbeddingCache(), MemoryTokenCountCache()
+        self.encoder = BatchingEncoder()
         self.lock = threading.Lock()
-        self.route_ms: deque[float] = deque(maxlen=100_000)  # routing time per request (ms)
+        self.route_ms: deque[float] = deque(maxlen=100_000)  # scoring time per request (ms)
 
     def save(self, folder: str | Path) -> Path:
         """:func:`save_for_serving` of the router as it is now (feedback included), under the
@@ -163,13 +230,16 @@ class RoutingService:
     def known_user(self, user: str) -> bool:
         return user in self.router.store_.upos
 
-    def route(self, user: str, text: str) -> tuple[str, float, str, bool]:
+    def route(self, user: str, text: str, row=None) -> tuple[str, float, str, bool]:
         """``(llm, score, request_id, cold_start)`` for ``user`` asking ``text``, among the
         LLMs with an upstream; ``cold_start``: the user has no visible feedback (the
-        population prior routed them)."""
+        population prior routed them). ``row``: the text's feature row when the caller has it
+        (the server awaits :attr:`encoder` first); ``route_ms`` times the scoring under the
+        lock."""
+        if row is None:
+            row = self.encoder.row_now(text)
         with self.lock:
             start = time.perf_counter()
-            row = query_row(text, embedding_cache=self.embeddings, token_cache=self.tokens)
             scores = self.router.text_scores(user, text, query_x=row)
             scores = np.where(self.allowed, scores, -np.inf)
             best = int(np.argmax(scores))
@@ -262,6 +332,7 @@ def create_app(service: RoutingService, retries: int = 2, timeout: float = 120.0
     app = FastAPI(title="prlib serve", description=__doc__.split("\n\n")[0], lifespan=lifespan)
     app.state.service = service
     app.state.overhead_ms = deque(maxlen=100_000)  # ms per request, lock waits included
+    app.state.embed_ms = deque(maxlen=100_000)  # ms from arrival to the text's feature row
 
     def client(base_url: str) -> httpx.AsyncClient:
         if base_url not in clients:
@@ -312,7 +383,9 @@ def create_app(service: RoutingService, retries: int = 2, timeout: float = 120.0
         asked = body.get("model") or ""
         start = time.perf_counter()
         if asked in ROUTE_MODELS:
-            llm, score, rid, cold = await asyncio.to_thread(service.route, user, text)
+            row = await service.encoder.row(text)  # batched with concurrent requests' texts
+            app.state.embed_ms.append(1e3 * (time.perf_counter() - start))
+            llm, score, rid, cold = await asyncio.to_thread(service.route, user, text, row)
             how = "routed (population prior: unknown user)" if cold else "routed"
         elif asked in service.upstreams:
             llm, score, rid, how = asked, float("nan"), f"prlib-{uuid.uuid4().hex}", "asked"
@@ -433,29 +506,64 @@ async def _fire(url: str, bodies: list[dict]) -> list:
                                       for b in bodies))
 
 
-def load_test(service: RoutingService, n_requests: int = 200, n_users: int = 20) -> dict:
+async def _one_by_one(url: str, bodies: list[dict]) -> list:
+    async with httpx.AsyncClient(timeout=120.0) as c:
+        return [await c.post(f"{url}/chat/completions", json=b) for b in bodies]
+
+
+def load_test(service: RoutingService, n_requests: int = 200, n_users: int = 20,
+              sequential: int = 0) -> dict:
     """``n_requests`` chat completions sent at once from ``n_users`` users (distinct texts) to
     a server of ``service`` on 127.0.0.1; returns what came back (statuses, request ids, the
-    chosen LLMs) and the routing overhead per request: ``route_ms`` (the router's own work)
-    and ``overhead_ms`` (from the request's arrival to the routing decision, queueing for the
-    router included), with their p50 / p99."""
+    chosen LLMs) and the routing overhead per request, p50 / p99: ``route_ms`` (the router's
+    scoring, under its lock), ``embed_ms`` (from arrival to the text's feature row: the
+    batched text encoder, waiting included), ``overhead_ms`` (from arrival to the routing
+    decision, all queueing included) and the encoder's batch sizes. ``sequential`` > 0: then
+    that many more requests one at a time (each alone on the server, new texts), whose
+    ``single_*`` overheads are what one request costs on an idle server."""
     app = create_app(service)
-    bodies = [{"model": "auto", "user": f"load-user-{i % n_users}",
-               "messages": [{"role": "user", "content": f"load test question {i}: how do I "
-                                                        f"sort a list of {i} numbers?"}]}
-              for i in range(n_requests)]
-    before = len(service.route_ms)
-    with BackgroundServer(app) as server:
-        start = time.perf_counter()
-        replies = asyncio.run(_fire(server.url, bodies))
-        wall = time.perf_counter() - start
-    route = np.array(list(service.route_ms)[before:])
-    overhead = np.array(list(app.state.overhead_ms))
+
+    def bodies(n, tag):
+        return [{"model": "auto", "user": f"load-user-{i % n_users}",
+                 "messages": [{"role": "user", "content": f"{tag} question {i}: how do I sort "
+                                                          f"a list of {i} numbers?"}]}
+                for i in range(n)]
+
     pct = lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan")  # noqa: E731
-    return {"requests": n_requests, "users": n_users, "wall_s": wall,
-            "statuses": [r.status_code for r in replies],
-            "texts": [b["messages"][-1]["content"] for b in bodies],
-            "models": [r.headers.get("x-prlib-model") for r in replies],
-            "request_ids": [r.headers.get("x-prlib-request-id") for r in replies],
-            "route_ms_p50": pct(route, 50), "route_ms_p99": pct(route, 99),
-            "overhead_ms_p50": pct(overhead, 50), "overhead_ms_p99": pct(overhead, 99)}
+    burst = bodies(n_requests, "load test")
+    marks = lambda: (len(service.route_ms), len(app.state.embed_ms),  # noqa: E731
+                     len(app.state.overhead_ms), len(service.encoder.batch_sizes))
+    with BackgroundServer(app) as server:
+        before = marks()
+        start = time.perf_counter()
+        replies = asyncio.run(_fire(server.url, burst))
+        wall = time.perf_counter() - start
+        after = marks()
+        singles = asyncio.run(_one_by_one(server.url, bodies(sequential, "one at a time")))
+
+    def part(log, i, lo, hi):
+        return np.array(list(log)[lo[i]:hi[i]])
+
+    logs = (service.route_ms, app.state.embed_ms, app.state.overhead_ms)
+    route, embed, overhead = (part(log, i, before, after) for i, log in enumerate(logs))
+    out = {"requests": n_requests, "users": n_users, "wall_s": wall,
+           "statuses": [r.status_code for r in replies],
+           "texts": [b["messages"][-1]["content"] for b in burst],
+           "models": [r.headers.get("x-prlib-model") for r in replies],
+           "request_ids": [r.headers.get("x-prlib-request-id") for r in replies],
+           "route_ms_p50": pct(route, 50), "route_ms_p99": pct(route, 99),
+           "embed_ms_p50": pct(embed, 50), "embed_ms_p99": pct(embed, 99),
+           "overhead_ms_p50": pct(overhead, 50), "overhead_ms_p99": pct(overhead, 99),
+           "encoder_batches": after[3] - before[3],
+           "encoder_batch_max": int(max(list(service.encoder.batch_sizes)[before[3]:after[3]],
+                                        default=0))}
+    if sequential:
+        done = marks()
+        route, embed, overhead = (np.array(list(log)[after[i]:done[i]])
+                                  for i, log in enumerate(logs))
+        out.update(single_statuses=[r.status_code for r in singles],
+                   single_route_ms_p50=pct(route, 50), single_route_ms_p99=pct(route, 99),
+                   single_embed_ms_p50=pct(embed, 50), single_embed_ms_p99=pct(embed, 99),
+                   single_overhead_ms_p50=pct(overhead, 50),
+                   single_overhead_ms_p99=pct(overhead, 99))
+    return out

@@ -208,3 +208,38 @@ def test_200_concurrent_requests_from_20_users_are_each_forwarded_once(saved_rou
     assert len(expected) == 200 and set(upstream.received) == expected
     assert set(upstream.received.values()) == {1} and sum(upstream.answered.values()) == 200
     assert 0 < out["route_ms_p50"] <= out["route_ms_p99"]
+    assert out["encoder_batches"] < 200  # concurrent texts shared the encoder's batches
+
+
+def test_concurrent_texts_are_embedded_in_batches_each_as_if_alone(monkeypatch):
+    """The server's encoder embeds the texts waiting together in one batch; each request still
+    gets its own text's row (as :func:`query_row` alone gives it), and an encoder failure
+    reaches every waiting request."""
+    import asyncio
+
+    from prlib.embed import MemoryEmbeddingCache
+    from prlib.features import query_row
+    from prlib.serve import BatchingEncoder
+    from prlib.tokens import MemoryTokenCountCache
+
+    encoder = BatchingEncoder(max_batch=16)
+    texts = [f"question {i}: how do I {'sort' if i % 2 else 'reverse'} a list of {i} items?"
+             for i in range(40)]
+
+    async def ask(batch):
+        return await asyncio.gather(*(encoder.row(t) for t in batch))
+
+    rows = asyncio.run(ask(texts))
+    assert len(encoder.batch_sizes) < len(texts) and max(encoder.batch_sizes) <= 16
+    for text, row in zip(texts, rows):
+        alone = query_row(text, embedding_cache=MemoryEmbeddingCache(),
+                          token_cache=MemoryTokenCountCache())
+        np.testing.assert_allclose(row.numpy(), alone.numpy(), atol=1e-5, err_msg=text)
+    np.testing.assert_allclose(encoder.row_now(texts[3]).numpy(), rows[3].numpy(), atol=1e-6)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("encoder down")
+
+    monkeypatch.setattr("prlib.serve.query_rows", broken)
+    with pytest.raises(RuntimeError, match="encoder down"):
+        asyncio.run(ask(texts[:5]))

@@ -249,6 +249,12 @@ class PersonalizedRouterV2(Router):
         hq = self.model.query(query_x.to(dev)) if query_x is not None else got[2]
         return hq, got[0], got[1]
 
+    def _eval(self) -> None:
+        """The scorer in evaluation mode (switched only when it is not: switching walks every
+        submodule, a noticeable part of routing one request)."""
+        if self.model.training:
+            self.model.eval()
+
     def _on_device(self, msg: Messages) -> Messages:
         """``msg`` on the router's device."""
         if self.device == "cpu":
@@ -274,7 +280,8 @@ class PersonalizedRouterV2(Router):
         ``fit`` or ``load``), recomputed while training."""
         if getattr(self, "_frozen", False):
             if getattr(self, "_hq_cache", None) is None:
-                with torch.no_grad():
+                # a plain tensor even when asked for under inference mode (it outlives it)
+                with torch.inference_mode(False), torch.no_grad():
                     self._hq_cache = self.model.query(self.feats.query_x.to(self.device))
             return self._hq_cache
         return self.model.query(self.feats.query_x.to(self.device))
@@ -360,14 +367,14 @@ class PersonalizedRouterV2(Router):
         self.history_ = train
 
     # -------------------------------------------------------------- inference
-    @torch.no_grad()
+    @torch.inference_mode()  # (no_grad without autograd's bookkeeping: a fast single request)
     def scores(self, requests: Requests) -> np.ndarray:
         """Logits (n, n_llms) from the cached history; -inf = not a candidate. A request whose
         (user, query) already has visible feedback is refused (its label is in sight); a user
         without history gets the population's messages (task and pooled neighbours)."""
         self._check_fitted()
         st = self.store_
-        self.model.eval()
+        self._eval()
         with torch_threads(self.config.threads):
             msg = st.messages(requests)
             seen = int((msg.own >= 0).sum())
@@ -396,7 +403,7 @@ class PersonalizedRouterV2(Router):
         if by not in ("user", "profile"):
             raise ValueError(f"by must be 'user' or 'profile', got {by!r}")
         self._check_fitted()
-        self.model.eval()
+        self._eval()
         st, h = self.store_, self.history_
         with torch_threads(self.config.threads):
             msg = st.messages(h)
@@ -503,7 +510,7 @@ class PersonalizedRouterV2(Router):
             raise KeyError(f"unknown task {task!r}; known tasks: {self.feats.tasks}")
         return task
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def text_scores(self, user_id: str, query_text: str, task: str | None = None,
                     query_x: torch.Tensor | None = None) -> np.ndarray:
         """Scores (n_llms,) of every LLM for ``user_id`` and a new query text; the router's
@@ -514,14 +521,12 @@ class PersonalizedRouterV2(Router):
         self._check_fitted()
         row = (query_row(query_text) if query_x is None else query_x).cpu()
         task = self._text_task(row, task)
-        n = len(self.feats.llms)
-        req = Requests(pd.DataFrame({"user_id": [user_id], "query_id": ["__text__"],
-                                     "task": [task], "split": ["new"]}), self.feats.llms,
-                       np.zeros((1, n)), np.zeros(1, dtype=int))
-        self.model.eval()
+        st = self.store_
+        self._eval()
         with torch_threads(self.config.threads):
-            msg = self.store_.messages(req, query_x=row.numpy())
-            cand = torch.ones(1, n, dtype=torch.bool)
+            msg = st.messages_of(np.array([st.upos.get(user_id, -1)]), np.array([-1]),
+                                 np.array([st.tpos[task]]), query_x=row.numpy())
+            cand = torch.ones(1, len(self.feats.llms), dtype=torch.bool)
             return self._logits(cand, msg, row)[0].cpu().numpy()
 
     def route_text(self, user_id: str, query_text: str, task: str | None = None) -> str:

@@ -148,7 +148,7 @@ class FeedbackStore:
         self.s_query = np.zeros((nq, m, CHANNELS))
         self.n_query = np.zeros((nq, m))
         self.query_visible = np.zeros(nq, bool)
-        self._pool_cache = self._row_pos_cache = None
+        self._pool_cache = self._row_pos_cache = self._pool_xt = None
 
     # -------------------------------------------------------------- updates
     def add(self, req: Requests) -> None:
@@ -190,7 +190,7 @@ class FeedbackStore:
         np.add.at(self.s_query, q, vals)
         np.add.at(self.n_query, q, o)
         self.query_visible[q] = True
-        self._pool_cache = self._row_pos_cache = None
+        self._pool_cache = self._row_pos_cache = self._pool_xt = None
 
     def add_queries(self, query_ids, query_x: np.ndarray) -> None:
         """New queries the history may refer to (no feedback yet): ``query_x`` (n, d), as the
@@ -207,7 +207,7 @@ class FeedbackStore:
         self.s_query = np.concatenate([self.s_query, np.zeros((n, m, CHANNELS))])
         self.n_query = np.concatenate([self.n_query, np.zeros((n, m))])
         self.query_visible = np.concatenate([self.query_visible, np.zeros(n, bool)])
-        self._pool_cache = self._row_pos_cache = None
+        self._pool_cache = self._row_pos_cache = self._pool_xt = None
 
     def _check_new(self, req: Requests) -> None:
         """Refuse, before changing anything, requests whose (user, query) is already visible or
@@ -251,6 +251,14 @@ class FeedbackStore:
             self._row_pos_cache = np.searchsorted(self.pooled()[0], self.row_query)
         return self._row_pos_cache
 
+    def _pooled_xt(self) -> torch.Tensor:
+        """The visible queries' unit embeddings transposed, (d, Q), kept contiguous (a product
+        with a transposed view is slower)."""
+        if getattr(self, "_pool_xt", None) is None:  # (stores pickled before it: None)
+            with torch.inference_mode(False):  # a plain tensor: it outlives a scoring call
+                self._pool_xt = torch.from_numpy(np.ascontiguousarray(self.pooled()[1].T))
+        return self._pool_xt
+
     def pooled(self):
         """Visible queries (feature indices), their unit embeddings, mean feedback over users
         and which LLMs have any: ``(ids (Q,), x (Q, d), mean (Q, M, C), observed (Q, M))``."""
@@ -267,8 +275,15 @@ class FeedbackStore:
         its own query (so a visible request is predicted as if it were new). ``query_x``
         (n, d): embeddings of the requests' queries when they are not in the features (new
         texts); their query id is then never visible."""
-        n, m, k = len(req), len(self.llms), self.k
-        u, q, tk = self.index(req, known_queries=query_x is None)
+        return self.messages_of(*self.index(req, known_queries=query_x is None), query_x)
+
+    def messages_of(self, u: np.ndarray, q: np.ndarray, tk: np.ndarray,
+                    query_x: np.ndarray | None = None) -> Messages:
+        """:meth:`messages` of requests given by index (:meth:`index`): ``u`` / ``q`` / ``tk``
+        int64 (n,) user (-1: no visible feedback), feature query and task of each; with
+        ``query_x`` (n, d) the queries are new texts (``q`` is ignored). No data frame is
+        touched: the path of a served request."""
+        n, m, k = len(u), len(self.llms), self.k
         if query_x is None:
             x = None  # the feature queries' embeddings, gathered per distinct query below
         else:
@@ -306,7 +321,7 @@ class FeedbackStore:
         else:
             uq, inv, xq, q_of = np.arange(n), np.arange(n), x, q
         pool_ids, pool_x, pool_mean, pool_obs = self.pooled()
-        sim_p = xq @ torch.from_numpy(pool_x).T  # (n_distinct, Q): cosine to visible queries
+        sim_p = xq @ self._pooled_xt()  # (n_distinct, Q): cosine to visible queries
         row_pos = self._row_pool_pos()
         user_nb = torch.full((n, k), -1, dtype=torch.long)
         user_sim = torch.zeros(n, k)

@@ -134,7 +134,11 @@ class TorchRouter(Router):
         return cand, util, torch.as_tensor(requests.chosen)
 
     def _loss(self, out: torch.Tensor, batch: Requests) -> torch.Tensor:
-        cand, util, chosen = self._targets(batch)
+        return self._loss_of(out, *self._targets(batch))
+
+    def _loss_of(self, out: torch.Tensor, cand: torch.Tensor, util: torch.Tensor,
+                 chosen: torch.Tensor) -> torch.Tensor:
+        """The loss of ``out`` (n, n_llms) against :meth:`_targets`."""
         if self.params["loss"] == "ce":
             return F.cross_entropy(out.masked_fill(~cand, NEG), chosen)
         return ((out - util) ** 2 * cand).sum() / cand.sum().clamp(min=1)
