@@ -27,10 +27,23 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process over its life, MB (Linux reports KiB)."""
+    """Peak resident memory of this process's own program, MB: Linux's high-water mark of the
+    current address space (``VmHWM``). (``getrusage``'s ``ru_maxrss`` is not it: Linux keeps it
+    across ``fork`` and ``exec``, so a fresh process started from a big one, e.g. a scaling
+    point run from a notebook's kernel, would report the kernel's size.) Elsewhere
+    ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     import resource
+    import sys
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024
 
 
 class PeakMemory:

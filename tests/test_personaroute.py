@@ -86,6 +86,20 @@ def test_a_scaling_point_measures_ours_on_a_bench_of_that_size(bench):
     json.dumps(row)  # one JSON line per point (the subprocess protocol)
 
 
+def test_a_fresh_process_reports_its_own_peak_memory_not_its_parents():
+    """A scaling point runs in a process started by a big one (a notebook's kernel): its peak
+    is its own. (``ru_maxrss`` would report the parent's 1.5 GB.)"""
+    import subprocess
+    import sys
+
+    held = np.ones(1_500 * 2 ** 20 // 8)  # 1.5 GB, touched
+    assert efficiency.peak_rss_mb() > 1_500
+    out = subprocess.run([sys.executable, "-c", "from prlib.efficiency import peak_rss_mb; "
+                          "print(peak_rss_mb())"], capture_output=True, text=True, check=True)
+    assert float(out.stdout.strip().splitlines()[-1]) < 1_000
+    del held
+
+
 def test_peak_memory_sees_an_allocation_made_and_freed_inside_the_block():
     with efficiency.PeakMemory(interval=0.001) as quiet:
         pass
