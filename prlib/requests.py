@@ -128,8 +128,7 @@ def build_requests(interactions: pd.DataFrame, bank: Bank, split: QuerySplit) ->
         raise RequestsError("no interaction names a query of the split; check bank and split")
     # one request per (user, query), numbered in order of first appearance
     r = inter.groupby(["user_id", "query_id"], sort=False, dropna=False).ngroup().to_numpy()
-    first = np.zeros(len(inter), bool)
-    first[np.unique(r, return_index=True)[1]] = True
+    first = ~inter.duplicated(["user_id", "query_id"]).to_numpy()
     key = inter.loc[first, ["user_id", "query_id"]].reset_index(drop=True)
     key["task"] = key["query_id"].map(dict(zip(bank.queries["query_id"], bank.queries["task"])))
     key["split"] = key["query_id"].map(split.of())

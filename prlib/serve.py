@@ -31,6 +31,7 @@ state changes in memory only (``POST /v1/admin/save`` writes it where the server
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import queue
 import threading
@@ -159,7 +160,7 @@ class BatchingEncoder:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._submit((text, lambda value, ok: loop.call_soon_threadsafe(
-            _resolve, future, value, ok)))
+            _settle, future, value, ok)))
         return await future
 
     def row_now(self, text: str):
@@ -167,8 +168,7 @@ class BatchingEncoder:
         import concurrent.futures
 
         future = concurrent.futures.Future()
-        self._submit((text, lambda value, ok: future.set_result(value) if ok
-                      else future.set_exception(value)))
+        self._submit((text, functools.partial(_settle, future)))
         return future.result()
 
     def _submit(self, item) -> None:
@@ -199,9 +199,14 @@ class BatchingEncoder:
                 done(rows[i:i + 1], True)
 
 
-def _resolve(future: asyncio.Future, value, ok: bool) -> None:
-    if not future.done():  # (a client that went away cancelled it)
-        future.set_result(value) if ok else future.set_exception(value)
+def _settle(future, value, ok: bool) -> None:
+    """Give a waiting request (an asyncio or a concurrent future) its row, or the error."""
+    if future.done():  # (a client that went away cancelled it)
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 class RoutingService:
@@ -559,8 +564,7 @@ def load_test(service: RoutingService, n_requests: int = 200, n_users: int = 20,
                                         default=0))}
     if sequential:
         done = marks()
-        route, embed, overhead = (np.array(list(log)[after[i]:done[i]])
-                                  for i, log in enumerate(logs))
+        route, embed, overhead = (part(log, i, after, done) for i, log in enumerate(logs))
         out.update(single_statuses=[r.status_code for r in singles],
                    single_route_ms_p50=pct(route, 50), single_route_ms_p99=pct(route, 99),
                    single_embed_ms_p50=pct(embed, 50), single_embed_ms_p99=pct(embed, 99),

@@ -66,15 +66,15 @@ class GraphRouterGNN(TorchRouter):
         self.train_u_ = by_q.to_numpy()  # (n_train_q, n_llms), NaN = never a candidate
         self.task_of_ = dict(zip(train.frame["query_id"], train.frame["task"]))
         # what every training step reads, looked up once per fit (no pandas in the step loop):
-        # each training request's row among the training queries, and its targets
+        # the training queries' feature positions, each training request's row among them, and
+        # the requests' targets
+        self._step_positions = self._query_positions(self.train_q_)
         self._step_rows = pd.Index(self.train_q_).get_indexer(train.frame["query_id"])
         self._step_targets = self._targets(train)
-        self._train_positions = None
-        self._train_positions = self._query_positions(self.train_q_)
 
     def fit(self, train, val, *, progress=False):
         super().fit(train, val, progress=progress)
-        del self._step_rows, self._step_targets  # the fit's own: not kept with the router
+        del self._step_positions, self._step_rows, self._step_targets  # the fit's own
         return self
 
     def _make_net(self):
@@ -82,10 +82,12 @@ class GraphRouterGNN(TorchRouter):
                 "llm": self.feats.llm_x.shape[1]}
         return QueryGNN(dims, self.params["hidden"])
 
-    def _graph_scores(self, qids: np.ndarray, util: np.ndarray, visible: np.ndarray):
+    def _graph_scores(self, qids: np.ndarray, util: np.ndarray, visible: np.ndarray,
+                      positions: tuple[np.ndarray, np.ndarray] | None = None):
         """(len(qids), n_llms) predictions; ``util`` rows are the edge labels (NaN = no edge),
-        used only where ``visible``."""
-        qpos, tpos = self._query_positions(qids)
+        used only where ``visible``; ``positions``: :meth:`_query_positions` of ``qids`` when
+        the caller has them."""
+        qpos, tpos = self._query_positions(qids) if positions is None else positions
         n = len(qids)
         r, m = np.nonzero(~np.isnan(util))
         attr = np.stack([visible[r].astype(float), np.where(visible[r], util[r, m], 0.0)], 1)
@@ -102,10 +104,7 @@ class GraphRouterGNN(TorchRouter):
         return self.net(x, ei, ea)
 
     def _query_positions(self, qids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Feature rows of ``qids`` and of their tasks; kept for the training queries (the
-        same array at every step)."""
-        if qids is self.train_q_ and getattr(self, "_train_positions", None) is not None:
-            return self._train_positions
+        """Feature rows of ``qids`` and of their tasks."""
         return (pd.Index(self.feats.query_ids).get_indexer(qids),
                 pd.Index(self.feats.tasks).get_indexer([self.task_of_[q] for q in qids]))
 
@@ -113,7 +112,7 @@ class GraphRouterGNN(TorchRouter):
         hidden = rng.random(len(self.train_q_)) < self.params["hide_share"]
         if not hidden.any():
             hidden[rng.integers(len(hidden))] = True
-        pred = self._graph_scores(self.train_q_, self.train_u_, ~hidden)
+        pred = self._graph_scores(self.train_q_, self.train_u_, ~hidden, self._step_positions)
         rows = self._step_rows
         keep = torch.as_tensor(np.flatnonzero(hidden[rows]))
         return self._loss_of(pred[torch.as_tensor(rows)[keep]],

@@ -254,7 +254,7 @@ class FeedbackStore:
     def _pooled_xt(self) -> torch.Tensor:
         """The visible queries' unit embeddings transposed, (d, Q), kept contiguous (a product
         with a transposed view is slower)."""
-        if getattr(self, "_pool_xt", None) is None:  # (stores pickled before it: None)
+        if self._pool_xt is None:
             with torch.inference_mode(False):  # a plain tensor: it outlives a scoring call
                 self._pool_xt = torch.from_numpy(np.ascontiguousarray(self.pooled()[1].T))
         return self._pool_xt
