@@ -330,9 +330,15 @@ class FeedbackStore:
             rows = self.user_rows(ui)
             if not len(rows):
                 continue
-            rq = self.row_query[rows]
-            sim = sim_p[torch.from_numpy(inv[mine])[:, None], torch.from_numpy(row_pos[rows])[None]]
-            sim[torch.from_numpy(rq[None, :] == q[mine][:, None])] = float("-inf")  # own query
+            # (requests of the user, the user's rows): columns first, the cheaper copy
+            sim = sim_p.index_select(1, torch.from_numpy(row_pos[rows])).index_select(
+                0, torch.from_numpy(inv[mine]))
+            # a user has at most one row per query: the request's own row, where visible, is
+            # the only one of its query (rows are kept in the order added, so sorted)
+            mine_own = own[mine]
+            at = np.flatnonzero(mine_own >= 0)
+            sim[torch.from_numpy(at), torch.from_numpy(np.searchsorted(rows, mine_own[at]))] = \
+                float("-inf")  # own query
             top, top_sim = _topk(sim, k)
             mine_t = torch.from_numpy(mine)
             user_nb[mine_t] = torch.where(top >= 0, torch.from_numpy(rows)[top.clamp(min=0)], -1)
