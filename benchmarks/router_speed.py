@@ -3,7 +3,7 @@ strongest baselines.
 
 Setting: the nine paper users (simulated multi-cost users) on the full LLMRouter bank, split of
 seed 0, default hyper-parameters. Each router runs in its own fresh process, so its peak memory is
-its own: fit time, the process's peak resident memory (``ru_maxrss``, data and libraries
+its own: fit time, the process's peak resident memory (``VmHWM``, data and libraries
 included) and its resident memory before the fit, batched routing throughput of the test
 requests (best of 3, after a warm-up; 1 and 2 torch threads), and single-request latency
 p50 / p99 over ``--calls`` warm calls of ``route`` on one request each (the one-row requests are
