@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from prlib.efficiency import peak_rss_mb
+from prlib.efficiency import cpu_model, peak_rss_mb
 
 #: Ours and the strongest baselines of notebook 50 (the per-user lookup table, per-user kNN and
 #: the MLP with a user embedding).
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         "what": "fit, memory and routing speed; multi-cost, full LLMRouter bank, the 9 paper users "
                 "(simulated), split of seed 0, default hyper-parameters, one process per router",
         "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+        "cpu_model": cpu_model(), "python": platform.python_version(),
         "load_average_1min_before": round(load_before, 2),
         "load_average_1min_after": round(os.getloadavg()[0], 2),
         "routers": rows,
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     ours = next((r for r in rows if r["class"] == "PersonalizedRouterV2"), rows[0])
     where = "On CPU" if ours["device"] == "cpu" else f"On {ours['device']}"
     out.with_suffix(".md").write_text(  # the README's sentence, from the numbers above
-        f"{where} ({result['cpu_count']} CPU cores) {ours['router']} trains "
+        f"{where} ({result['cpu_model']}, {result['cpu_count']} cores) {ours['router']} trains "
         f"the nine-user multi-cost model on the full LLMRouter bank ({ours['train_requests']:,} "
         f"training requests) in {ours['fit_seconds']:.0f} s on one torch thread (peak memory "
         f"{ours['peak_rss_mb']:,} MB for the whole process), routes "
@@ -177,7 +177,7 @@ def _write_efficiency_table(result: dict, out) -> dict:
             "test_reward": "test reward"}
     cols["skipped"] = "not run because"
     table = pd.DataFrame(result["routers"]).reindex(columns=list(cols)).rename(columns=cols)
-    note = (f"{result['what']}; {result['cpu_count']} CPU cores, device "
+    note = (f"{result['what']}; {result['cpu_model']}, {result['cpu_count']} cores, device "
             f"{result['routers'][0]['device']}, load average {result['load_average_1min_before']} "
             f"before the run (`python benchmarks/router_speed.py --routers all`).")
     out.with_suffix(".md").write_text(to_markdown(table, floatfmt=",.2f") + "\n\n"

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     with open(args.out, "w") as f:
         f.write(json.dumps(result, indent=1) + "\n")
     sentence = (  # the README's sentence, from the numbers above
-        f"Load test (`benchmarks/serve_load.py`, {result['cpu_count']} CPU cores): "
+        f"Load test (`benchmarks/serve_load.py`, {result['cpu_model']}, {result['cpu_count']} "
+        "cores): "
         f"{args.requests} concurrent chat completions from {args.users} users through `prlib "
         f"serve` ({result['router']} over {result['history_requests']:,} visible requests of "
         f"{result['router_users']} users) to a fake upstream on 127.0.0.1: "

@@ -151,11 +151,28 @@ def routing_speed(router: Router, requests: Requests, calls: int = 1000, warmup:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: ``/proc/cpuinfo``; elsewhere what ``platform`` says):
+    timings from two machines with the same core count can differ several-fold."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
-    """The machine a timing ran on: CPU cores, torch device and version, load average."""
+    """The machine a timing ran on: CPU model and cores, torch device and version, load
+    average."""
     from prlib.config import resolve_device
 
     device = resolve_device("auto")
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-    return {"cpu_count": os.cpu_count(), "device": device, "device_name": name,
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "device": device,
+            "device_name": name,
             "torch": torch.__version__, "load_average_1min": round(os.getloadavg()[0], 2)}
