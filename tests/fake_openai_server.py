@@ -24,6 +24,14 @@ from typing import Callable
 Responder = Callable[[str, list[dict]], str]
 
 
+class _BackloggedServer(ThreadingHTTPServer):
+    """A threading HTTP server whose listen backlog holds a load test's burst: the standard
+    library's default of 5 pending connections made a loaded machine drop or reset some of 100
+    concurrent connects, so the fake upstream, not the proxy under test, lost requests."""
+
+    request_queue_size = 1024
+
+
 def request_key(model: str, messages: list[dict]) -> str:
     return json.dumps([model, messages], sort_keys=True)
 
@@ -49,7 +57,7 @@ class FakeOpenAIServer:
         self._epoch = 0
         self._faults: deque[tuple[str, str | None, str | None]] = deque()
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd = _BackloggedServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
                                         daemon=True)
