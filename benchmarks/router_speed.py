@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from prlib.efficiency import cpu_model, peak_rss_mb
+from prlib.efficiency import machine, peak_rss_mb
 
 #: Ours and the strongest baselines of notebook 50 (the per-user lookup table, per-user kNN and
 #: the MLP with a user embedding).
@@ -134,10 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "what": "fit, memory and routing speed; multi-cost, full LLMRouter bank, the 9 paper users "
                 "(simulated), split of seed 0, default hyper-parameters, one process per router",
-        "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "cpu_model": cpu_model(), "python": platform.python_version(),
+        **machine(), "python": platform.python_version(),
         "load_average_1min_before": round(load_before, 2),
-        "load_average_1min_after": round(os.getloadavg()[0], 2),
         "routers": rows,
     }
     if every:

@@ -25,9 +25,10 @@ Responder = Callable[[str, list[dict]], str]
 
 
 class _BackloggedServer(ThreadingHTTPServer):
-    """A threading HTTP server whose listen backlog holds a load test's burst: the standard
-    library's default of 5 pending connections made a loaded machine drop or reset some of 100
-    concurrent connects, so the fake upstream, not the proxy under test, lost requests."""
+    """A threading HTTP server whose listen backlog holds a load test's burst (httpx opens up to
+    100 connections at once). With the standard library's default of 5 pending connections a
+    loaded machine can refuse or reset connects, so the fake upstream, not the proxy under
+    test, would lose requests: the likely cause of one 502 seen in CI, not reproduced."""
 
     request_queue_size = 1024
 
