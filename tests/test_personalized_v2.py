@@ -33,6 +33,51 @@ def test_v2_messages_equal_the_explicit_edge_lists(toy, which):
     np.testing.assert_allclose(cached.numpy(), ref.numpy(), atol=1e-5)
 
 
+def by_three(u, c):  # three users, each with their own taste per cluster
+    table = {("a", 0): [1.0, 0.5, 0.0], ("a", 1): [0.2, 1.0, 0.0],
+             ("b", 0): [0.0, 1.0, 0.5], ("b", 1): [0.0, 0.2, 1.0],
+             ("c", 0): [0.6, 0.0, 0.9], ("c", 1): [0.9, 0.3, 0.1]}
+    return table[(u, c)]
+
+
+def histories():
+    """Training histories that take each path of the user search: every user has every
+    training query (one search shared with the pooled one), users ``a`` and ``b`` share the
+    same partial history (one search for the two) while ``c`` has another, and users whose
+    histories all differ (a search per user)."""
+    req = make_requests(by_three, users=("a", "b", "c"), drop_mid_every=4)
+    train = req.split("train")
+    f = train.frame
+    q = f["query_id"].str[1:].astype(int).to_numpy()
+    shared_gap = ~(f["user_id"].isin(["a", "b"]) & (q % 3 == 0)).to_numpy()
+    all_differ = ~(((f["user_id"] == "a") & (q % 3 == 0)) | ((f["user_id"] == "b") & (q % 3 == 1))
+                   | ((f["user_id"] == "c") & (q % 5 == 2))).to_numpy()
+    return req, {"every user every query": train, "two users share a partial history":
+                 train.select(shared_gap), "every history differs": train.select(all_differ)}
+
+
+@pytest.mark.parametrize("case", ["every user every query", "two users share a partial history",
+                                  "every history differs"])
+def test_v2_user_search_equals_the_explicit_edge_lists_on_every_path(case):
+    """The shared, grouped and per-user neighbour searches each give the explicit edge lists'
+    messages, and every retrieved row is one of the request's own user's."""
+    feats = make_feats()
+    req, train = histories()
+    train = train[case]
+    st = store_of(feats, train)
+    groups = st._same_rows_groups(list(range(len(st.users))))
+    assert len(groups) == {"every user every query": 1, "two users share a partial history": 2,
+                           "every history differs": 3}[case]
+    for new in (req.split("test"), train):
+        msg = st.messages(new)
+        ref = reference_messages(train, new, feats.query_ids, feats.query_x.numpy(), 5, 2)
+        np.testing.assert_allclose(msg.static.numpy(), ref.numpy(), atol=1e-5)
+        nb = msg.user_nb.numpy()
+        users = np.array([st.upos[u] for u in new.frame["user_id"]])
+        assert (nb >= 0).all() and (st.row_user[nb] == users[:, None]).all()
+        check_no_label_leak_v2(st, new, msg)
+
+
 def test_v2_messages_do_not_depend_on_the_labels_of_their_own_query(toy):
     """Scramble every user's feedback on one training query: the messages of that query's
     requests do not move (others may)."""

@@ -269,6 +269,35 @@ class FeedbackStore:
                                 self.n_query[ids] > 0)
         return self._pool_cache
 
+    def _same_rows_groups(self, users: list[int]) -> list[list[int]]:
+        """``users`` (sorted user indices) grouped by their visible rows' queries, in order:
+        users of a group retrieve from the same queries in the same positions."""
+        if len(users) < 2:
+            return [users] if users else []
+        groups: dict[bytes, list[int]] = {}
+        for ui in users:
+            groups.setdefault(self.row_query[self.user_rows(ui)].tobytes(), []).append(ui)
+        return list(groups.values())
+
+    def _search_rows(self, sim_p: torch.Tensor, d: np.ndarray, d_of: np.ndarray,
+                     rows: np.ndarray, row_pos: np.ndarray, q: np.ndarray, own: np.ndarray):
+        """The k nearest of ``rows`` (a user's history rows, or a group's shared positions) for
+        distinct queries ``d`` (rows of ``sim_p`` (n_distinct, Q)): ``(position in rows, value)``
+        (len(d), k). ``d_of`` / ``q`` / ``own`` (n,): each request's distinct query, feature
+        query and own row; a request's own row is never retrieved."""
+        # (distinct queries, rows): columns first, the cheaper copy
+        sim = sim_p.index_select(1, torch.from_numpy(row_pos[rows])).index_select(
+            0, torch.from_numpy(d))
+        # a user has at most one row per query: the request's own row, where visible, is the
+        # only one of its query, at the same position for every user of a group
+        at = np.flatnonzero(own >= 0)
+        if len(at):
+            shared = self.row_query[rows]  # the rows' queries, position by position
+            order = np.argsort(shared, kind="stable")
+            own_col = order[np.searchsorted(shared[order], q[at])]
+            sim[torch.from_numpy(d_of[at]), torch.from_numpy(own_col)] = float("-inf")
+        return _topk(sim, self.k)
+
     # -------------------------------------------------------------- messages
     def messages(self, req: Requests, query_x: np.ndarray | None = None) -> Messages:
         """What each request of ``req`` hears from the visible history, excluding every row of
@@ -323,34 +352,43 @@ class FeedbackStore:
         pool_ids, pool_x, pool_mean, pool_obs = self.pooled()
         sim_p = xq @ self._pooled_xt()  # (n_distinct, Q): cosine to visible queries
         row_pos = self._row_pool_pos()
-        user_nb = torch.full((n, k), -1, dtype=torch.long)
-        user_sim = torch.zeros(n, k)
-        for ui in np.unique(u[known]).tolist():
-            mine = np.flatnonzero(u == ui)
-            rows = self.user_rows(ui)
-            if not len(rows):
-                continue
-            # (requests of the user, the user's rows): columns first, the cheaper copy
-            sim = sim_p.index_select(1, torch.from_numpy(row_pos[rows])).index_select(
-                0, torch.from_numpy(inv[mine]))
-            # a user has at most one row per query: the request's own row, where visible, is
-            # the only one of its query (rows are kept in the order added, so sorted)
-            mine_own = own[mine]
-            at = np.flatnonzero(mine_own >= 0)
-            sim[torch.from_numpy(at), torch.from_numpy(np.searchsorted(rows, mine_own[at]))] = \
-                float("-inf")  # own query
-            top, top_sim = _topk(sim, k)
-            mine_t = torch.from_numpy(mine)
-            user_nb[mine_t] = torch.where(top >= 0, torch.from_numpy(rows)[top.clamp(min=0)], -1)
-            user_sim[mine_t] = top_sim
-
+        # pooled neighbours: the k most similar visible queries other than the request's own
         sim = sim_p.clone()
         pos = np.searchsorted(pool_ids, q_of)
         own_pooled = (q_of >= 0) & (pool_ids[np.minimum(pos, len(pool_ids) - 1)] == q_of) \
             if len(pool_ids) else np.zeros(len(q_of), bool)
         sim[torch.from_numpy(np.flatnonzero(own_pooled)), torch.from_numpy(pos[own_pooled])] = \
             float("-inf")
-        pool_nb, pool_sim = (t[torch.from_numpy(inv)] for t in _topk(sim, k))
+        pool_top, pool_top_sim = _topk(sim, k)  # per distinct query
+        pool_nb, pool_sim = pool_top[torch.from_numpy(inv)], pool_top_sim[torch.from_numpy(inv)]
+        every_pooled = np.arange(len(pool_ids))
+        user_nb = torch.full((n, k), -1, dtype=torch.long)
+        user_sim = torch.zeros(n, k)
+        # users whose visible rows are the same queries in the same order (in the paper's
+        # setting every user has answered every training query) share one search per distinct
+        # query: the same similarity rows, the same masks, so the same neighbours
+        for group in self._same_rows_groups(np.unique(u[known]).tolist()):
+            rows = self.user_rows(group[0])
+            if not len(rows):
+                continue
+            mine = np.flatnonzero(np.isin(u, group)) if len(group) > 1 else \
+                np.flatnonzero(u == group[0])
+            d, d_of = np.unique(inv[mine], return_inverse=True)
+            if np.array_equal(row_pos[rows], every_pooled):
+                # the group's rows are every visible query in the pooled order: its similarity
+                # rows and own-query masks are the pooled search's, and so are its neighbours
+                top, top_sim = pool_top[torch.from_numpy(d)], pool_top_sim[torch.from_numpy(d)]
+            else:
+                top, top_sim = self._search_rows(sim_p, d, d_of, rows, row_pos, q[mine],
+                                                 own[mine])
+            top, top_sim = top[torch.from_numpy(d_of)], top_sim[torch.from_numpy(d_of)]
+            # each request's neighbours are rows of its own user at the shared positions
+            row_of_pos = torch.from_numpy(np.stack([self.user_rows(ui) for ui in group]))
+            which = torch.from_numpy(np.searchsorted(group, u[mine]))
+            mine_t = torch.from_numpy(mine)
+            user_nb[mine_t] = torch.where(top >= 0, row_of_pos[which[:, None], top.clamp(min=0)],
+                                          -1)
+            user_sim[mine_t] = top_sim
 
         un, pn = user_nb.numpy(), pool_nb.numpy()
 
