@@ -189,6 +189,31 @@ def test_v2_scores_are_the_same_batched_or_one_by_one(toy, fitted):
     np.testing.assert_allclose(single, batched[::7], atol=1e-5)
 
 
+@pytest.mark.parametrize("case", ["every user every query", "every history differs"])
+def test_v2_routing_path_equals_the_training_path(case):
+    """Routing reads cached query states and computes the attention logits and the query term
+    once per distinct row, summing in place; the training path (every request through the query
+    MLP, with autograd) gives the same logits."""
+    import copy
+
+    req, train = histories()
+    router = R.PersonalizedRouterV2(make_feats(), steps=30, batch_size=64).fit(
+        train[case], req.split("val"))
+    torch.manual_seed(0)
+    with torch.no_grad():  # weights where every term counts (the read-out starts at zero)
+        for w in router.model.parameters():
+            w.normal_(0.0, 0.5)
+    router._hq_cache = None
+    test = req.split("test")
+    routed = router.scores(test)
+    training = copy.deepcopy(router)
+    training._frozen = False
+    msg = training.store_.messages(test)
+    with torch.enable_grad():
+        logits = training._logits(torch.from_numpy(~np.isnan(test.utility)), msg)
+    np.testing.assert_allclose(routed, logits.detach().numpy(), atol=1e-6)
+
+
 def test_v2_feedback_added_later_equals_a_store_built_at_once(toy):
     """Recording feedback after the store has answered (and cached) equals building the store
     from all of it at once: the incremental update leaves no stale cached state."""

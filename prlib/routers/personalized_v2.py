@@ -107,43 +107,75 @@ class RetrievalScorer(nn.Module):
             self.out[-1].weight.zero_()
             self.out[-1].bias.zero_()
 
-    def attend(self, hq, hn, nb_sim, nb_ok, nb_values, nb_observed, which: int):
-        """Attention-weighted feedback of the neighbours, (n, M, C); ``hn`` (n, K, H) are the
-        neighbours' query states."""
-        logit = (self.key(hq)[:, None, :] * hn).sum(-1) / self.hidden ** 0.5
+    def neighbour_logits(self, hq, hn) -> torch.Tensor:
+        """Attention logits (n, K) of the requests' query states ``hq`` (n, H) on their
+        neighbours' query states ``hn`` (n, K, H), before the similarity term."""
+        return (self.key(hq)[:, None, :] * hn).sum(-1) / self.hidden ** 0.5
+
+    def attend(self, logit, nb_sim, nb_ok, nb_values, nb_observed, which: int):
+        """Attention-weighted feedback of the neighbours, (n, M, C); ``logit`` (n, K): the
+        :meth:`neighbour_logits`."""
         logit = logit + self.sim_weight[which] * nb_sim
         logit = logit.masked_fill(~nb_ok, float("-inf"))
         alpha = torch.softmax(logit, 1).nan_to_num(0.0) * nb_ok  # (n, K); no neighbour: 0
         w = alpha[..., None] * nb_observed  # (n, K, M)
         return (w[..., None] * nb_values).sum(1) / w.sum(1).clamp(min=1e-6)[..., None]
 
-    def forward(self, hq, h_user, h_pool, llm_x, msg: Messages, nb: dict) -> torch.Tensor:
+    def forward(self, hq, h_user, h_pool, llm_x, msg: Messages, nb: dict,
+                logits: tuple | None = None, query_of: torch.Tensor | None = None) -> torch.Tensor:
         """``hq`` (n, H): the requests' query states; ``h_user`` / ``h_pool`` (n, K, H): the
-        query states of the user's and the pooled retrieved neighbours."""
-        z, e = self.embed(hq, h_user, h_pool, msg, nb)
+        query states of the user's and the pooled retrieved neighbours, or ``logits``: their
+        :meth:`neighbour_logits` (n, K) each, computed by the caller (then ``h_*`` are unused).
+        With ``query_of`` (n,) (and ``logits``), ``hq`` (n_distinct, H) holds each distinct
+        query once and ``query_of`` gives each request's row."""
+        z, e = self.embed(hq, h_user, h_pool, msg, nb, logits)
         hm = self.llm(llm_x)  # (M, H)
         # out[0] reads [e, hq * hm, mean over candidates of e]: its three blocks are applied
-        # separately, the context block once per request (the same map, fewer products)
+        # separately, the context block once per request and the query block once per query
+        # (the same map, fewer products)
         first = self.out[0]
         w_e, w_qm, w_ctx = first.weight.split(self.hidden, 1)
         ctx = e.mean(1) @ w_ctx.T + first.bias  # (n, H)
-        pre = e @ w_e.T + (hq[:, None, :] * hm[None]) @ w_qm.T + ctx[:, None, :]
-        s = self.out[1:](pre).squeeze(-1)
+        qm = (hq[:, None, :] * hm[None]) @ w_qm.T
+        if query_of is not None:
+            qm = qm[query_of]
+        pre = e @ w_e.T
+        if torch.is_grad_enabled():
+            pre = pre + qm + ctx[:, None, :]
+        else:  # routing: the same sums in place, no new (n, M, H) buffer per term
+            pre += qm
+            pre += ctx[:, None, :]
+        s = _run(self.out[1:], pre).squeeze(-1)
         return s + self.readout(z).squeeze(-1)
 
-    def embed(self, hq, h_user, h_pool, msg: Messages, nb: dict):
+    def embed(self, hq, h_user, h_pool, msg: Messages, nb: dict, logits: tuple | None = None):
         """``(z, e)``: the messages each (request, LLM) hears, (n, M, d_in), and their
-        embedding, (n, M, H)."""
+        embedding, (n, M, H); arguments as :meth:`forward`."""
         parts = [msg.static[..., self.keep]]
         if self.attention:
-            parts += [self.attend(hq, h_user, msg.user_sim, nb["user_ok"], nb["user_values"],
+            if logits is None:
+                logits = self.neighbour_logits(hq, h_user), self.neighbour_logits(hq, h_pool)
+            parts += [self.attend(logits[0], msg.user_sim, nb["user_ok"], nb["user_values"],
                                   nb["user_observed"], 0),
-                      self.attend(hq, h_pool, msg.pool_sim, nb["pool_ok"], nb["pool_values"],
+                      self.attend(logits[1], msg.pool_sim, nb["pool_ok"], nb["pool_values"],
                                   nb["pool_observed"], 1)]
         z = torch.cat(parts, -1)  # (n, M, d_in)
         if not z.shape[-1]:
             z = torch.ones(*z.shape[:-1], 1, device=z.device)
-        return z, self.message(z)
+        return z, _run(self.message, z)
+
+
+def _run(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)``; without autograd and in evaluation mode its ReLUs work in place and its
+    dropouts are skipped (the same values, no new buffer per layer: routing a large batch)."""
+    if torch.is_grad_enabled() or mlp.training:
+        return mlp(x)
+    for layer in mlp:
+        if isinstance(layer, nn.ReLU):
+            x = torch.relu_(x)
+        elif not isinstance(layer, nn.Dropout):
+            x = layer(x)
+    return x
 
 
 @register
@@ -225,10 +257,35 @@ class PersonalizedRouterV2(Router):
         """
         dev = self.device
         nb = self._neighbours(msg)
-        hq, h_user, h_pool = self._states(msg.query, nb, query_x)
-        net = getattr(self, "_net", None) or self.model  # DDP-wrapped while training on many
-        s = net(hq, h_user, h_pool, self.llm_x_, self._on_device(msg), nb)
+        if getattr(self, "_frozen", False) and query_x is None and self.model.attention:
+            hq, query_of, logits = self._cached_attention(msg.query, nb)
+            s = self.model(hq, None, None, self.llm_x_, self._on_device(msg), nb, logits,
+                           query_of)
+        else:
+            hq, h_user, h_pool = self._states(msg.query, nb, query_x)
+            net = getattr(self, "_net", None) or self.model  # DDP-wrapped while training on many
+            s = net(hq, h_user, h_pool, self.llm_x_, self._on_device(msg), nb)
         return s.masked_fill(~candidates.to(dev), float("-inf"))
+
+    def _cached_attention(self, query: torch.Tensor, nb: dict):
+        """Routing feature queries with final weights: ``(hq, query_of, logits)``, the distinct
+        queries' states (n_distinct, H) from the cached table and each request's row among
+        them (n,), and the attention logits (n, K) on the user's and the pooled neighbours,
+        computed once per distinct (query, neighbours) row (a batch asks each query for many
+        users, who often retrieve the same neighbour queries) instead of once per request."""
+        table = self._query_states()
+        query = query.to(self.device)
+        distinct, query_of = torch.unique(query, return_inverse=True)
+        logits = []
+        for nb_q in (nb["user_q"], nb["pool_q"]):
+            rows = torch.cat([query[:, None], nb_q], 1).cpu().numpy()
+            rows = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize *
+                                                             rows.shape[1])))[:, 0]
+            _, first, inv = np.unique(rows, return_index=True, return_inverse=True)
+            first = torch.from_numpy(first).to(self.device)
+            logit = self.model.neighbour_logits(table[query[first]], table[nb_q[first]])
+            logits.append(logit[torch.from_numpy(inv.reshape(-1)).to(self.device)])
+        return table[distinct], query_of, tuple(logits)
 
     def _states(self, query: torch.Tensor, nb: dict, query_x: torch.Tensor | None = None):
         """Query states of the requests (n, H) and of their user's and pooled neighbours
