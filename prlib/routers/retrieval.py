@@ -279,23 +279,14 @@ class FeedbackStore:
             groups.setdefault(self.row_query[self.user_rows(ui)].tobytes(), []).append(ui)
         return list(groups.values())
 
-    def _search_rows(self, sim_p: torch.Tensor, d: np.ndarray, d_of: np.ndarray,
-                     rows: np.ndarray, row_pos: np.ndarray, q: np.ndarray, own: np.ndarray):
+    def _search_rows(self, sim_p: torch.Tensor, d: np.ndarray, rows: np.ndarray,
+                     row_pos: np.ndarray):
         """The k nearest of ``rows`` (a user's history rows, or a group's shared positions) for
-        distinct queries ``d`` (rows of ``sim_p`` (n_distinct, Q)): ``(position in rows, value)``
-        (len(d), k). ``d_of`` / ``q`` / ``own`` (n,): each request's distinct query, feature
-        query and own row; a request's own row is never retrieved."""
+        distinct queries ``d`` (rows of ``sim_p`` (n_distinct, Q), own queries already out):
+        ``(position in rows, value)`` (len(d), k)."""
         # (distinct queries, rows): columns first, the cheaper copy
         sim = sim_p.index_select(1, torch.from_numpy(row_pos[rows])).index_select(
             0, torch.from_numpy(d))
-        # a user has at most one row per query: the request's own row, where visible, is the
-        # only one of its query, at the same position for every user of a group
-        at = np.flatnonzero(own >= 0)
-        if len(at):
-            shared = self.row_query[rows]  # the rows' queries, position by position
-            order = np.argsort(shared, kind="stable")
-            own_col = order[np.searchsorted(shared[order], q[at])]
-            sim[torch.from_numpy(d_of[at]), torch.from_numpy(own_col)] = float("-inf")
         return _topk(sim, self.k)
 
     # -------------------------------------------------------------- messages
@@ -352,14 +343,15 @@ class FeedbackStore:
         pool_ids, pool_x, pool_mean, pool_obs = self.pooled()
         sim_p = xq @ self._pooled_xt()  # (n_distinct, Q): cosine to visible queries
         row_pos = self._row_pool_pos()
-        # pooled neighbours: the k most similar visible queries other than the request's own
-        sim = sim_p.clone()
+        # a request never hears its own query: its column is out of every search, the pooled
+        # one and the user's (whose rows of that query are only the request's own row)
         pos = np.searchsorted(pool_ids, q_of)
         own_pooled = (q_of >= 0) & (pool_ids[np.minimum(pos, len(pool_ids) - 1)] == q_of) \
             if len(pool_ids) else np.zeros(len(q_of), bool)
-        sim[torch.from_numpy(np.flatnonzero(own_pooled)), torch.from_numpy(pos[own_pooled])] = \
+        sim_p[torch.from_numpy(np.flatnonzero(own_pooled)), torch.from_numpy(pos[own_pooled])] = \
             float("-inf")
-        pool_top, pool_top_sim = _topk(sim, k)  # per distinct query
+        # pooled neighbours: the k most similar visible queries other than the request's own
+        pool_top, pool_top_sim = _topk(sim_p, k)  # per distinct query
         pool_nb, pool_sim = pool_top[torch.from_numpy(inv)], pool_top_sim[torch.from_numpy(inv)]
         every_pooled = np.arange(len(pool_ids))
         user_nb = torch.full((n, k), -1, dtype=torch.long)
@@ -376,11 +368,10 @@ class FeedbackStore:
             d, d_of = np.unique(inv[mine], return_inverse=True)
             if np.array_equal(row_pos[rows], every_pooled):
                 # the group's rows are every visible query in the pooled order: its similarity
-                # rows and own-query masks are the pooled search's, and so are its neighbours
+                # rows are the pooled search's (own queries out), and so are its neighbours
                 top, top_sim = pool_top[torch.from_numpy(d)], pool_top_sim[torch.from_numpy(d)]
             else:
-                top, top_sim = self._search_rows(sim_p, d, d_of, rows, row_pos, q[mine],
-                                                 own[mine])
+                top, top_sim = self._search_rows(sim_p, d, rows, row_pos)
             top, top_sim = top[torch.from_numpy(d_of)], top_sim[torch.from_numpy(d_of)]
             # each request's neighbours are rows of its own user at the shared positions
             row_of_pos = torch.from_numpy(np.stack([self.user_rows(ui) for ui in group]))
@@ -390,31 +381,37 @@ class FeedbackStore:
                                           -1)
             user_sim[mine_t] = top_sim
 
-        un, pn = user_nb.numpy(), pool_nb.numpy()
+        un = user_nb.numpy()
 
-        def knn_mean(nb):
-            ok = nb >= 0
+        def knn_means(nb, sizes):
+            """The mean feedback of the first ``size`` neighbours, for each size (one gather)."""
             if not len(self.values):
-                return np.zeros((n, m, CHANNELS))
-            v = np.where(ok[..., None, None], self.values[np.maximum(nb, 0)], 0.0)
-            o = np.where(ok[..., None], self.observed[np.maximum(nb, 0)], False)
-            return _mean(v.sum(1), o.sum(1))
+                return [np.zeros((len(nb), m, CHANNELS)) for _ in sizes]
+            ok = nb >= 0
+            if ok.all():  # k neighbours each: nothing to mask (the same values, fewer passes)
+                v, o = np.take(self.values, nb, 0), np.take(self.observed, nb, 0)
+            else:
+                v = np.where(ok[..., None, None], self.values[np.maximum(nb, 0)], 0.0)
+                o = np.where(ok[..., None], self.observed[np.maximum(nb, 0)], False)
+            return [_mean(v[:, :size].sum(1), np.count_nonzero(o[:, :size], 1))
+                    for size in sizes]
 
-        # pooled: per LLM, the mean over the neighbour queries on which it has feedback
-        ok_p = pn >= 0
+        # pooled: per LLM, the mean over the neighbour queries on which it has feedback; the
+        # pooled neighbours are the distinct query's, so are their means
+        pt = pool_top.numpy()  # (n_distinct, K)
         if len(pool_ids):
-            ok_pm = ok_p[..., None] & pool_obs[np.maximum(pn, 0)]  # (n, K, M)
-            pv = np.where(ok_pm[..., None], pool_mean[np.maximum(pn, 0)], 0.0)
-            pool_knn = _mean(pv.sum(1), ok_pm.sum(1))
+            ok_pm = (pt >= 0)[..., None] & pool_obs[np.maximum(pt, 0)]  # (n_distinct, K, M)
+            pv = np.where(ok_pm[..., None], pool_mean[np.maximum(pt, 0)], 0.0)
+            pool_knn = _mean(pv.sum(1), ok_pm.sum(1))[inv]
         else:
             pool_knn = np.zeros((n, m, CHANNELS))
-        us, ps = user_sim.numpy(), pool_sim.numpy()
         nbr_sim = lambda s, nb: s.sum(1) / np.maximum((nb >= 0).sum(1), 1)  # noqa: E731
-        per_req = np.stack([nbr_sim(us, un), nbr_sim(ps, pn)], 1)
+        per_req = np.stack([nbr_sim(user_sim.numpy(), un),
+                            nbr_sim(pool_top_sim.numpy(), pt)[inv]], 1)
+        knn, knn_small = knn_means(un, (k, min(self.k_small, k)))
         static = np.concatenate([
             _mean(s_p, n_p), np.log1p(n_p)[..., None], _mean(s_u, n_u), np.log1p(n_u)[..., None],
-            _mean(s_t, n_t), np.log1p(n_t)[..., None], knn_mean(un),
-            knn_mean(un[:, :min(self.k_small, k)]), pool_knn,
+            _mean(s_t, n_t), np.log1p(n_t)[..., None], knn, knn_small, pool_knn,
             np.repeat(per_req[:, None, :], m, 1)], -1)
         return Messages(torch.from_numpy(static.astype(np.float32)), user_nb, user_sim,
                         pool_nb, pool_sim, torch.from_numpy(q), torch.from_numpy(own))
