@@ -26,14 +26,18 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
-from prlib.efficiency import machine, peak_rss_mb
+from prlib.efficiency import machine, peak_rss_mb, routing_speed
 
 #: Ours and the strongest baselines of notebook 50 (the per-user lookup table, per-user kNN and
 #: the MLP with a user embedding).
 DEFAULT_ROUTERS = ["PersonalizedRouterV2", "BestPerUserTaskRouter", "PerUserKNNRouter",
                    "UserMLPRouter"]
+
+
+def _set_scoring_threads(router, threads: int) -> None:
+    """Ours sets its own torch thread count when scoring (its ``config.threads``)."""
+    if hasattr(router, "config") and hasattr(router.config, "threads"):
+        router.config.threads = threads
 
 
 def measure(router_class: str, calls: int) -> dict:
@@ -65,29 +69,15 @@ def measure(router_class: str, calls: int) -> dict:
     rss_after_fit = peak_rss_mb()
     throughput = {}
     for threads in (1, 2):
-        if hasattr(router, "config") and hasattr(router.config, "threads"):
-            router.config.threads = threads  # ours sets its own thread count when scoring
+        _set_scoring_threads(router, threads)
         with torch_threads(threads):
-            picks = router.route(test)  # warm-up
-            runs = []
-            for _ in range(3):
-                start = time.perf_counter()
-                picks = router.route(test)
-                runs.append(time.perf_counter() - start)
+            speed = routing_speed(router, test, calls=0)
         throughput[f"requests_per_second_{threads}_thread{'s' if threads > 1 else ''}"] = round(
-            len(test) / min(runs))
-    if hasattr(router, "config") and hasattr(router.config, "threads"):
-        router.config.threads = 1
-    rng = np.random.default_rng(0)
-    singles = [test.select([int(i)]) for i in rng.choice(len(test), calls + 50)]
-    latency = []
+            speed["requests_per_second"])
+    _set_scoring_threads(router, 1)
     with torch_threads(1):
-        for i, one in enumerate(singles):
-            start = time.perf_counter()
-            router.route(one)
-            if i >= 50:  # the first 50 calls warm up
-                latency.append(time.perf_counter() - start)
-    lat_ms = 1e3 * np.asarray(latency)
+        single = routing_speed(router, test, calls=calls, batched=False)
+    picks = router.route(test)
     log = getattr(router, "log_", None)
     return {
         "router": cls.name, "class": router_class, "device": resolve_device("auto"),
@@ -96,9 +86,9 @@ def measure(router_class: str, calls: int) -> dict:
         "best_step": getattr(log, "best_step", None),
         "peak_rss_mb": round(peak_rss_mb()), "rss_before_fit_mb": round(rss_before),
         "peak_rss_after_fit_mb": round(rss_after_fit), **throughput,
-        "single_request_p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
-        "single_request_p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
-        "single_request_calls": len(lat_ms),
+        "single_request_p50_ms": round(single["single_p50_ms"], 3),
+        "single_request_p99_ms": round(single["single_p99_ms"], 3),
+        "single_request_calls": single["single_calls"],
         "test_reward": round(routing_metrics(test, picks)["reward"], 4),
         "train_requests": len(train), "test_requests": len(test),
         "torch_version": torch.__version__,

@@ -118,25 +118,27 @@ def _one_request_views(requests: Requests, calls: int, seed: int) -> list[Reques
 
 
 def routing_speed(router: Router, requests: Requests, calls: int = 1000, warmup: int = 50,
-                  repeats: int = 3, seed: int = 0) -> dict:
+                  repeats: int = 3, seed: int = 0, batched: bool = True) -> dict:
     """Batched throughput and single-request latency of a fitted router on ``requests``.
 
     ``requests_per_second``: all of ``requests`` routed in one call, best of ``repeats`` after a
     warm-up call. ``single_p50_ms`` / ``single_p99_ms``: ``route`` on one request at a time,
     over ``calls`` requests drawn with replacement (seeded) after ``warmup`` untimed calls;
     the one-row views are built before the clock starts. With ``calls = 0`` only the batched
-    number is measured. The torch thread count in force is reported as ``threads``.
+    number is measured, with ``batched=False`` only the single-request ones. The torch thread
+    count in force is reported as ``threads``.
     """
     if len(requests) == 0:
         raise ValueError("routing_speed needs at least one request to route")
-    router.route(requests)  # warm-up
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        router.route(requests)
-        runs.append(time.perf_counter() - start)
-    out = {"requests_per_second": len(requests) / min(runs), "batch_requests": len(requests),
-           "threads": torch.get_num_threads()}
+    out = {"batch_requests": len(requests), "threads": torch.get_num_threads()}
+    if batched:
+        router.route(requests)  # warm-up
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            router.route(requests)
+            runs.append(time.perf_counter() - start)
+        out["requests_per_second"] = len(requests) / min(runs)
     if calls:
         singles = _one_request_views(requests, warmup + calls, seed)
         latency = []

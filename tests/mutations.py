@@ -21,15 +21,17 @@ must FAIL. The script prints one line per mutation and exits non-zero if any mut
    called -> ``test_frugalgpt_is_charged_for_every_llm_it_calls``.
 8. ``tuning-keeps-the-worst-point``: the tuner keeps the grid point with the worst validation
    metric -> ``test_tuning_picks_the_validation_best_point_on_development_seeds_only``.
-9. ``v2-retrieves-own-query``: ours' user kNN may retrieve the request's own query (its label)
-   -> ``test_v2_messages_do_not_depend_on_the_labels_of_their_own_query``,
-   ``test_v2_messages_equal_the_explicit_edge_lists``.
+9. ``v2-retrieves-own-query``: ours' user kNN searches similarities from before the request's
+   own query was masked (so it may retrieve its label) ->
+   ``test_v2_messages_do_not_depend_on_the_labels_of_their_own_query``,
+   ``test_v2_messages_equal_the_explicit_edge_lists``,
+   ``test_v2_user_search_equals_the_explicit_edge_lists_on_every_path``.
 10. ``v2-pooled-hears-own-query``: ours' pooled kNN may retrieve the request's own query (other
-    users' labels of it) -> the same two tests.
+    users' labels of it) -> the same three tests.
 11. ``v2-task-mean-keeps-own-query``: the task message keeps the rows of the request's own query
-    -> the same two tests.
+    -> the same three tests.
 12. ``v2-profile-keeps-own-row``: the profile message keeps the request's own row (its label, in
-    the leave-one-query-out training view) -> the same two tests.
+    the leave-one-query-out training view) -> the same three tests.
 13. ``v2-stale-user-cache``: adding feedback leaves a user's cached rows stale ->
     ``test_v2_feedback_added_later_equals_a_store_built_at_once``.
 14. ``few-shot-trains-on-held-out-users``: the new-user study trains on every user ->
@@ -60,7 +62,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: the tests that catch a label of the request's own query in ours' messages
 V2_OWN_QUERY_TESTS = [
     "tests/test_personalized_v2.py::test_v2_messages_do_not_depend_on_the_labels_of_their_own_query",
-    "tests/test_personalized_v2.py::test_v2_messages_equal_the_explicit_edge_lists"]
+    "tests/test_personalized_v2.py::test_v2_messages_equal_the_explicit_edge_lists",
+    "tests/test_personalized_v2.py::"
+    "test_v2_user_search_equals_the_explicit_edge_lists_on_every_path"]
 
 #: name -> (file, [(old, new), ...], tests that must fail)
 MUTATIONS = {
@@ -112,12 +116,17 @@ MUTATIONS = {
          "test_tuning_picks_the_validation_best_point_on_development_seeds_only"]),
     "v2-retrieves-own-query": (
         "prlib/routers/retrieval.py",
-        [('            sim[torch.from_numpy(rq[None, :] == q[mine][:, None])] = float("-inf")',
-          "            pass  # MUTATION")],
+        [("        sim_p[torch.from_numpy(np.flatnonzero(own_pooled)), torch.from_numpy(pos[own_pooled])] = \\\n",
+          "        unmasked = sim_p.clone()  # MUTATION\n"
+          "        sim_p[torch.from_numpy(np.flatnonzero(own_pooled)), torch.from_numpy(pos[own_pooled])] = \\\n"),
+         ("            if np.array_equal(row_pos[rows], every_pooled):",
+          "            if False:  # MUTATION"),
+         ("                top, top_sim = self._search_rows(sim_p, d, rows, row_pos)",
+          "                top, top_sim = self._search_rows(unmasked, d, rows, row_pos)")],
         V2_OWN_QUERY_TESTS),
     "v2-pooled-hears-own-query": (
         "prlib/routers/retrieval.py",
-        [("        sim[torch.from_numpy(np.flatnonzero(own_pooled)), torch.from_numpy(pos[own_pooled])] = \\\n"
+        [("        sim_p[torch.from_numpy(np.flatnonzero(own_pooled)), torch.from_numpy(pos[own_pooled])] = \\\n"
           '            float("-inf")\n', "")],
         V2_OWN_QUERY_TESTS),
     "v2-task-mean-keeps-own-query": (

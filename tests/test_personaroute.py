@@ -125,6 +125,9 @@ def test_routing_speed_times_batches_and_single_requests(bench):
     assert out["single_calls"] == 7 and out["batch_requests"] == len(test)
     assert calls == [len(test)] * 3 + [1] * 10  # warm-up + 2 repeats, then 3 + 7 singles
     assert 0 < out["single_p50_ms"] <= out["single_p99_ms"] and out["requests_per_second"] > 0
+    calls.clear()
+    single = efficiency.routing_speed(router, test, calls=7, warmup=3, batched=False)
+    assert calls == [1] * 10 and "requests_per_second" not in single  # no batched call
     with pytest.raises(ValueError, match="at least one request"):
         efficiency.routing_speed(router, test.select(np.zeros(len(test), bool)))
 
