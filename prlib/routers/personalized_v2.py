@@ -257,7 +257,8 @@ class PersonalizedRouterV2(Router):
         """
         dev = self.device
         nb = self._neighbours(msg)
-        if getattr(self, "_frozen", False) and query_x is None and self.model.attention:
+        if (getattr(self, "_frozen", False) and query_x is None and self.model.attention
+                and len(msg.query) > 1):  # (one request: nothing to share, the plain path)
             hq, query_of, logits = self._cached_attention(msg.query, nb)
             s = self.model(hq, None, None, self.llm_x_, self._on_device(msg), nb, logits,
                            query_of)
