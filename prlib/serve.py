@@ -154,6 +154,13 @@ class BatchingEncoder:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
+    def warm_up(self) -> None:
+        """Load the text encoder and the token counter now, by embedding one text with
+        throw-away caches: otherwise the first request after start waits for the model to
+        load (seconds), and every request queued behind it with it."""
+        query_rows(["warm-up"], embedding_cache=MemoryEmbeddingCache(),
+                   token_cache=MemoryTokenCountCache())
+
     async def row(self, text: str):
         """The (1, query_dim) feature row of ``text``, awaited without blocking the event
         loop."""
@@ -330,6 +337,7 @@ def create_app(service: RoutingService, retries: int = 2, timeout: float = 120.0
 
     @asynccontextmanager
     async def lifespan(_app):
+        await asyncio.to_thread(service.encoder.warm_up)  # before the first request is taken
         yield
         for c in clients.values():
             await c.aclose()

@@ -243,3 +243,20 @@ def test_concurrent_texts_are_embedded_in_batches_each_as_if_alone(monkeypatch):
     monkeypatch.setattr("prlib.serve.query_rows", broken)
     with pytest.raises(RuntimeError, match="encoder down"):
         asyncio.run(ask(texts[:5]))
+
+
+def test_the_server_loads_the_text_encoder_before_it_takes_the_first_request(saved_router,
+                                                                             upstream):
+    """The first request after start does not wait for the encoder to load (seconds, and
+    every request queued behind it with it): the app's startup warms the encoder up."""
+    client, service = client_for(saved_router, upstream)
+    events = []
+    warm_up = service.encoder.warm_up
+    service.encoder.warm_up = lambda: (events.append("warm-up"), warm_up())[1]
+    with client:  # runs the app's startup and shutdown
+        assert events == ["warm-up"]
+        assert chat(client, user="mc-00").status_code == 200
+    assert events == ["warm-up"]
+    from prlib.embed import _key
+
+    assert _key("warm-up") not in service.encoder.embeddings  # its caches hold requests only
