@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
                  if k.endswith(("_ms_p50", "_ms_p99"))},
               "encoder_batches": out["encoder_batches"],
               "encoder_batch_max": out["encoder_batch_max"],
+              "router_batches": out["router_batches"], "router_batch_max": out["router_batch_max"],
               "sequential_requests": args.sequential,
               "sequential_answered_200": out.get("single_statuses", []).count(200),
               "target_overhead_p99_ms": 5.0, **machine(),
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"{result['answered_200']} answered, {result['lost']} lost, {result['duplicated']} "
         f"duplicated (counted on the upstream), in {result['wall_s']:.1f} s; their texts were "
         f"embedded in {result['encoder_batches']} batches (at most "
-        f"{result['encoder_batch_max']} texts). Per request, the router's scoring took "
+        f"{result['encoder_batch_max']} texts) and routed in {result['router_batches']} router "
+        f"calls (at most {result['router_batch_max']} requests). Per request, the router call "
+        f"that scored it took "
         f"{result['route_ms_p50']:.1f} ms p50 / {result['route_ms_p99']:.1f} ms p99, and from "
         f"arrival to the routing decision (waiting for the batched MiniLM embedding and for the "
         f"one router included) {result['overhead_ms_p50']:.0f} ms p50 / "

@@ -139,20 +139,73 @@ class Routed:
     query_x: object  # (1, query_dim) tensor
 
 
-class BatchingEncoder:
-    """Feature rows of new query texts (:func:`~prlib.features.query_rows`), computed in one
-    background thread that embeds every text waiting at that moment in one batch (at most
-    ``max_batch``): under concurrent requests the text encoder runs once per batch, not once
-    per request, and outside the router's lock. Its caches are in memory and touched by that
-    thread only."""
+class MicroBatcher:
+    """Runs ``work(items) -> results`` (a list each, in order) in one background thread over
+    every item waiting at that moment (at most ``max_batch``): under concurrent requests the
+    work runs once per batch, not once per request. ``batch_sizes``: the sizes it ran."""
 
-    def __init__(self, max_batch: int = 64):
-        self.max_batch = int(max_batch)
-        self.embeddings, self.tokens = MemoryEmbeddingCache(), MemoryTokenCountCache()
+    def __init__(self, work, max_batch: int = 64, name: str = "prlib-batcher"):
+        self.work, self.max_batch, self.name = work, int(max_batch), name
         self.batch_sizes: deque[int] = deque(maxlen=100_000)
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+
+    async def submit(self, item):
+        """``item``'s result, awaited without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._put((item, lambda value, ok: loop.call_soon_threadsafe(
+            _settle, future, value, ok)))
+        return await future
+
+    def submit_now(self, item):
+        """:meth:`submit` from a thread that may block (tests, the command line)."""
+        import concurrent.futures
+
+        future = concurrent.futures.Future()
+        self._put((item, functools.partial(_settle, future)))
+        return future.result()
+
+    def _put(self, entry) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+        self._queue.put(entry)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                results = self.work([item for item, _ in batch])
+            except Exception as e:  # every waiting request gets the error
+                for _, done in batch:
+                    done(e, False)
+                continue
+            self.batch_sizes.append(len(batch))
+            for result, (_, done) in zip(results, batch):
+                done(result, True)
+
+
+class BatchingEncoder(MicroBatcher):
+    """Feature rows of new query texts (:func:`~prlib.features.query_rows`), computed in one
+    background thread that embeds every text waiting at that moment in one batch (at most
+    ``max_batch``): the text encoder runs once per batch, and outside the router's lock. Its
+    caches are in memory and touched by that thread only."""
+
+    def __init__(self, max_batch: int = 64):
+        super().__init__(self._rows, max_batch, "prlib-encoder")
+        self.embeddings, self.tokens = MemoryEmbeddingCache(), MemoryTokenCountCache()
+
+    def _rows(self, texts: list[str]) -> list:
+        rows = query_rows(texts, embedding_cache=self.embeddings, token_cache=self.tokens)
+        return [rows[i:i + 1] for i in range(len(texts))]
 
     def warm_up(self) -> None:
         """Load the text encoder and the token counter now, by embedding one text with
@@ -164,46 +217,11 @@ class BatchingEncoder:
     async def row(self, text: str):
         """The (1, query_dim) feature row of ``text``, awaited without blocking the event
         loop."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._submit((text, lambda value, ok: loop.call_soon_threadsafe(
-            _settle, future, value, ok)))
-        return await future
+        return await self.submit(text)
 
     def row_now(self, text: str):
         """:meth:`row` from a thread that may block (tests, the command line)."""
-        import concurrent.futures
-
-        future = concurrent.futures.Future()
-        self._submit((text, functools.partial(_settle, future)))
-        return future.result()
-
-    def _submit(self, item) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="prlib-encoder",
-                                                daemon=True)
-                self._thread.start()
-        self._queue.put(item)
-
-    def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                rows = query_rows([t for t, _ in batch], embedding_cache=self.embeddings,
-                                  token_cache=self.tokens)
-            except Exception as e:  # every waiting request gets the error
-                for _, done in batch:
-                    done(e, False)
-                continue
-            self.batch_sizes.append(len(batch))
-            for i, (_, done) in enumerate(batch):
-                done(rows[i:i + 1], True)
+        return self.submit_now(text)
 
 
 def _settle(future, value, ok: bool) -> None:
@@ -222,7 +240,7 @@ class RoutingService:
     router."""
 
     def __init__(self, router: Router, upstreams: dict[str, Upstream], remember: int = 100_000):
-        if not hasattr(router, "text_scores") or not hasattr(router, "add_text_feedback"):
+        if not hasattr(router, "text_scores_batch") or not hasattr(router, "add_text_feedback"):
             raise TypeError(f"{type(router).__name__} cannot route raw texts; serve a "
                             "PersonalizedRouterV2 (ours)")
         self.router, self.upstreams, self.remember = router, upstreams, remember
@@ -230,6 +248,8 @@ class RoutingService:
         self.allowed = np.array([m in upstreams for m in self.llms])
         self.routed: OrderedDict[str, Routed] = OrderedDict()
         self.encoder = BatchingEncoder()
+        #: concurrent requests' routing decisions, one router call per waiting batch
+        self.scorer = MicroBatcher(self._route_batch, name="prlib-router")
         self.lock = threading.Lock()
         self.route_ms: deque[float] = deque(maxlen=100_000)  # scoring time per request (ms)
 
@@ -246,21 +266,36 @@ class RoutingService:
         """``(llm, score, request_id, cold_start)`` for ``user`` asking ``text``, among the
         LLMs with an upstream; ``cold_start``: the user has no visible feedback (the
         population prior routed them). ``row``: the text's feature row when the caller has it
-        (the server awaits :attr:`encoder` first); ``route_ms`` times the scoring under the
-        lock."""
+        (the server awaits :attr:`encoder` first)."""
         if row is None:
             row = self.encoder.row_now(text)
+        return self._route_batch([(user, text, row)])[0]
+
+    async def route_async(self, user: str, text: str, row) -> tuple[str, float, str, bool]:
+        """:meth:`route` from the event loop: routed together with the requests waiting at that
+        moment (one router call for all of them, :attr:`scorer`)."""
+        return await self.scorer.submit((user, text, row))
+
+    def _route_batch(self, requests: list[tuple]) -> list[tuple[str, float, str, bool]]:
+        """:meth:`route` of ``(user, text, row)`` requests in one router call, under the lock;
+        ``route_ms`` gets the call's time once per request (what each waited for scoring)."""
+        import torch
+
+        users = [user for user, _, _ in requests]
         with self.lock:
             start = time.perf_counter()
-            scores = self.router.text_scores(user, text, query_x=row)
-            scores = np.where(self.allowed, scores, -np.inf)
-            best = int(np.argmax(scores))
-            rid = f"prlib-{uuid.uuid4().hex}"
-            self.routed[rid] = Routed(user, text, self.llms[best], row)
+            scores = self.router.text_scores_batch(users, torch.cat([r for _, _, r in requests]))
+            scores = np.where(self.allowed[None], scores, -np.inf)
+            best = scores.argmax(1)
+            out = []
+            for (user, text, row), b, s in zip(requests, best, scores):
+                rid = f"prlib-{uuid.uuid4().hex}"
+                self.routed[rid] = Routed(user, text, self.llms[b], row)
+                out.append((self.llms[b], float(s[b]), rid, not self.known_user(user)))
             while len(self.routed) > self.remember:
                 self.routed.popitem(last=False)
-            self.route_ms.append(1e3 * (time.perf_counter() - start))
-            return self.llms[best], float(scores[best]), rid, not self.known_user(user)
+            self.route_ms.extend([1e3 * (time.perf_counter() - start)] * len(requests))
+            return out
 
     def feedback(self, request_id: str, user: str, pick: str | None = None,
                  rating: float | None = None) -> dict:
@@ -398,7 +433,7 @@ def create_app(service: RoutingService, retries: int = 2, timeout: float = 120.0
         if asked in ROUTE_MODELS:
             row = await service.encoder.row(text)  # batched with concurrent requests' texts
             app.state.embed_ms.append(1e3 * (time.perf_counter() - start))
-            llm, score, rid, cold = await asyncio.to_thread(service.route, user, text, row)
+            llm, score, rid, cold = await service.route_async(user, text, row)
             how = "routed (population prior: unknown user)" if cold else "routed"
         elif asked in service.upstreams:
             llm, score, rid, how = asked, float("nan"), f"prlib-{uuid.uuid4().hex}", "asked"
@@ -531,9 +566,10 @@ def load_test(service: RoutingService, n_requests: int = 200, n_users: int = 20,
     chosen LLMs) and the routing overhead per request, p50 / p99: ``route_ms`` (the router's
     scoring, under its lock), ``embed_ms`` (from arrival to the text's feature row: the
     batched text encoder, waiting included), ``overhead_ms`` (from arrival to the routing
-    decision, all queueing included) and the encoder's batch sizes. ``sequential`` > 0: then
-    that many more requests one at a time (each alone on the server, new texts), whose
-    ``single_*`` overheads are what one request costs on an idle server."""
+    decision, all queueing included) and the encoder's and the router's batch sizes (requests
+    waiting together are scored in one router call, whose time ``route_ms`` gives each).
+    ``sequential`` > 0: then that many more requests one at a time (each alone on the server,
+    new texts), whose ``single_*`` overheads are what one request costs on an idle server."""
     app = create_app(service)
 
     def bodies(n, tag):
@@ -545,7 +581,8 @@ def load_test(service: RoutingService, n_requests: int = 200, n_users: int = 20,
     pct = lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan")  # noqa: E731
     burst = bodies(n_requests, "load test")
     marks = lambda: (len(service.route_ms), len(app.state.embed_ms),  # noqa: E731
-                     len(app.state.overhead_ms), len(service.encoder.batch_sizes))
+                     len(app.state.overhead_ms), len(service.encoder.batch_sizes),
+                     len(service.scorer.batch_sizes))
     with BackgroundServer(app) as server:
         before = marks()
         start = time.perf_counter()
@@ -569,7 +606,10 @@ def load_test(service: RoutingService, n_requests: int = 200, n_users: int = 20,
            "overhead_ms_p50": pct(overhead, 50), "overhead_ms_p99": pct(overhead, 99),
            "encoder_batches": after[3] - before[3],
            "encoder_batch_max": int(max(list(service.encoder.batch_sizes)[before[3]:after[3]],
-                                        default=0))}
+                                        default=0)),
+           "router_batches": after[4] - before[4],
+           "router_batch_max": int(max(list(service.scorer.batch_sizes)[before[4]:after[4]],
+                                       default=0))}
     if sequential:
         done = marks()
         route, embed, overhead = (part(log, i, after, done) for i, log in enumerate(logs))

@@ -209,6 +209,36 @@ def test_200_concurrent_requests_from_20_users_are_each_forwarded_once(saved_rou
     assert set(upstream.received.values()) == {1} and sum(upstream.answered.values()) == 200
     assert 0 < out["route_ms_p50"] <= out["route_ms_p99"]
     assert out["encoder_batches"] < 200  # concurrent texts shared the encoder's batches
+    assert out["router_batches"] < 200  # and the router's calls
+
+
+def test_concurrent_requests_are_routed_in_batches_each_as_if_alone(saved_router, upstream):
+    """The router scores the requests waiting together in one call; each request gets the
+    route and score it gets alone, is remembered for its feedback, and a user without history
+    is flagged as cold."""
+    import asyncio
+
+    from prlib.serve import ANONYMOUS
+
+    router = load_for_serving(saved_router)
+    service = RoutingService(router, upstream_map(router.feats.llms, upstream.url))
+    users = [router.store_.users[i % 5] for i in range(30)] + ["nobody", ANONYMOUS]
+    texts = [f"question {i}: how do I {'sort' if i % 3 else 'add'} {i} numbers?"
+             for i in range(len(users))]
+    rows = [service.encoder.row_now(t) for t in texts]
+
+    async def ask():
+        return await asyncio.gather(*(service.route_async(u, t, r)
+                                      for u, t, r in zip(users, texts, rows)))
+
+    out = asyncio.run(ask())
+    assert len(service.scorer.batch_sizes) < len(users)  # some were scored together
+    assert len({llm for llm, *_ in out}) > 1
+    for (llm, score, rid, cold), user, text, row in zip(out, users, texts, rows):
+        alone = np.where(service.allowed, router.text_scores(user, text, query_x=row), -np.inf)
+        assert llm == service.llms[int(np.argmax(alone))], (user, text)
+        assert score == pytest.approx(float(alone.max()), abs=1e-5)
+        assert service.routed[rid].user == user and cold == (user not in router.store_.upos)
 
 
 def test_concurrent_texts_are_embedded_in_batches_each_as_if_alone(monkeypatch):

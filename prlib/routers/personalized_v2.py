@@ -568,7 +568,6 @@ class PersonalizedRouterV2(Router):
             raise KeyError(f"unknown task {task!r}; known tasks: {self.feats.tasks}")
         return task
 
-    @torch.inference_mode()
     def text_scores(self, user_id: str, query_text: str, task: str | None = None,
                     query_x: torch.Tensor | None = None) -> np.ndarray:
         """Scores (n_llms,) of every LLM for ``user_id`` and a new query text; the router's
@@ -576,16 +575,30 @@ class PersonalizedRouterV2(Router):
         the query; ``query_x`` (1, query_dim): the text's feature row when the caller has it
         (:func:`~prlib.features.query_row`). A user without visible feedback gets the
         population's messages (the cold-start prior)."""
+        row = query_row(query_text) if query_x is None else query_x
+        return self.text_scores_batch([user_id], row, [task])[0]
+
+    @torch.inference_mode()
+    def text_scores_batch(self, user_ids: list[str], query_x: torch.Tensor,
+                          tasks: list[str | None] | None = None) -> np.ndarray:
+        """:meth:`text_scores` of n new query texts at once (a server's waiting requests),
+        given their feature rows ``query_x`` (n, query_dim): scores (n, n_llms)."""
         self._check_fitted()
-        row = (query_row(query_text) if query_x is None else query_x).cpu()
-        task = self._text_task(row, task)
+        rows = query_x.cpu()
+        if rows.ndim != 2 or len(rows) != len(user_ids):
+            raise ValueError(f"query_x must be ({len(user_ids)}, query_dim), one row per user, "
+                             f"got {tuple(rows.shape)}")
+        tasks = list(tasks) if tasks is not None else [None] * len(user_ids)
         st = self.store_
+        task_of = np.array([st.tpos[self._text_task(rows[i:i + 1], t)]
+                            for i, t in enumerate(tasks)], np.int64)
         self._eval()
         with torch_threads(self.config.threads):
-            msg = st.messages_of(np.array([st.upos.get(user_id, -1)]), np.array([-1]),
-                                 np.array([st.tpos[task]]), query_x=row.numpy())
-            cand = torch.ones(1, len(self.feats.llms), dtype=torch.bool)
-            return self._logits(cand, msg, row)[0].cpu().numpy()
+            msg = st.messages_of(np.array([st.upos.get(u, -1) for u in user_ids], np.int64),
+                                 np.full(len(user_ids), -1, np.int64), task_of,
+                                 query_x=rows.numpy())
+            cand = torch.ones(len(user_ids), len(self.feats.llms), dtype=torch.bool)
+            return self._logits(cand, msg, rows).cpu().numpy()
 
     def route_text(self, user_id: str, query_text: str, task: str | None = None) -> str:
         """The LLM picked for ``user_id`` and a new query text (:meth:`text_scores`)."""
