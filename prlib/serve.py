@@ -142,7 +142,8 @@ class Routed:
 class MicroBatcher:
     """Runs ``work(items) -> results`` (a list each, in order) in one background thread over
     every item waiting at that moment (at most ``max_batch``): under concurrent requests the
-    work runs once per batch, not once per request. ``batch_sizes``: the sizes it ran."""
+    work runs once per batch, not once per request. If a batch fails, its items run alone and
+    only those that fail alone get their error. ``batch_sizes``: the sizes it ran."""
 
     def __init__(self, work, max_batch: int = 64, name: str = "prlib-batcher"):
         self.work, self.max_batch, self.name = work, int(max_batch), name
@@ -184,9 +185,20 @@ class MicroBatcher:
                     break
             try:
                 results = self.work([item for item, _ in batch])
-            except Exception as e:  # every waiting request gets the error
-                for _, done in batch:
-                    done(e, False)
+            except Exception as e:
+                if len(batch) == 1:
+                    batch[0][1](e, False)
+                    continue
+                # one bad item must not fail the others waiting with it: each alone, and only
+                # those that fail alone get their error
+                for item, done in batch:
+                    try:
+                        result = self.work([item])[0]
+                    except Exception as e_item:
+                        done(e_item, False)
+                    else:
+                        self.batch_sizes.append(1)
+                        done(result, True)
                 continue
             self.batch_sizes.append(len(batch))
             for result, (_, done) in zip(results, batch):

@@ -241,6 +241,22 @@ def test_concurrent_requests_are_routed_in_batches_each_as_if_alone(saved_router
         assert service.routed[rid].user == user and cold == (user not in router.store_.upos)
 
 
+def test_a_failing_item_fails_alone_not_the_batch_it_waited_in():
+    import asyncio
+
+    from prlib.serve import MicroBatcher
+
+    batcher = MicroBatcher(lambda items: [1.0 / x for x in items])
+
+    async def ask():
+        return await asyncio.gather(*(batcher.submit(x) for x in (1, 2, 0, 4)),
+                                    return_exceptions=True)
+
+    out = asyncio.run(ask())
+    assert out[:2] == [1.0, 0.5] and out[3] == 0.25 and isinstance(out[2], ZeroDivisionError)
+    assert batcher.submit_now(8) == 0.125
+
+
 def test_concurrent_texts_are_embedded_in_batches_each_as_if_alone(monkeypatch):
     """The server's encoder embeds the texts waiting together in one batch; each request still
     gets its own text's row (as :func:`query_row` alone gives it), and an encoder failure
