@@ -44,6 +44,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -291,8 +292,6 @@ class RoutingService:
     def _route_batch(self, requests: list[tuple]) -> list[tuple[str, float, str, bool]]:
         """:meth:`route` of ``(user, text, row)`` requests in one router call, under the lock;
         ``route_ms`` gets the call's time once per request (what each waited for scoring)."""
-        import torch
-
         users = [user for user, _, _ in requests]
         with self.lock:
             start = time.perf_counter()

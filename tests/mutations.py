@@ -121,8 +121,8 @@ MUTATIONS = {
           "        sim_p[torch.from_numpy(np.flatnonzero(own_pooled)), torch.from_numpy(pos[own_pooled])] = \\\n"),
          ("            if np.array_equal(row_pos[rows], every_pooled):",
           "            if False:  # MUTATION"),
-         ("                top, top_sim = self._search_rows(sim_p, d, rows, row_pos)",
-          "                top, top_sim = self._search_rows(unmasked, d, rows, row_pos)")],
+         ("                top, top_sim = self._search_rows(sim_p, d, rows)",
+          "                top, top_sim = self._search_rows(unmasked, d, rows)")],
         V2_OWN_QUERY_TESTS),
     "v2-pooled-hears-own-query": (
         "prlib/routers/retrieval.py",

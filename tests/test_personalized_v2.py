@@ -52,12 +52,14 @@ def histories():
     shared_gap = ~(f["user_id"].isin(["a", "b"]) & (q % 3 == 0)).to_numpy()
     all_differ = ~(((f["user_id"] == "a") & (q % 3 == 0)) | ((f["user_id"] == "b") & (q % 3 == 1))
                    | ((f["user_id"] == "c") & (q % 5 == 2))).to_numpy()
+    few = ~((f["user_id"] == "c") & (q >= 3)).to_numpy()  # c: 3 rows, fewer than k = 5
     return req, {"every user every query": train, "two users share a partial history":
-                 train.select(shared_gap), "every history differs": train.select(all_differ)}
+                 train.select(shared_gap), "every history differs": train.select(all_differ),
+                 "a user with fewer rows than k": train.select(few)}
 
 
 @pytest.mark.parametrize("case", ["every user every query", "two users share a partial history",
-                                  "every history differs"])
+                                  "every history differs", "a user with fewer rows than k"])
 def test_v2_user_search_equals_the_explicit_edge_lists_on_every_path(case):
     """The shared, grouped and per-user neighbour searches each give the explicit edge lists'
     messages, and every retrieved row is one of the request's own user's."""
@@ -67,14 +69,17 @@ def test_v2_user_search_equals_the_explicit_edge_lists_on_every_path(case):
     st = store_of(feats, train)
     groups = st._same_rows_groups(list(range(len(st.users))))
     assert len(groups) == {"every user every query": 1, "two users share a partial history": 2,
-                           "every history differs": 3}[case]
+                           "every history differs": 3, "a user with fewer rows than k": 2}[case]
     for new in (req.split("test"), train):
         msg = st.messages(new)
         ref = reference_messages(train, new, feats.query_ids, feats.query_x.numpy(), 5, 2)
         np.testing.assert_allclose(msg.static.numpy(), ref.numpy(), atol=1e-5)
         nb = msg.user_nb.numpy()
         users = np.array([st.upos[u] for u in new.frame["user_id"]])
-        assert (nb >= 0).all() and (st.row_user[nb] == users[:, None]).all()
+        ok = nb >= 0  # -1: the user has fewer rows than k (besides the request's own)
+        others = [len(st.user_rows(u)) - (own >= 0) for u, own in zip(users, msg.own.numpy())]
+        assert (ok.sum(1) == np.minimum(5, others)).all()
+        assert (st.row_user[nb[ok]] == np.broadcast_to(users[:, None], nb.shape)[ok]).all()
         check_no_label_leak_v2(st, new, msg)
 
 

@@ -279,13 +279,12 @@ class FeedbackStore:
             groups.setdefault(self.row_query[self.user_rows(ui)].tobytes(), []).append(ui)
         return list(groups.values())
 
-    def _search_rows(self, sim_p: torch.Tensor, d: np.ndarray, rows: np.ndarray,
-                     row_pos: np.ndarray):
+    def _search_rows(self, sim_p: torch.Tensor, d: np.ndarray, rows: np.ndarray):
         """The k nearest of ``rows`` (a user's history rows, or a group's shared positions) for
         distinct queries ``d`` (rows of ``sim_p`` (n_distinct, Q), own queries already out):
         ``(position in rows, value)`` (len(d), k)."""
         # (distinct queries, rows): columns first, the cheaper copy
-        sim = sim_p.index_select(1, torch.from_numpy(row_pos[rows])).index_select(
+        sim = sim_p.index_select(1, torch.from_numpy(self._row_pool_pos()[rows])).index_select(
             0, torch.from_numpy(d))
         return _topk(sim, self.k)
 
@@ -371,7 +370,7 @@ class FeedbackStore:
                 # rows are the pooled search's (own queries out), and so are its neighbours
                 top, top_sim = pool_top[torch.from_numpy(d)], pool_top_sim[torch.from_numpy(d)]
             else:
-                top, top_sim = self._search_rows(sim_p, d, rows, row_pos)
+                top, top_sim = self._search_rows(sim_p, d, rows)
             top, top_sim = top[torch.from_numpy(d_of)], top_sim[torch.from_numpy(d_of)]
             # each request's neighbours are rows of its own user at the shared positions
             row_of_pos = torch.from_numpy(np.stack([self.user_rows(ui) for ui in group]))
