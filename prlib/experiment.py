@@ -29,6 +29,7 @@ from prlib.config import (DEVELOPMENT_SEEDS, REPORT_SEEDS, cache_dir, seed_every
                           torch_threads)
 from prlib.efficiency import PeakMemory
 from prlib.features import NodeFeatures, node_features
+from prlib import provenance
 from prlib.metrics import (PAIRWISE_METRICS, pairwise_metrics, paired_difference,
                            picks_vary_share, routing_metrics)
 from prlib.report import mean_std
@@ -131,13 +132,18 @@ def setting_views(setting: Setting, seed: int, raw: bool = False):
     split = split_queries(setting.preferences.interactions["query_id"].unique(),
                           setting.fractions, seed=seed, groups=setting.query_groups)
     req = build_requests(setting.preferences.interactions, setting.bank, split)
+    where = f"{setting.name}, seed {seed}"
     if setting.previous_query:
         req = with_previous_turn(req, setting.previous_query)
+        provenance.check_previous_turn(req, setting.previous_query, where)
     train, val, test = (req.split(s) for s in SPLITS)
     if setting.train_per_user is not None:
         train = sample_per_user(train, setting.train_per_user, seed=seed)
+    provenance.check_split(train, val, test, where)
     if setting.feedback == "choice" and not raw:
         train, val = choice_only(train), choice_only(val)
+        provenance.check_choice_view(train, f"{where}, train")
+        provenance.check_choice_view(val, f"{where}, val")
     return train, val, test
 
 
@@ -336,7 +342,10 @@ class Tuning:
 
 def validation_metric(setting: Setting, router: Router, val) -> float:
     """What tuning compares: the setting's pairwise metric on ``val`` when it has one, else the
-    validation reward of the router's view (accuracy with choice-only feedback)."""
+    validation reward of the router's view (accuracy with choice-only feedback). ``val`` must
+    be the validation requests the router was fitted with
+    (:func:`~prlib.provenance.check_selection`)."""
+    provenance.check_selection(router, val, f"tuning {type(router).__name__} on {setting.name}")
     if setting.pairwise:
         return pairwise_metrics(val, router.scores(val))[setting.metric]
     return reward_of(val, router.scores(val))
@@ -346,6 +355,7 @@ def test_metric(setting: Setting, router: Router, test, metric: str | None = Non
     """A fitted router's ``metric`` (default: the setting's) on ``test``: pairwise metrics from
     its scores, every other metric from its routed picks."""
     metric = metric or setting.metric
+    provenance.check_scored(router, test, f"scoring {type(router).__name__} on {setting.name}")
     if metric in PAIRWISE_METRICS:
         return float(pairwise_metrics(test, router.scores(test))[metric])
     return float(routing_metrics(test, router.route(test))[metric])
@@ -384,6 +394,8 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
         t0 = time.perf_counter()
         router.fit(train, val)
         fit_s = time.perf_counter() - t0
+        provenance.check_fit(router, train, val, f"tuning {cls.__name__} on {setting.name}, "
+                             f"seed {seed}", setting.feedback)
         return {"setting": setting.name, "router": cls.name, "class": cls.__name__,
                 "point": json.dumps(point), "seed": seed,
                 "val_metric": validation_metric(setting, router, val), "fit_s": fit_s}
@@ -428,7 +440,8 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     ``picks_vary`` (share of test queries whose pick differs across users), ``picks_hash`` (a
     fingerprint of the test picks, to find routers that route identically), ``fit_s``
     (seconds), ``fit_memory_mb`` (the fit's peak resident memory above the process's before it,
-    :class:`~prlib.efficiency.PeakMemory`) and ``n_train`` / ``n_test`` requests.
+    :class:`~prlib.efficiency.PeakMemory`), ``n_train`` / ``n_test`` requests and ``split`` (a
+    digest of the seed's split: different seeds must differ, :mod:`prlib.provenance`).
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
     params = _check_params(classes, params)
@@ -449,6 +462,9 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
             t0 = time.perf_counter()
             router.fit(train, val)
             fit_s = time.perf_counter() - t0
+        where = f"{cls.__name__} on {setting.name}, seed {seed}"
+        provenance.check_fit(router, train, val, where, setting.feedback)
+        provenance.check_scored(router, test, where)
         picks = router.route(test)
         metrics = routing_metrics(test, picks, router.calls(test, picks))
         if setting.pairwise:
@@ -460,7 +476,8 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
                "picks_vary": picks_vary_share(test, picks),
                "picks_hash": hashlib.sha1(np.asarray(picks, np.int64).tobytes())
                .hexdigest()[:12], "fit_s": fit_s, "fit_memory_mb": memory.increase_mb,
-               "n_train": len(train), "n_test": len(test)}
+               "n_train": len(train), "n_test": len(test),
+               "split": provenance.split_digest(test)}
         return row, (router if keep else None)
 
     rows = []
@@ -471,6 +488,9 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
         if fitted is not None:
             fitted[(cls.__name__, seed)] = router
     out = pd.DataFrame(rows)
+    if len(out):
+        provenance.check_seeds_differ(out.groupby("seed")["split"].first().to_dict(),
+                                      shared.obj.name)
     out.attrs["not_run"] = not_run
     return out
 

@@ -24,6 +24,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from prlib import provenance
 from prlib.experiment import Setting, _new_router, setting_views, test_metric
 from prlib.requests import Requests, RequestsError, choice_only, concat_requests
 from prlib.routers import (BestPerUserRouter, BestPerUserTaskRouter, BestSingleRouter,
@@ -173,7 +174,11 @@ def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_
             full_router = _full(setting, seed, params, None, ours)
         full = test_metric(setting, full_router, test_new)
         tr_known, va_known = of_users(train, known), of_users(val, known)
+        provenance.check_split(tr_known, va_known, test_new, f"new users, seed {seed}",
+                               held_out_users=new)
         base = _ours(setting, seed, params, tr_known, va_known, ours=ours)
+        provenance.check_fit(base, tr_known, va_known, f"new users: {ours.__name__}, seed {seed}",
+                             setting.feedback)
         check_held_out(base, users=new)
         rows = []
         for k in ks:
@@ -204,17 +209,24 @@ def _per_seed(one, ours, setting, seeds, cache, jobs, progress, desc) -> pd.Data
 
 def _user_rows(setting, seed, k, base, support, tr_known, va_known, test_new, full,
                fine_tune_steps, baselines, baseline_params) -> list[dict]:
+    new = sorted(set(test_new.frame["user_id"]))
+    where = f"new users, seed {seed}, k = {k}"
+    provenance.check_shots(support, new, k, where)
     ours = copy.deepcopy(base)
     if len(support):
         ours.add_user(support)
+        provenance.check_shots(ours.provenance["add_user"][-1][0], new, k, f"{where}, add_user")
     out = [(OURS_NO_RETRAINING, "ours", test_metric(setting, ours, test_new))]
     if fine_tune_steps and len(support):
         tuned = copy.deepcopy(base).fine_tune(support, va_known, fine_tune_steps)
+        provenance.check_fine_tune(tuned, new, k, va_known, f"{where}, fine-tune")
         out.append((OURS_FINE_TUNED, "ours", test_metric(setting, tuned, test_new)))
     hist = concat_requests(tr_known, support) if len(support) else tr_known
     for cls in baselines:
         b = _new_router(cls, setting, seed, baseline_params.get(cls.__name__, {})).fit(
             hist, va_known)
+        provenance.check_fit(b, hist, va_known, f"{where}, {cls.__name__}", setting.feedback)
+        provenance.check_learned_shots(b, new, k, f"{where}, {cls.__name__}")
         out.append((cls.name, cls.family, test_metric(setting, b, test_new)))
     return [{"seed": seed, "k": k, "method": m, "family": fam, "metric": v, "full": full,
              "pct_of_full": 100 * v / full if full else np.nan} for m, fam, v in out]
@@ -282,6 +294,9 @@ def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
             feats = replace(setting, features=setting.feats.with_llms(order))
             for cls in USER_BASELINES:
                 b = _new_router(cls, feats, seed, {}).fit(hist, pad_llms(va_old, order))
+                provenance.check_learned_shots(
+                    b, new, provenance.ids_of(of_users(support, new)).per_user,
+                    f"new LLMs, seed {seed}, k = {k}, {cls.name}")
                 out.append((cls.name, cls.family, test_metric(setting, b, rest)))
             rows += [{"seed": seed, "k": k, "method": m, "family": fam, "metric": v,
                       "full": full, "pct_of_full": 100 * v / full if full else np.nan}

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from prlib.features import NodeFeatures
+from prlib.provenance import RECORDED, record
 from prlib.requests import Requests
 
 #: Router families, in table order.
@@ -274,6 +275,16 @@ class Router:
     #: that no worker waits for one long fit at the end. Results do not depend on it.
     fit_cost: ClassVar[float] = 1.0
 
+    def __init_subclass__(cls, **kwargs):
+        """Every ``fit``, ``fine_tune`` and ``add_user`` / ``record_feedback`` a subclass
+        defines records the request sets it receives (:func:`prlib.provenance.record`), so
+        the experiment paths can check what reached training."""
+        super().__init_subclass__(**kwargs)
+        for name in RECORDED:
+            method = cls.__dict__.get(name)
+            if callable(method) and not hasattr(method, "_records"):
+                setattr(cls, name, record(method))
+
     def __init__(self, feats: NodeFeatures, seed: int = 0, **params):
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
@@ -295,6 +306,7 @@ class Router:
         """Hyper-parameters that a setting's feedback kind ("utility" or "choice") implies."""
         return {}
 
+    @record
     def fit(self, train: Requests, val: Requests, *, progress: bool = False) -> "Router":
         """Learn from ``train``; choose anything data-dependent on ``val`` only."""
         return self
