@@ -55,6 +55,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,9 @@ V2_OWN_QUERY_TESTS = [
     "tests/test_personalized_v2.py::test_v2_messages_equal_the_explicit_edge_lists",
     "tests/test_personalized_v2.py::"
     "test_v2_user_search_equals_the_explicit_edge_lists_on_every_path"]
+
+PROV = "tests/test_provenance.py::"
+DERIVED = "tests/test_derived_columns.py::"
 
 #: name -> (file, [(old, new), ...], tests that must fail)
 MUTATIONS = {
@@ -177,6 +181,109 @@ MUTATIONS = {
         [("        self.history_ = concat_requests(self.history_, history)\n\n    record_feedback",
           "        self.history_ = self.history_\n\n    record_feedback")],
         ["tests/test_gmt.py::test_a_new_user_is_routed_from_k_ratings_without_retraining"]),
+    # ---- selection on the wrong split
+    "tuner-scores-on-test": (
+        "prlib/experiment.py",
+        [("        train, val, _ = _views(seed)\n        router = _new_router(cls, setting, seed, {**params",
+          "        train, val, test = _views(seed)\n        router = _new_router(cls, setting, seed, {**params"),
+         ('"val_metric": validation_metric(setting, router, val)',
+          '"val_metric": validation_metric(setting, router, test)')],
+        [PROV + "test_the_spy_sees_exactly_its_seeds_views_through_run_and_tune"]),
+    "early-stopping-on-test": (
+        "prlib/experiment.py",
+        [("            t0 = time.perf_counter()\n            router.fit(train, val)",
+          "            t0 = time.perf_counter()\n            router.fit(train, test)")],
+        [PROV + "test_the_spy_sees_exactly_its_seeds_views_through_run_and_tune"]),
+    "val-and-test-swapped": (
+        "prlib/experiment.py",
+        [("        train, val, test = _views(seed)\n        router = _new_router(cls, setting, seed, params",
+          "        train, test, val = _views(seed)\n        router = _new_router(cls, setting, seed, params")],
+        [PROV + "test_the_spy_sees_exactly_its_seeds_views_through_run_and_tune"]),
+    "fine-tune-checkpoint-on-test": (
+        "prlib/studies.py",
+        [("tuned = copy.deepcopy(base).fine_tune(support, va_known, fine_tune_steps)",
+          "tuned = copy.deepcopy(base).fine_tune(support, test_new, fine_tune_steps)")],
+        ["tests/test_studies.py::"
+         "test_few_shot_users_and_llms_give_a_finite_share_of_the_full_model_for_every_k"]),
+    # ---- held-out data reaching training
+    "few-shot-baselines-see-every-held-out-request": (
+        "prlib/studies.py",
+        [("            rows += _user_rows(setting, seed, k, base, support, tr_known, va_known,",
+          "            rows += _user_rows(setting, seed, k, base, support, concat_requests(\n"
+          "                tr_known, of_users(train, new)), va_known,")],
+        [PROV + "test_the_spy_as_a_few_shot_baseline_sees_exactly_k_shots_of_each_new_user"]),
+    "support-draws-one-too-many": (
+        "prlib/studies.py",
+        [("        rows.extend(rng.choice(have, k, replace=False).tolist())",
+          "        rows.extend(rng.choice(have, min(k + 1, len(have)) if k else 0,"
+          " replace=False).tolist())")],
+        [PROV + "test_the_spy_as_a_few_shot_baseline_sees_exactly_k_shots_of_each_new_user"]),
+    "few-shot-known-means-everyone": (
+        "prlib/studies.py",
+        [("        tr_known, va_known = of_users(train, known), of_users(val, known)\n"
+          "        provenance",
+          "        tr_known, va_known = train, of_users(val, known)\n        provenance")],
+        [PROV + "test_the_spy_as_a_few_shot_baseline_sees_exactly_k_shots_of_each_new_user"]),
+    # ---- seeds that do not change the split
+    "seeds-share-one-split": (
+        "prlib/requests.py",
+        [("    perm = np.random.default_rng(seed).permutation(ids)",
+          "    perm = np.random.default_rng(0).permutation(ids)")],
+        [PROV + "test_the_spy_sees_exactly_its_seeds_views_through_run_and_tune"]),
+    "grouped-split-ignores-seed": (
+        "prlib/requests.py",
+        [("        part = split_queries({groups[str(q)] for q in query_ids}, fractions, seed)",
+          "        part = split_queries({groups[str(q)] for q in query_ids}, fractions)")],
+        [PROV + "test_grouped_multi_turn_and_choice_runs_pass_their_guards"]),
+    # ---- features that carry what is being predicted
+    "previous-turn-defaults-to-own-turn": (
+        "prlib/requests.py",
+        [("        j = row.get((u, previous_query.get(q)))",
+          "        j = row.get((u, previous_query.get(q, q)))")],
+        [PROV + "test_grouped_multi_turn_and_choice_runs_pass_their_guards"]),
+    # ---- feedback views
+    "choice-view-keeps-utilities": (
+        "prlib/requests.py",
+        [("    u = np.where(requests.candidates, 0.0, np.nan)\n",
+          "    u = np.array(requests.utility, dtype=float)\n")],
+        [PROV + "test_grouped_multi_turn_and_choice_runs_pass_their_guards"]),
+    "choice-train-view-forgotten": (
+        "prlib/experiment.py",
+        [("        train, val = choice_only(train), choice_only(val)\n",
+          "        val = choice_only(val)\n")],
+        [PROV + "test_grouped_multi_turn_and_choice_runs_pass_their_guards"]),
+    # ---- derived columns
+    "cost-per-1k-per-100": (
+        "prlib/experiment.py",
+        [('"cost_per_1k": 1000 * metrics.get("cost_usd", np.nan)',
+          '"cost_per_1k": 100 * metrics.get("cost_usd", np.nan)')],
+        [DERIVED + "test_multi_cost_utility_call_cost_and_the_run_rows_equal_the_hand_computation"]),
+    "score-over-the-oracle": (
+        "prlib/metrics.py",
+        [('"score": 100.0 * (reward - random) / span if span > 0',
+          '"score": 100.0 * (reward - random) / oracle if span > 0')],
+        [DERIVED + "test_routing_metrics_equal_the_hand_computation"]),
+    "cost-of-the-pick-only": (
+        "prlib/metrics.py",
+        [("np.where(calls, requests.cost, 0.0).sum(1)",
+          "requests.cost[rows, picks]")],
+        [DERIVED + "test_routing_metrics_equal_the_hand_computation"]),
+    "call-cost-not-charged": (
+        "prlib/metrics.py",
+        [("    reward = float((requests.utility[rows, picks] - charged).mean())",
+          "    reward = float(requests.utility[rows, picks].mean())")],
+        [DERIVED + "test_routing_metrics_equal_the_hand_computation",
+         "tests/test_experiment.py::test_frugalgpt_is_charged_for_every_llm_it_calls"]),
+    "pair-ties-count-as-wins": (
+        "prlib/metrics.py",
+        [("    acc = float(np.mean((diff > 0) + 0.5 * (diff == 0)))",
+          "    acc = float(np.mean(diff >= 0))")],
+        [DERIVED + "test_pair_metrics_equal_the_hand_computation"]),
+    "cost-normalised-over-the-bank": (
+        "prlib/simulate/multicost.py",
+        [("        b = bank.bank.assign(cost_norm=normalized_cost(bank))",
+          "        b = bank.bank.assign(cost_norm=bank.bank['cost_usd'] / bank.bank['cost_usd'].max())")],
+        [DERIVED + "test_multi_cost_utility_call_cost_and_the_run_rows_equal_the_hand_computation"]),
 }
 
 
@@ -203,19 +310,36 @@ def run(name: str, file: str, edits: list[tuple[str, str]], tests: list[str]) ->
         return proc.returncode == 1 and " failed" in proc.stdout  # a test failed, not a crash
 
 
-def main(names: list[str] | None = None) -> int:
-    """Run every mutation (or those ``names``, e.g. ``python tests/mutations.py v2-stale-user-cache``)."""
-    survived = []
+def main(argv: list[str] | None = None) -> int:
+    """Run every mutation, or the named ones; ``--list`` lists them with their catching tests.
+    An unknown name is an error (exit 2), never a silent pass."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Apply deliberate bugs one at a time to a copy of the repository; the "
+                    "tests named for each must fail. Exit 1 if any mutation survives.")
+    parser.add_argument("names", nargs="*", help="mutations to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(MUTATIONS))
+    if unknown:
+        parser.error(f"unknown mutation(s) {unknown}; see --list for the {len(MUTATIONS)} known")
+    if args.list:
+        for name, (file, _, tests) in MUTATIONS.items():
+            print(f"{name:44s} {file:32s} {', '.join(t.split('::')[1] for t in tests)}")
+        return 0
+    survived, start = [], time.perf_counter()
     for name, (file, edits, tests) in MUTATIONS.items():
-        if names and name not in names:
+        if args.names and name not in args.names:
             continue
         caught = run(name, file, edits, tests)
-        print(f"{'caught  ' if caught else 'SURVIVED'} {name:24s} by {', '.join(t.split('::')[1] for t in tests)}",
-              flush=True)
+        print(f"{'caught  ' if caught else 'SURVIVED'} {name:44s} by "
+              f"{', '.join(t.split('::')[1] for t in tests)}", flush=True)
         if not caught:
             survived.append(name)
+    print(f"{len(survived)} survived; {time.perf_counter() - start:.0f} s", flush=True)
     return 1 if survived else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -242,3 +242,28 @@ def test_run_setting_refuses_a_mixed_up_split_and_an_unpicked_choice_view(settin
     choice = Setting("leaky choice", setting.bank, setting.preferences, feedback="choice")
     with pytest.raises(ProvenanceError, match="choice-only view carries utilities"):
         run_setting(choice, [Spy], seeds=[6])
+
+
+def test_grouped_multi_turn_and_choice_runs_pass_their_guards(setting, spy):
+    """Conversations (two turns per group, previous-turn utilities) and choice-only feedback
+    run through run_setting with the guards on: different seeds give different grouped splits,
+    first turns carry no previous-turn utilities, the routers' views are picks only."""
+    q = sorted(setting.bank.queries["query_id"])
+    groups = {x: f"c{i // 2}" for i, x in enumerate(q)}
+    previous = {q[i + 1]: q[i] for i in range(0, len(q) - 1, 2)}
+    turns = Setting("leaky turns", setting.bank, setting.preferences, query_groups=groups,
+                    previous_query=previous)
+    res = run_setting(turns, [Spy], seeds=[0, 1, 2])
+    assert res["split"].nunique() == 3
+    for seed in (0, 1, 2):
+        train, val, test = setting_views(turns, seed)
+        part = {x: p for p, r in enumerate((train, val, test)) for x in r.frame["query_id"]}
+        side = pd.Series(part).groupby(pd.Series(groups)).nunique()
+        assert (side == 1).all()  # a conversation's turns share a split
+        first = ~test.frame["query_id"].isin(previous).to_numpy()
+        assert np.isnan(test.previous[first]).all() and not np.isnan(test.previous[~first]).all()
+    choice = Setting("leaky choice", setting.bank, setting.preferences, feedback="choice")
+    Spy.LOG.clear()
+    run_setting(choice, [Spy], seeds=[0])
+    (_, _, train, val), = [e for e in Spy.LOG if e[0] == "fit"]
+    assert train.choice_only and val.choice_only

@@ -1,0 +1,56 @@
+"""The locked protocol, read from the notebooks themselves: in full mode, every notebook that
+evaluates routers reports on report seeds and tunes on development seeds only."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
+#: Library calls that fit or score routers: a notebook that makes any of them reports results.
+EVALUATES = ("run_setting", "tune_and_run", "tune_setting", "few_shot_users", "few_shot_llms",
+             "layer_sweep", "sparsity_sweep", "run_tables", "scaling_study", "new_user_curve",
+             ".fit(")
+
+
+def parameters(path: Path) -> dict:
+    """The literal values of the notebook's cell tagged ``parameters``."""
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"{path.name}: exactly one cell must be tagged 'parameters'"
+    out = {}
+    for node in ast.parse("".join(cells[0]["source"])).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+        out[target.id] = ast.literal_eval(node.value)
+    return out
+
+
+def code(path: Path) -> str:
+    nb = json.loads(path.read_text())
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_full_runs_report_on_report_seeds_and_tune_on_development_seeds(path):
+    params = parameters(path)
+    assert params.get("SMOKE") is False, f"{path.name}: SMOKE must default to False"
+    if any(call in code(path) for call in EVALUATES):
+        seeds = set(params["SEEDS"])
+        assert seeds <= set(REPORT_SEEDS), (
+            f"{path.name} evaluates routers on seeds {sorted(seeds - set(REPORT_SEEDS))}, "
+            f"which are not report seeds {REPORT_SEEDS}")
+    else:  # data and simulation notebooks: their seeds only draw data, no router is scored
+        assert set(params["SEEDS"]) <= set(DEVELOPMENT_SEEDS) | set(REPORT_SEEDS)
+    tune = set(params.get("TUNE_SEEDS", []))
+    assert tune <= set(DEVELOPMENT_SEEDS), (
+        f"{path.name} tunes on {sorted(tune)}; tune on development seeds {DEVELOPMENT_SEEDS}")
+
+
+def test_the_reader_finds_evaluating_notebooks():
+    """The check above is not vacuous: the comparison notebooks are recognised as evaluating."""
+    evaluating = {p.stem[:2] for p in NOTEBOOKS if any(c in code(p) for c in EVALUATES)}
+    assert {"40", "50", "60", "70", "90", "95"} <= evaluating
+    assert not {"00", "10", "20", "30"} & evaluating
