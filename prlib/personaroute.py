@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from prlib.bank import Bank
 from prlib.efficiency import machine, peak_rss_mb, routing_speed, timed_fit
+from prlib import provenance
 from prlib.experiment import Setting, _new_router, run_setting, setting_views
 from prlib.features import NodeFeatures, node_features
 from prlib.metrics import routing_metrics
@@ -115,6 +116,10 @@ def scaling_point(n_users: int, bank: Bank, router: str = "PersonalizedRouterV2"
     cls = get_router(router)
     model = _new_router(cls, setting, seed, dict(params or {}))
     cost = timed_fit(model, train, val)
+    where = f"scaling point {n_users} users, seed {seed}"
+    provenance.check_split(train, val, test, where)
+    provenance.check_fit(model, train, val, where, setting.feedback)
+    provenance.check_scored(model, test, where)
     speed = routing_speed(model, test, calls=calls)
     metric = routing_metrics(test, model.route(test))[setting.metric]
     return {"router": cls.name, "strategy": strategy, "n_users": n_users,

@@ -267,3 +267,21 @@ def test_grouped_multi_turn_and_choice_runs_pass_their_guards(setting, spy):
     run_setting(choice, [Spy], seeds=[0])
     (_, _, train, val), = [e for e in Spy.LOG if e[0] == "fit"]
     assert train.choice_only and val.choice_only
+
+
+def test_the_spy_through_the_sparsity_sweep_and_the_new_llm_study(setting, spy):
+    """PersonaRoute-Bench's sparsity sweep: each level's fit sees exactly that level's thinned
+    train view; the new-LLM study's baselines (padded to the new LLMs) pass their guards."""
+    from dataclasses import replace
+
+    from prlib.personaroute import sparsity_sweep
+
+    out = sparsity_sweep(setting, [1, 3], [Spy], seeds=[0])
+    assert sorted(out["n_train"]) == [9, 27]  # nine users, 1 and 3 training requests each
+    for level, (_, seed, train, val) in zip((1, 3), (e for e in Spy.LOG if e[0] == "fit")):
+        want = setting_views(replace(setting, train_per_user=level), seed)
+        assert train.digest == ids_of(want[0]).digest and val.digest == ids_of(want[1]).digest
+        assert set(train.per_user.values()) == {level}
+    llms = studies.few_shot_llms(setting, [0], [2], ["large"], params={"steps": 5},
+                                 n_heldout_users=2)
+    assert np.isfinite(llms["pct_of_full"]).all()
