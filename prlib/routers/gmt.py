@@ -399,10 +399,6 @@ class GMTRouter(Router):
         return self
 
     # ---------------------------------------------------------------- routing
-    def _check_fitted(self) -> None:
-        if getattr(self, "net", None) is None:
-            raise RouterError("GMTRouter is not fitted: call fit(train, val) first")
-
     def _modules(self):
         self._check_fitted()
         return {"net": self.net}

@@ -34,14 +34,8 @@ def bradley_terry(utility: np.ndarray, C: float) -> np.ndarray:
     return lr.coef_[0]
 
 
-class _FittedCheck:
-    def _check_fitted(self) -> None:
-        if getattr(self, "theta_", None) is None:
-            raise RouterError(f"{type(self).__name__} is not fitted: call fit(train, val) first")
-
-
 @register
-class BradleyTerryRouter(_FittedCheck, Router):
+class BradleyTerryRouter(Router):
     """Global Bradley-Terry: one strength per LLM from every user's training preference pairs (logistic regression on pair differences); the same ranking for every user and query."""
 
     name, family = "Bradley-Terry (global)", PAIRWISE
@@ -88,7 +82,7 @@ class PerUserBradleyTerryRouter(BradleyTerryRouter):
 
 
 @register
-class PreviousTurnRouter(_FittedCheck, Router):
+class PreviousTurnRouter(Router):
     """The user's own rating of each LLM at the previous turn of this conversation (the conversation so far); at a first turn, or for an LLM not rated then, the user's mean training rating of that LLM (else the population's)."""
 
     name, family = "Previous turn's rating (else user mean)", PAIRWISE

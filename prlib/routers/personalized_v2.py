@@ -31,7 +31,7 @@ from prlib import distributed
 from prlib.config import resolve_device, seed_everything, torch_threads
 from prlib.features import NodeFeatures, llm_row, query_row
 from prlib.requests import Requests, concat_requests
-from prlib.routers.base import ABLATION, Router, RouterError, register, reward_of
+from prlib.routers.base import ABLATION, Router, RouterError, one_of, register, reward_of
 from prlib.routers.retrieval import (CHANNELS, N_STATIC, PROFILE_STATS, RETRIEVAL_STATS,
                                      FeedbackStore, Messages, check_no_label_leak_v2)
 from prlib.routers.training import History, train_module
@@ -180,6 +180,7 @@ class PersonalizedRouterV2(Router):
     selection = "early stopping (validation-best checkpoint)"
     fit_cost = 20.0
     defaults = {f.name: f.default for f in fields(V2Config)}
+    constraints = {"loss": one_of("utility", "choice")}
     grid = {"lr": [1e-3, 3e-3], "dropout": [0.0, 0.2]}
 
     def __init__(self, feats: NodeFeatures, seed: int = 0, **params):
@@ -623,10 +624,6 @@ class PersonalizedRouterV2(Router):
                                      "split": ["train"]}), self.feats.llms, utility, chosen)
         self.add_user(req)
         return qid
-
-    def _check_fitted(self) -> None:
-        if self.model is None or self.history_ is None:
-            raise RouterError("the router is not fitted: call fit(train, val) or load(path)")
 
     # -------------------------------------------------------------- persistence
     def fitted_state(self) -> dict:
