@@ -3,6 +3,8 @@
 request's scores do not depend on its batch, save/load round-trips, and every hyper-parameter
 is validated by value."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,3 +114,17 @@ def test_the_issues_examples_are_refused_with_a_message(views):
         with pytest.raises(RouterError, match=message):
             cls(setting.feats, **params)
     R.MLPRouter(setting.feats, device="cuda:1")  # a numbered device is a device
+
+
+@pytest.mark.parametrize("cls", EVERY, ids=lambda c: c.__name__)
+def test_tags_say_what_a_router_needs(cls, views):
+    """Special needs are declared as tags, and each tag is true of the router: a "torch"
+    router trains with a step budget, an "online" one takes add_user, a "needs_answers" one
+    says so on a bank without answer texts, a "pairwise" one is in notebook 90's family."""
+    setting, _ = views
+    assert cls.tags <= {"torch", "online", "pairwise", "needs_answers"}, cls.tags
+    assert ("torch" in cls.tags) == ("steps" in cls.defaults)
+    assert ("online" in cls.tags) == callable(getattr(cls, "add_user", None))
+    assert ("pairwise" in cls.tags) == (cls.family == R.base.PAIRWISE)
+    no_answers = dataclasses.replace(setting.feats, answer_x=None, answer_ok=None)
+    assert ("needs_answers" in cls.tags) == (cls.unavailable(no_answers) is not None)

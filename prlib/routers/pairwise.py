@@ -38,6 +38,7 @@ def bradley_terry(utility: np.ndarray, C: float) -> np.ndarray:
 class BradleyTerryRouter(Router):
     """Global Bradley-Terry: one strength per LLM from every user's training preference pairs (logistic regression on pair differences); the same ranking for every user and query."""
 
+    tags = frozenset({"pairwise"})
     name, family = "Bradley-Terry (global)", PAIRWISE
     selection = "grid on validation"
     defaults = {"C": 1.0}
@@ -56,6 +57,7 @@ class BradleyTerryRouter(Router):
 class PerUserBradleyTerryRouter(BradleyTerryRouter):
     """Per-user Bradley-Terry: global strengths plus each user's own strengths fitted on that user's pairs alone (L2-shrunk to 0, so sparse users fall back to the global ranking)."""
 
+    tags = frozenset({"pairwise", "online"})
     name = "Bradley-Terry per user"
     #: Regularisation of the global strengths; the grid tunes the per-user ones (``C``).
     GLOBAL_C = 1.0
@@ -85,6 +87,7 @@ class PerUserBradleyTerryRouter(BradleyTerryRouter):
 class PreviousTurnRouter(Router):
     """The user's own rating of each LLM at the previous turn of this conversation (the conversation so far); at a first turn, or for an LLM not rated then, the user's mean training rating of that LLM (else the population's)."""
 
+    tags = frozenset({"pairwise"})
     name, family = "Previous turn's rating (else user mean)", PAIRWISE
 
     def fit(self, train: Requests, val: Requests, *, progress: bool = False):

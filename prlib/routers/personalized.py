@@ -193,6 +193,7 @@ class PersonalizedRouter(Router):
     selection = "early stopping (validation-best checkpoint)"
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.name != "seed"}
     constraints = {"loss": one_of("utility", "choice"), "select_on": one_of("utility", "accuracy")}
+    tags = frozenset({"torch", "online"})
     grid = {"lr": [2e-3, 5e-3], "dropout": [0.0, 0.1]}
 
     def __init__(self, feats: NodeFeatures, seed: int = 0, **params):

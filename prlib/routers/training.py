@@ -97,6 +97,7 @@ class TorchRouter(Router):
     fit_cost = 5.0
     #: the same step budget and early-stopping rule as ours (:class:`TrainConfig`)
     constraints = {"loss": one_of("ce", "mse")}
+    tags = frozenset({"torch"})
     defaults = {"steps": 1000, "hidden": 64, "lr": 3e-3, "weight_decay": 1e-4,
                 "batch_size": 512, "eval_every": 25, "patience": 10, "loss": "ce",
                 "device": "auto"}
