@@ -205,7 +205,9 @@ class GMTNet(nn.Module):
 
 @register
 class GMTRouter(Router):
-    """GMTRouter, re-implemented: user, LLM, query, response and turn nodes, turn chain across a conversation, PyG HGTConv (every node type updated), answers embedded, pairwise softplus loss; a user's state comes from their visible ratings only (new users need no retraining)."""
+    """GMTRouter, re-implemented: user, LLM, query, response and turn nodes, turn chain across a
+    conversation, PyG HGTConv (every node type updated), answers embedded, pairwise softplus loss; a
+    user's state comes from their visible ratings only (new users need no retraining)."""
 
     tags = frozenset({"torch", "online", "pairwise", "needs_answers"})
     name, family = "GMTRouter (ours, HGT)", PAIRWISE

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from prlib.metrics import preference_pairs
 from prlib.requests import Requests
-from prlib.routers.base import PAIRWISE, Router, RouterError, col_nanmean, register
+from prlib.routers.base import PAIRWISE, Router, col_nanmean, register
 
 
 def bradley_terry(utility: np.ndarray, C: float) -> np.ndarray:
@@ -36,7 +36,8 @@ def bradley_terry(utility: np.ndarray, C: float) -> np.ndarray:
 
 @register
 class BradleyTerryRouter(Router):
-    """Global Bradley-Terry: one strength per LLM from every user's training preference pairs (logistic regression on pair differences); the same ranking for every user and query."""
+    """Global Bradley-Terry: one strength per LLM from every user's training preference pairs
+    (logistic regression on pair differences); the same ranking for every user and query."""
 
     tags = frozenset({"pairwise"})
     name, family = "Bradley-Terry (global)", PAIRWISE
@@ -55,7 +56,8 @@ class BradleyTerryRouter(Router):
 
 @register
 class PerUserBradleyTerryRouter(BradleyTerryRouter):
-    """Per-user Bradley-Terry: global strengths plus each user's own strengths fitted on that user's pairs alone (L2-shrunk to 0, so sparse users fall back to the global ranking)."""
+    """Per-user Bradley-Terry: global strengths plus each user's own strengths fitted on that user's
+    pairs alone (L2-shrunk to 0, so sparse users fall back to the global ranking)."""
 
     tags = frozenset({"pairwise", "online"})
     name = "Bradley-Terry per user"
@@ -85,7 +87,9 @@ class PerUserBradleyTerryRouter(BradleyTerryRouter):
 
 @register
 class PreviousTurnRouter(Router):
-    """The user's own rating of each LLM at the previous turn of this conversation (the conversation so far); at a first turn, or for an LLM not rated then, the user's mean training rating of that LLM (else the population's)."""
+    """The user's own rating of each LLM at the previous turn of this conversation (the conversation
+    so far); at a first turn, or for an LLM not rated then, the user's mean training rating of that
+    LLM (else the population's)."""
 
     tags = frozenset({"pairwise"})
     name, family = "Previous turn's rating (else user mean)", PAIRWISE

@@ -24,7 +24,7 @@ reloaded before anything is scored on test.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from prlib.config import resolve_device, seed_everything
 from prlib.features import NodeFeatures, llm_row, query_row
 from prlib.graph import EDGE_DIM, build_graph, check_no_label_leak
 from prlib.requests import Requests, concat_requests
-from prlib.routers.base import Router, RouterError, one_of, register
+from prlib.routers.base import Router, one_of, register
 from prlib.routers.training import History, train_module
 
 

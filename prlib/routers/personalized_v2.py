@@ -31,7 +31,7 @@ from prlib import distributed
 from prlib.config import resolve_device, seed_everything, torch_threads
 from prlib.features import NodeFeatures, llm_row, query_row
 from prlib.requests import Requests, concat_requests
-from prlib.routers.base import ABLATION, Router, RouterError, one_of, register, reward_of
+from prlib.routers.base import ABLATION, Router, one_of, register, reward_of
 from prlib.routers.retrieval import (CHANNELS, N_STATIC, PROFILE_STATS, RETRIEVAL_STATS,
                                      FeedbackStore, Messages, check_no_label_leak_v2)
 from prlib.routers.training import History, train_module
@@ -643,7 +643,8 @@ class PersonalizedRouterV2(Router):
 
 @register
 class V2WithoutRetrieval(PersonalizedRouterV2):
-    """Ours without the retrieved neighbours (neither the user's nor the pooled kNN messages, no attention): profile, user and task statistics only."""
+    """Ours without the retrieved neighbours (neither the user's nor the pooled kNN messages, no
+    attention): profile, user and task statistics only."""
 
     name = "ours without retrieval edges"
     family = ABLATION
@@ -661,7 +662,8 @@ class V2WithoutProfileStats(PersonalizedRouterV2):
 
 @register
 class V2WithoutMessages(PersonalizedRouterV2):
-    """Ours with no message passing: the scorer reads the query and LLM embeddings only, so it cannot tell users apart."""
+    """Ours with no message passing: the scorer reads the query and LLM embeddings only, so it
+    cannot tell users apart."""
 
     name = "ours with 0 layers (no messages)"
     family = ABLATION

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from prlib.config import resolve_device, seed_everything
 from prlib.requests import Requests
-from prlib.routers.base import (NEG, History, Router, RouterError, candidates, one_of,
+from prlib.routers.base import (NEG, History, Router, candidates, one_of,
                                 query_embeddings, reward_of)
 
 
