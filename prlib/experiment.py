@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -21,18 +20,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
 from prlib.bank import Bank
-from prlib.config import (DEVELOPMENT_SEEDS, REPORT_SEEDS, cache_dir, seed_everything,
-                          torch_threads)
+from prlib.config import (DEVELOPMENT_SEEDS, REPORT_SEEDS, seed_everything)
 from prlib.efficiency import PeakMemory
 from prlib.features import NodeFeatures, node_features
 from prlib import provenance
-from prlib.metrics import (PAIRWISE_METRICS, pairwise_metrics, paired_difference,
-                           picks_vary_share, routing_metrics)
-from prlib.report import mean_std
+from prlib.metrics import (PAIRWISE_METRICS, pairwise_metrics, picks_vary_share, routing_metrics)
+from prlib.parallel import THREADS, Shared, map_fits
+from prlib.report import (UPPER_BOUND, ablation_table, describe_improvement,  # noqa: F401
+                          improvement, improvement_row, results_table, same_picks, strongest)
 from prlib.requests import (SPLITS, build_requests, choice_only, sample_per_user,
                             split_queries, with_previous_turn)
 from prlib.routers import Router, get_router, registered
@@ -42,12 +39,9 @@ from prlib.simulate.preferences import Preferences
 FEEDBACK = ("utility", "choice")
 #: Metrics a setting may name as its main one (columns of :func:`run_setting`'s frame).
 MAIN_METRICS = ("reward", "accuracy", "score", "pct_oracle", "performance") + PAIRWISE_METRICS
-UPPER_BOUND = "upper bound"
 #: What the oracle reads in each feedback kind (its row name in tables).
 ORACLE_READS = {"utility": "Oracle (reads realised test utilities)",
                 "choice": "Oracle (reads hidden persona scores)"}
-#: Torch threads of every fit: one, so one configuration gives one number wherever it runs.
-THREADS = 1
 
 
 @dataclass
@@ -154,60 +148,6 @@ _VIEWS: OrderedDict = OrderedDict()
 _VIEWS_KEPT = 8
 
 
-class Shared:
-    """An object that worker processes receive once, not with every task.
-
-    In this process ``obj`` is the object itself. Pickled (a task sent to a worker of
-    :func:`map_fits`), it is only the path of a temporary file into which the object was
-    pickled once, on the first send; a worker loads that file on first use and keeps the
-    object (:data:`_SHARED`). The file is removed when this process's ``Shared`` is garbage
-    collected. (A 1,000-user bench setting is ~110 MB: sent with each of a notebook's ~200
-    fits, pickling and unpickling it cost more than the fits.)
-    """
-
-    def __init__(self, obj):
-        self.obj, self.path = obj, None
-
-    def __getstate__(self) -> dict:
-        if self.path is None:
-            import pickle
-            import tempfile
-            import weakref
-
-            import cloudpickle
-
-            folder = cache_dir() / "shared"
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, path = tempfile.mkstemp(suffix=".pkl", dir=folder)
-            with os.fdopen(fd, "wb") as f:
-                cloudpickle.dump(self.obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-            self.path = path
-            weakref.finalize(self, _remove_quietly, path)
-        return {"path": self.path}
-
-    def __setstate__(self, state: dict) -> None:
-        self.path = state["path"]
-        if self.path not in _SHARED:
-            import pickle
-
-            with open(self.path, "rb") as f:
-                _SHARED[self.path] = pickle.load(f)
-            while len(_SHARED) > _VIEWS_KEPT:
-                _SHARED.popitem(last=False)
-        self.obj = _SHARED[self.path]
-
-
-#: Objects loaded from :class:`Shared` files in this (worker) process, by path.
-_SHARED: OrderedDict = OrderedDict()
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
 def _views_by_seed(shared: Shared):
     """``views(seed)``: :func:`setting_views` of the :class:`Shared` setting, computed once
     per seed and process (kept for the :data:`_VIEWS_KEPT` most recent (setting, seed)
@@ -228,69 +168,6 @@ def _cached_views(shared: Shared, seed: int):
         while len(_VIEWS) > _VIEWS_KEPT:
             _VIEWS.popitem(last=False)
     return _VIEWS[key]
-
-
-def _call_with_threads(fn, threads, args):
-    _keep_worker_caches()
-    with torch_threads(threads):
-        return fn(*args)
-
-
-def _keep_worker_caches() -> None:
-    """Tell loky (joblib's worker pool) that this worker's growth is not a leak: a worker keeps
-    the views and shared settings of its fits on purpose (:data:`_VIEWS`, :data:`_SHARED`),
-    and loky restarts a worker that grew by more than 300 MB since its first task (with psutil
-    installed), throwing those caches away."""
-    try:
-        from joblib.externals.loky import process_executor
-    except ImportError:  # pragma: no cover - joblib vendors loky
-        return
-    process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE,
-                                                 64 * 2 ** 30)
-
-
-def map_fits(fn, tasks: Sequence[tuple], jobs: int = 1, threads: int | None = THREADS,
-             progress: bool = False, desc: str = "", label=None, cost=None):
-    """``fn(*task)`` for each task with ``threads`` torch threads, results yielded in task order,
-    with a progress bar.
-
-    ``jobs`` > 1 runs the tasks in that many worker processes (at most the machine's cores;
-    joblib's loky backend: ``fn`` and its arguments are pickled with cloudpickle, results are
-    pickled back). Every fit seeds itself, so a task gives the same result in a worker as here;
-    only wall-clock timings feel the other jobs (with fewer free cores than ``jobs`` they slow
-    each other). ``label(*task)``: the progress bar's text of a task (serial runs only).
-    ``cost(*task)``: a task's rough expected run time; with several jobs the costliest tasks
-    are started first (longest first: no worker is left running one long fit at the end while
-    the others idle), and results still come back in task order."""
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress)
-    try:
-        if jobs == 1 or len(tasks) < 2:
-            for task in tasks:
-                if label is not None:
-                    bar.set_postfix_str(label(*task))
-                yield _call_with_threads(fn, threads, task)
-                bar.update()
-            return
-        from joblib import Parallel, delayed
-
-        bar.set_postfix_str(f"{jobs} processes")
-        n_jobs = min(jobs, len(tasks), os.cpu_count() or 1)
-        order = list(range(len(tasks)))
-        if cost is not None:  # stable: equal costs keep their task order
-            order.sort(key=lambda i: -float(cost(*tasks[i])))
-        runs = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=1)(
-            delayed(_call_with_threads)(fn, threads, tasks[i]) for i in order)
-        done, nxt = {}, 0
-        for i, result in zip(order, runs):
-            done[i] = result
-            bar.update()
-            while nxt in done:  # yield in task order as soon as the prefix is complete
-                yield done.pop(nxt)
-                nxt += 1
-    finally:
-        bar.close()
 
 
 def _new_router(cls: type[Router], setting: Setting, seed: int, params: Mapping) -> Router:
@@ -373,7 +250,7 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
     validation requests as the router sees them; the point with the best mean wins (ties: the
     first point). ``params`` are fixed hyper-parameters under the grid (e.g. ``steps``).
     Routers without a grid, or that cannot run on the setting, are not fitted here.
-    ``jobs``: fits run at once in separate processes (:func:`map_fits`); the chosen points do
+    ``jobs``: fits run at once in separate processes (:func:`~prlib.parallel.map_fits`); the chosen points do
     not depend on it.
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
@@ -427,7 +304,7 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     name, seed)``. ``threads``: torch threads while fitting and routing (default 1:
     deterministic, the same number on every machine of one kind; ``None`` leaves them as they
     are). ``jobs``: fits run at once in separate processes, each with ``threads`` threads
-    (:func:`map_fits`); the frame does not depend on it but for ``fit_s``.
+    (:func:`~prlib.parallel.map_fits`); the frame does not depend on it but for ``fit_s``.
 
     A router that cannot run on the setting (:meth:`~prlib.routers.Router.unavailable`, e.g.
     a cascade on a bank without answer texts) is not fitted; the frame's
@@ -517,136 +394,3 @@ def split_metrics(router: Router, setting: Setting, seed: int,
     return {name: routing_metrics(req, router.route(req))[metric] for name, req in views.items()}
 
 
-def results_table(results: pd.DataFrame, metrics: Sequence[str],
-                  fmt: str | Mapping[str, str] = ".3f", sort_by: str | None = None,
-                  mark: str | None = None) -> pd.DataFrame:
-    """Mean ± std over seeds per router (:func:`prlib.report.mean_std`), one column per metric.
-
-    ``fmt``: one format, or one per metric (default ``.3f``). Rows keep the order of first
-    appearance, or descend by the mean of ``sort_by``. With ``mark`` (a metric), a ``best``
-    column flags the best router on it, upper bounds excluded.
-    """
-    fmts = fmt if isinstance(fmt, Mapping) else {}
-    default = ".3f" if isinstance(fmt, Mapping) else fmt
-    order = list(dict.fromkeys(results["router"]))
-    g = results.groupby("router", sort=False)
-    if sort_by is not None:
-        order = g[sort_by].mean().sort_values(ascending=False).index.tolist()
-    out = pd.DataFrame({"router": order,
-                        "family": [results.loc[results["router"] == r, "family"].iloc[0]
-                                   for r in order]})
-    for m in metrics:
-        out[m] = [mean_std(g.get_group(r)[m].to_numpy(), fmts.get(m, default)) for r in order]
-    out["seeds"] = [g.get_group(r)["seed"].nunique() for r in order]
-    if "picks_hash" in results:
-        out["same_picks_as"] = [", ".join(same_picks(results).get(r, [])) for r in order]
-    if mark is not None:
-        best = strongest(results, mark)
-        out["best"] = np.where(out["router"] == best, "best (excl. oracle)", "")
-    for name, reason in results.attrs.get("not_run", {}).items():
-        row = {c: "" for c in out.columns}
-        row.update({"router": name, "family": get_router(name).family,
-                    metrics[0]: f"not run: {reason}", "seeds": 0})
-        out = pd.concat([out, pd.DataFrame([row])], ignore_index=True)
-    return out
-
-
-def same_picks(results: pd.DataFrame) -> dict[str, list[str]]:
-    """For each router, the routers that made exactly the same test picks on every seed (the
-    same router in effect, whatever its name)."""
-    sig = results.sort_values("seed").groupby("router", sort=False)["picks_hash"].agg(tuple)
-    out = {}
-    for r, h in sig.items():
-        out[r] = [o for o, ho in sig.items() if o != r and ho == h]
-    return out
-
-
-def strongest(results: pd.DataFrame, metric: str, exclude: Sequence[str] = ()) -> str:
-    """The router with the highest mean ``metric`` over seeds; upper bounds (oracles) and
-    ``exclude`` left out."""
-    keep = ~results["router"].isin(exclude) & (results["family"] != UPPER_BOUND)
-    means = results[keep].groupby("router")[metric].mean()
-    if means.empty:
-        raise ValueError("no router left to compare after excluding upper bounds and "
-                         f"{list(exclude)}")
-    return str(means.idxmax())
-
-
-def improvement(results: pd.DataFrame, metric: str, ours: str) -> dict:
-    """Ours against the strongest other router (upper bounds excluded; strongest = best mean
-    ``metric`` over seeds): the paired difference per seed on the same split, its mean and 95 %
-    Student-t confidence interval (absolute and relative to the baseline's mean), and the
-    verdict: ``"ours wins"`` / ``"baseline wins"`` when the interval excludes 0, else ``"tie"``."""
-    base = strongest(results, metric, exclude=(ours,))
-    a = results[results["router"] == ours].set_index("seed")[metric]
-    b = results[results["router"] == base].set_index("seed")[metric].reindex(a.index)
-    d = paired_difference(a.to_numpy(), b.to_numpy())
-    scale = 100.0 / abs(float(b.mean())) if float(b.mean()) else float("nan")
-    if d["ci_low"] > 0:
-        verdict = "ours wins"
-    elif d["ci_high"] < 0:
-        verdict = "baseline wins"
-    else:
-        verdict = "tie" if np.isfinite(d["ci_low"]) else "one seed: no interval"
-    return {"metric": metric, "ours": ours, "strongest_baseline": base,
-            "ours_mean": float(a.mean()), "baseline_mean": float(b.mean()),
-            "diff_mean": d["mean"], "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"],
-            "diff_pct_mean": d["mean"] * scale, "diff_pct_ci_low": d["ci_low"] * scale,
-            "diff_pct_ci_high": d["ci_high"] * scale, "seeds": d["n"],
-            "per_seed_diff": (a - b).to_dict(), "verdict": verdict,
-            "ours_wins": verdict == "ours wins"}
-
-
-def improvement_row(name: str, imp: dict, fmt: str = ".3f") -> dict:
-    """One row of a summary table: means, the paired difference with its 95 % CI, the verdict."""
-    ci = (f"[{imp['diff_ci_low']:+{fmt}}, {imp['diff_ci_high']:+{fmt}}]"
-          if np.isfinite(imp["diff_ci_low"]) else "n/a (one seed)")
-    pct = (f"{imp['diff_pct_mean']:+.1f} [{imp['diff_pct_ci_low']:+.1f}, "
-           f"{imp['diff_pct_ci_high']:+.1f}]" if np.isfinite(imp["diff_pct_ci_low"])
-           else f"{imp['diff_pct_mean']:+.1f}")
-    return {"table": name, "metric": imp["metric"], "ours": format(imp["ours_mean"], fmt),
-            "strongest_baseline": imp["strongest_baseline"],
-            "baseline": format(imp["baseline_mean"], fmt),
-            "ours_minus_baseline": format(imp["diff_mean"], "+" + fmt), "ci95": ci,
-            "relative_pct_ci95": pct, "seeds": imp["seeds"], "verdict": imp["verdict"]}
-
-
-def describe_improvement(imp: dict, fmt: str = ".3f") -> str:
-    """One sentence stating the paired difference and its verdict (or that a baseline wins)."""
-    ci = (f"95 % CI [{imp['diff_ci_low']:+{fmt}}, {imp['diff_ci_high']:+{fmt}}]"
-          if np.isfinite(imp["diff_ci_low"]) else "one seed, no interval")
-    head = {"ours wins": f"{imp['ours']} beats the strongest baseline, "
-                         f"{imp['strongest_baseline']},",
-            "baseline wins": f"The strongest baseline, {imp['strongest_baseline']}, BEATS "
-                             f"{imp['ours']}:",
-            "tie": f"{imp['ours']} and the strongest baseline, {imp['strongest_baseline']}, "
-                   "are not told apart:",
-            }.get(imp["verdict"], f"{imp['ours']} against the strongest baseline, "
-                                  f"{imp['strongest_baseline']} (one seed, no verdict):")
-    return (f"{head} ours - baseline on {imp['metric']} = {imp['diff_mean']:+{fmt}} "
-            f"({ci}; paired over {imp['seeds']} seed{'s' if imp['seeds'] != 1 else ''}; "
-            f"{imp['ours_mean']:{fmt}} vs "
-            f"{imp['baseline_mean']:{fmt}}).")
-
-
-def ablation_table(results: pd.DataFrame, metric: str, full: str,
-                   fmt: str = ".3f") -> pd.DataFrame:
-    """What each part of ours buys: one row per router of the ``ablation`` family (and ``full``
-    itself) in ``results``, with its mean ± std of ``metric`` and the paired difference per seed
-    ``variant - full`` with its 95 % CI (negative: removing the part costs that much)."""
-    a = results[results["router"] == full].set_index("seed")[metric]
-    rows = []
-    for name in dict.fromkeys(results.loc[(results["family"] == "ablation")
-                                          | (results["router"] == full), "router"]):
-        v = results[results["router"] == name].set_index("seed")[metric].reindex(a.index)
-        d = paired_difference(v.to_numpy(), a.to_numpy())
-        ci = (f"[{d['ci_low']:+{fmt}}, {d['ci_high']:+{fmt}}]" if np.isfinite(d["ci_low"])
-              else "n/a")
-        rows.append({"variant": name, metric: f"{v.mean():{fmt}} ± {v.std(ddof=0):{fmt}}",
-                     "minus_full": "—" if name == full else f"{d['mean']:+{fmt}}",
-                     "ci95": "—" if name == full else ci,
-                     "verdict": "—" if name == full else (
-                         "one seed: no interval" if not np.isfinite(d["ci_low"]) else
-                         "worse than full" if d["ci_high"] < 0 else
-                         "better than full" if d["ci_low"] > 0 else "tie")})
-    return pd.DataFrame(rows)

@@ -102,10 +102,14 @@ def record(method):
         log = self.__dict__.setdefault("provenance", {})
         if name == "fit":  # a refit starts a new history
             log.clear()
-        log.setdefault(name, []).append(sets)
+        calls = log.setdefault(name, [])
+        calls.append(sets)
         self._recording = True
         try:
             return method(self, *args, **kwargs)
+        except BaseException:
+            calls.pop()  # what failed was not learned from
+            raise
         finally:
             self._recording = False
 

@@ -9,6 +9,7 @@ study). Names start with the notebook's number, e.g.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -18,6 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from prlib.config import RunConfig, resolve_config  # noqa: E402
+from prlib.metrics import paired_difference  # noqa: E402
 
 
 def set_style() -> None:
@@ -128,3 +130,147 @@ def readme_tables(readme: Path) -> dict[str, str]:
 
 if __name__ == "__main__":
     print("README tables updated:", sync_readme() or "none (already in sync)")
+
+
+# ------------------------------------------------------------------ results tables and prose
+#: The family of oracles and other upper bounds (left out of "strongest" and "best").
+UPPER_BOUND = "upper bound"
+
+
+def ci_verdict(d: dict) -> str:
+    """A paired difference's verdict from its 95 % CI (:func:`prlib.metrics.paired_difference`):
+    ``"better"`` (CI above 0), ``"worse"`` (below 0), ``"tie"``, or ``"one seed: no interval"``."""
+    if not np.isfinite(d["ci_low"]):
+        return "one seed: no interval"
+    return "better" if d["ci_low"] > 0 else "worse" if d["ci_high"] < 0 else "tie"
+
+
+def results_table(results: pd.DataFrame, metrics: Sequence[str],
+                  fmt: str | Mapping[str, str] = ".3f", sort_by: str | None = None,
+                  mark: str | None = None) -> pd.DataFrame:
+    """Mean ± std over seeds per router (:func:`prlib.report.mean_std`), one column per metric.
+
+    ``fmt``: one format, or one per metric (default ``.3f``). Rows keep the order of first
+    appearance, or descend by the mean of ``sort_by``. With ``mark`` (a metric), a ``best``
+    column flags the best router on it, upper bounds excluded.
+    """
+    fmts = fmt if isinstance(fmt, Mapping) else {}
+    default = ".3f" if isinstance(fmt, Mapping) else fmt
+    order = list(dict.fromkeys(results["router"]))
+    g = results.groupby("router", sort=False)
+    if sort_by is not None:
+        order = g[sort_by].mean().sort_values(ascending=False).index.tolist()
+    out = pd.DataFrame({"router": order,
+                        "family": [results.loc[results["router"] == r, "family"].iloc[0]
+                                   for r in order]})
+    for m in metrics:
+        out[m] = [mean_std(g.get_group(r)[m].to_numpy(), fmts.get(m, default)) for r in order]
+    out["seeds"] = [g.get_group(r)["seed"].nunique() for r in order]
+    if "picks_hash" in results:
+        out["same_picks_as"] = [", ".join(same_picks(results).get(r, [])) for r in order]
+    if mark is not None:
+        best = strongest(results, mark)
+        out["best"] = np.where(out["router"] == best, "best (excl. oracle)", "")
+    for name, reason in results.attrs.get("not_run", {}).items():
+        row = {c: "" for c in out.columns}
+        from prlib.routers import get_router  # (routers import nothing of report)
+
+        row.update({"router": name, "family": get_router(name).family,
+                    metrics[0]: f"not run: {reason}", "seeds": 0})
+        out = pd.concat([out, pd.DataFrame([row])], ignore_index=True)
+    return out
+
+
+def same_picks(results: pd.DataFrame) -> dict[str, list[str]]:
+    """For each router, the routers that made exactly the same test picks on every seed (the
+    same router in effect, whatever its name)."""
+    sig = results.sort_values("seed").groupby("router", sort=False)["picks_hash"].agg(tuple)
+    out = {}
+    for r, h in sig.items():
+        out[r] = [o for o, ho in sig.items() if o != r and ho == h]
+    return out
+
+
+def strongest(results: pd.DataFrame, metric: str, exclude: Sequence[str] = ()) -> str:
+    """The router with the highest mean ``metric`` over seeds; upper bounds (oracles) and
+    ``exclude`` left out."""
+    keep = ~results["router"].isin(exclude) & (results["family"] != UPPER_BOUND)
+    means = results[keep].groupby("router")[metric].mean()
+    if means.empty:
+        raise ValueError("no router left to compare after excluding upper bounds and "
+                         f"{list(exclude)}")
+    return str(means.idxmax())
+
+
+def improvement(results: pd.DataFrame, metric: str, ours: str) -> dict:
+    """Ours against the strongest other router (upper bounds excluded; strongest = best mean
+    ``metric`` over seeds): the paired difference per seed on the same split, its mean and 95 %
+    Student-t confidence interval (absolute and relative to the baseline's mean), and the
+    verdict: ``"ours wins"`` / ``"baseline wins"`` when the interval excludes 0, else ``"tie"``."""
+    base = strongest(results, metric, exclude=(ours,))
+    a = results[results["router"] == ours].set_index("seed")[metric]
+    b = results[results["router"] == base].set_index("seed")[metric].reindex(a.index)
+    d = paired_difference(a.to_numpy(), b.to_numpy())
+    scale = 100.0 / abs(float(b.mean())) if float(b.mean()) else float("nan")
+    verdict = {"better": "ours wins", "worse": "baseline wins"}.get(ci_verdict(d), ci_verdict(d))
+    return {"metric": metric, "ours": ours, "strongest_baseline": base,
+            "ours_mean": float(a.mean()), "baseline_mean": float(b.mean()),
+            "diff_mean": d["mean"], "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"],
+            "diff_pct_mean": d["mean"] * scale, "diff_pct_ci_low": d["ci_low"] * scale,
+            "diff_pct_ci_high": d["ci_high"] * scale, "seeds": d["n"],
+            "per_seed_diff": (a - b).to_dict(), "verdict": verdict,
+            "ours_wins": verdict == "ours wins"}
+
+
+def improvement_row(name: str, imp: dict, fmt: str = ".3f") -> dict:
+    """One row of a summary table: means, the paired difference with its 95 % CI, the verdict."""
+    ci = (f"[{imp['diff_ci_low']:+{fmt}}, {imp['diff_ci_high']:+{fmt}}]"
+          if np.isfinite(imp["diff_ci_low"]) else "n/a (one seed)")
+    pct = (f"{imp['diff_pct_mean']:+.1f} [{imp['diff_pct_ci_low']:+.1f}, "
+           f"{imp['diff_pct_ci_high']:+.1f}]" if np.isfinite(imp["diff_pct_ci_low"])
+           else f"{imp['diff_pct_mean']:+.1f}")
+    return {"table": name, "metric": imp["metric"], "ours": format(imp["ours_mean"], fmt),
+            "strongest_baseline": imp["strongest_baseline"],
+            "baseline": format(imp["baseline_mean"], fmt),
+            "ours_minus_baseline": format(imp["diff_mean"], "+" + fmt), "ci95": ci,
+            "relative_pct_ci95": pct, "seeds": imp["seeds"], "verdict": imp["verdict"]}
+
+
+def describe_improvement(imp: dict, fmt: str = ".3f") -> str:
+    """One sentence stating the paired difference and its verdict (or that a baseline wins)."""
+    ci = (f"95 % CI [{imp['diff_ci_low']:+{fmt}}, {imp['diff_ci_high']:+{fmt}}]"
+          if np.isfinite(imp["diff_ci_low"]) else "one seed, no interval")
+    head = {"ours wins": f"{imp['ours']} beats the strongest baseline, "
+                         f"{imp['strongest_baseline']},",
+            "baseline wins": f"The strongest baseline, {imp['strongest_baseline']}, BEATS "
+                             f"{imp['ours']}:",
+            "tie": f"{imp['ours']} and the strongest baseline, {imp['strongest_baseline']}, "
+                   "are not told apart:",
+            }.get(imp["verdict"], f"{imp['ours']} against the strongest baseline, "
+                                  f"{imp['strongest_baseline']} (one seed, no verdict):")
+    return (f"{head} ours - baseline on {imp['metric']} = {imp['diff_mean']:+{fmt}} "
+            f"({ci}; paired over {imp['seeds']} seed{'s' if imp['seeds'] != 1 else ''}; "
+            f"{imp['ours_mean']:{fmt}} vs "
+            f"{imp['baseline_mean']:{fmt}}).")
+
+
+def ablation_table(results: pd.DataFrame, metric: str, full: str,
+                   fmt: str = ".3f") -> pd.DataFrame:
+    """What each part of ours buys: one row per router of the ``ablation`` family (and ``full``
+    itself) in ``results``, with its mean ± std of ``metric`` and the paired difference per seed
+    ``variant - full`` with its 95 % CI (negative: removing the part costs that much)."""
+    a = results[results["router"] == full].set_index("seed")[metric]
+    rows = []
+    for name in dict.fromkeys(results.loc[(results["family"] == "ablation")
+                                          | (results["router"] == full), "router"]):
+        v = results[results["router"] == name].set_index("seed")[metric].reindex(a.index)
+        d = paired_difference(v.to_numpy(), a.to_numpy())
+        ci = (f"[{d['ci_low']:+{fmt}}, {d['ci_high']:+{fmt}}]" if np.isfinite(d["ci_low"])
+              else "n/a")
+        rows.append({"variant": name, metric: f"{v.mean():{fmt}} ± {v.std(ddof=0):{fmt}}",
+                     "minus_full": "—" if name == full else f"{d['mean']:+{fmt}}",
+                     "ci95": "—" if name == full else ci,
+                     "verdict": "—" if name == full else {
+                         "better": "better than full", "worse": "worse than full"}.get(
+                         ci_verdict(d), ci_verdict(d))})
+    return pd.DataFrame(rows)

@@ -162,7 +162,7 @@ def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_
     requests). ``ours``: the router studied (any with ``add_user``, and ``fine_tune`` when
     ``fine_tune_steps`` > 0; e.g. GMTRouter in notebook 90); ``baselines`` and their
     ``baseline_params`` (per class name, e.g. their tuned points; default: their defaults).
-    ``jobs``: seeds run at once in that many processes (:func:`~prlib.experiment.map_fits`)."""
+    ``jobs``: seeds run at once in that many processes (:func:`~prlib.parallel.map_fits`)."""
     params = dict(params or {})
 
     def one(seed, full_router):
@@ -193,7 +193,7 @@ def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_
 def _per_seed(one, ours, setting, seeds, cache, jobs, progress, desc) -> pd.DataFrame:
     """``one(seed, fully trained ours or None) -> (rows, fully trained ours)`` over ``seeds``
     (in ``jobs`` processes), the fully trained routers kept in ``cache``."""
-    from prlib.experiment import map_fits
+    from prlib.parallel import map_fits
 
     _ = setting.feats  # computed here once, sent to the workers with the setting
     keys = [full_key(ours, setting, seed) for seed in seeds]
@@ -344,8 +344,9 @@ def layer_sweep(setting: Setting, router: type[Router], layers: Sequence[int],
     ``layers`` (its ``layers`` hyper-parameter) on every seed's split, everything else equal.
     One row per (layers, seed): the router's test metrics of
     :func:`~prlib.experiment.run_setting` (``fit_s`` included) and ``layers``. ``jobs``: fits
-    run at once in that many processes (:func:`~prlib.experiment.map_fits`)."""
-    from prlib.experiment import map_fits, run_setting
+    run at once in that many processes (:func:`~prlib.parallel.map_fits`)."""
+    from prlib.experiment import run_setting
+    from prlib.parallel import map_fits
 
     if "layers" not in router.defaults:
         raise ValueError(f"{router.__name__} has no 'layers' hyper-parameter")

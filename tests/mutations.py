@@ -178,8 +178,8 @@ MUTATIONS = {
         ["tests/test_gmt.py::test_every_node_type_is_updated_by_one_layer"]),
     "gmt-add-user-ignored": (
         "prlib/routers/gmt.py",
-        [("        self.history_ = concat_requests(self.history_, history)\n\n    record_feedback",
-          "        self.history_ = self.history_\n\n    record_feedback")],
+        [("        self._fit_ranges(history)\n        self.history_ = concat_requests(self.history_, history)\n",
+          "        self._fit_ranges(history)\n        self.history_ = self.history_\n")],
         ["tests/test_gmt.py::test_a_new_user_is_routed_from_k_ratings_without_retraining"]),
     # ---- selection on the wrong split
     "tuner-scores-on-test": (

@@ -31,7 +31,7 @@ def test_held_out_users_are_disjoint_seeded_and_never_in_the_training_requests(s
 
 
 def test_the_held_out_check_catches_a_router_trained_on_a_held_out_user_or_llm(setting):
-    from prlib.studies import _ours, check_held_out, seen_by_router
+    from prlib.studies import _ours, check_held_out
 
     train, val, _ = raw_views(setting, 0)
     known, held = split_users(train.frame["user_id"], 3, seed=0)

@@ -53,6 +53,81 @@ class RouterError(ValueError):
     """A router used wrongly: unregistered, unknown hyper-parameter, not fitted, bad folder."""
 
 
+class NotFittedError(RouterError):
+    """A router used before ``fit`` (scores, route, save, online updates)."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """What values a hyper-parameter accepts: a ``kind`` (int, float, bool or str), and bounds
+    (``low`` / ``high``, open where ``low_open`` / ``high_open``) or ``choices``."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+
+    def problem(self, value) -> str | None:
+        """Why ``value`` is not accepted, or ``None``."""
+        if self.choices:
+            cuda_n = ("cuda" in self.choices and isinstance(value, str)
+                      and value.startswith("cuda:") and value[5:].isdigit())
+            return None if value in self.choices or cuda_n else f"must be one of {self.choices}"
+        if self.kind is bool:
+            return None if isinstance(value, (bool, np.bool_)) else "must be True or False"
+        ok_types = (int, np.integer) if self.kind is int else (int, float, np.integer, np.floating)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_types):
+            return f"must be {'an integer' if self.kind is int else 'a number'}"
+        if not np.isfinite(value):
+            return "must be finite"
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return f"must be {'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return f"must be {'<' if self.high_open else '<='} {self.high}"
+        return None
+
+    def invalid_example(self):
+        """A value this constraint refuses (for the generic router checks)."""
+        if self.choices:
+            return "not-a-choice"
+        if self.kind is bool:
+            return "yes"
+        return (self.low - 1) if self.low is not None else float("nan")
+
+
+def positive(kind: type = int) -> Param:
+    """> 0 (integers: >= 1)."""
+    return Param(kind, 1) if kind is int else Param(kind, 0, low_open=True)
+
+
+def non_negative(kind: type = float) -> Param:
+    return Param(kind, 0)
+
+
+def one_of(*choices) -> Param:
+    return Param(str, choices=tuple(choices))
+
+
+#: Constraints of hyper-parameters shared by name across routers (a router adds its own in
+#: ``constraints``); every hyper-parameter of a registered router has one (tested).
+COMMON_PARAMS: dict[str, Param] = {
+    "steps": positive(), "hidden": positive(), "lr": positive(float),
+    "weight_decay": non_negative(), "batch_size": positive(), "eval_every": positive(),
+    "patience": positive(), "k": positive(), "k_small": positive(),
+    "dropout": Param(float, 0, 1, high_open=True), "hide_share": Param(float, 0, 1, True, True),
+    "C": positive(float), "layers": non_negative(int), "heads": positive(), "threads": positive(),
+    "user_dim": positive(), "tau": positive(float), "top_k": positive(), "n_clusters": positive(),
+    "cluster_weight": non_negative(), "cluster_batch": positive(), "llm_bias": Param(bool),
+    "max_chain": positive(), "ridge_alpha": non_negative(), "context_per_user": positive(),
+    "targets_per_user": positive(), "use_utility": Param(bool), "attention": Param(bool),
+    "retrieval": Param(bool), "profile_stats": Param(bool), "multi_turn": Param(bool),
+    "user_context": positive(), "pool_context": positive(),
+    "device": Param(str, choices=("auto", "cpu", "cuda")),
+}
+
+
 # ------------------------------------------------------------------ shared helpers
 def query_embeddings(feats: NodeFeatures, requests: Requests) -> np.ndarray:
     """Query feature rows of ``requests``, shape (n, query_dim)."""
@@ -274,6 +349,13 @@ class Router:
     #: slowest fits first when fits run in parallel (:func:`prlib.experiment.map_fits`), so
     #: that no worker waits for one long fit at the end. Results do not depend on it.
     fit_cost: ClassVar[float] = 1.0
+    #: Constraints of this router's own hyper-parameters, on top of :data:`COMMON_PARAMS`.
+    constraints: ClassVar[dict[str, Param]] = {}
+    #: What a router needs or offers beyond the base contract, for generic checks and
+    #: experiments: ``"pairwise"`` (learns from / is scored on preference pairs),
+    #: ``"needs_answers"`` (needs answer texts), ``"online"`` (``add_user`` without retraining),
+    #: ``"reads_labels"`` (an upper bound), ``"torch"`` (trained with the one trainer).
+    tags: ClassVar[frozenset] = frozenset()
 
     def __init_subclass__(cls, **kwargs):
         """Every ``fit``, ``fine_tune`` and ``add_user`` / ``record_feedback`` a subclass
@@ -292,7 +374,18 @@ class Router:
                               f"hyper-parameters are {self.defaults}")
         self.feats, self.seed = feats, int(seed)
         self.params = {**self.defaults, **params}
+        for name, value in self.params.items():
+            constraint = self.constraint(name)
+            why = constraint.problem(value) if constraint is not None else None
+            if why:
+                raise RouterError(f"{type(self).__name__}: hyper-parameter {name} {why}, got "
+                                  f"{value!r}")
         self.n_llms = len(feats.llms)
+
+    @classmethod
+    def constraint(cls, name: str) -> Param | None:
+        """The declared constraint of hyper-parameter ``name`` (``None``: none declared)."""
+        return cls.constraints.get(name, COMMON_PARAMS.get(name))
 
     @classmethod
     def unavailable(cls, feats: NodeFeatures) -> str | None:
@@ -316,6 +409,7 @@ class Router:
 
     def scores(self, requests: Requests) -> np.ndarray:
         """(n, n_llms) scores, ``-inf`` for non-candidates."""
+        self._check_fitted()
         return mask_scores(self._raw_scores(requests), requests)
 
     def route(self, requests: Requests) -> np.ndarray:
@@ -334,8 +428,16 @@ class Router:
         return f"{type(self).__name__}(seed={self.seed}, {self.params})"
 
     # -------------------------------------------------------------- persistence
+    def is_fitted(self) -> bool:
+        """Whether :meth:`fit` has run on this router (or it was loaded from a saved one)."""
+        return bool(self.__dict__.get("provenance", {}).get("fit")) or self.__dict__.get(
+            "_loaded", False)
+
     def _check_fitted(self) -> None:
-        """Raise :class:`RouterError` if the router needs ``fit`` before this call."""
+        """Raise :class:`NotFittedError` unless the router was fitted (or loaded)."""
+        if not self.is_fitted():
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(train, val) "
+                                 "first, or Router.load a saved one")
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         """Torch modules whose state dicts are saved (none for non-torch routers)."""
@@ -388,6 +490,7 @@ class Router:
         frames = {p.stem: pd.read_parquet(p) for p in folder.glob("f*.parquet")}
         for k, v in meta["state"].items():
             setattr(router, k, _decode(v, arrays, frames))
+        router._loaded = True
         router._rebuild()
         for key, module in router._modules().items():
             state = torch.load(folder / f"{key}.pt", map_location="cpu", weights_only=True)

@@ -85,6 +85,7 @@ class FrugalGPTRouter(Router):
     on val over quantile grids, maximising val reward with every call charged. On a bank
     without answer texts it does not run (a cascade that cannot read answers is not one)."""
 
+    tags = frozenset({"needs_answers"})
     name = "FrugalGPT (cascade)"
     family = "non-personalised"
     selection = "thresholds (coordinate ascent)"

@@ -205,8 +205,11 @@ class GMTNet(nn.Module):
 
 @register
 class GMTRouter(Router):
-    """GMTRouter, re-implemented: user, LLM, query, response and turn nodes, turn chain across a conversation, PyG HGTConv (every node type updated), answers embedded, pairwise softplus loss; a user's state comes from their visible ratings only (new users need no retraining)."""
+    """GMTRouter, re-implemented: user, LLM, query, response and turn nodes, turn chain across a
+    conversation, PyG HGTConv (every node type updated), answers embedded, pairwise softplus loss; a
+    user's state comes from their visible ratings only (new users need no retraining)."""
 
+    tags = frozenset({"torch", "online", "pairwise", "needs_answers"})
     name, family = "GMTRouter (ours, HGT)", PAIRWISE
     selection = "grid on validation pair accuracy; early stopping (validation-best checkpoint)"
     fit_cost = 20.0
@@ -399,10 +402,6 @@ class GMTRouter(Router):
         return self
 
     # ---------------------------------------------------------------- routing
-    def _check_fitted(self) -> None:
-        if getattr(self, "net", None) is None:
-            raise RouterError("GMTRouter is not fitted: call fit(train, val) first")
-
     def _modules(self):
         self._check_fitted()
         return {"net": self.net}
@@ -429,7 +428,6 @@ class GMTRouter(Router):
         self._fit_ranges(history)
         self.history_ = concat_requests(self.history_, history)
 
-    record_feedback = add_user
 
     def fine_tune(self, support: Requests, val: Requests, steps: int = 50) -> "GMTRouter":
         """A copy with ``support`` visible, trained ``steps`` more steps on history + support

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from prlib.metrics import preference_pairs
 from prlib.requests import Requests
-from prlib.routers.base import PAIRWISE, Router, RouterError, col_nanmean, register
+from prlib.routers.base import PAIRWISE, Router, col_nanmean, register
 
 
 def bradley_terry(utility: np.ndarray, C: float) -> np.ndarray:
@@ -34,16 +34,12 @@ def bradley_terry(utility: np.ndarray, C: float) -> np.ndarray:
     return lr.coef_[0]
 
 
-class _FittedCheck:
-    def _check_fitted(self) -> None:
-        if getattr(self, "theta_", None) is None:
-            raise RouterError(f"{type(self).__name__} is not fitted: call fit(train, val) first")
-
-
 @register
-class BradleyTerryRouter(_FittedCheck, Router):
-    """Global Bradley-Terry: one strength per LLM from every user's training preference pairs (logistic regression on pair differences); the same ranking for every user and query."""
+class BradleyTerryRouter(Router):
+    """Global Bradley-Terry: one strength per LLM from every user's training preference pairs
+    (logistic regression on pair differences); the same ranking for every user and query."""
 
+    tags = frozenset({"pairwise"})
     name, family = "Bradley-Terry (global)", PAIRWISE
     selection = "grid on validation"
     defaults = {"C": 1.0}
@@ -60,8 +56,10 @@ class BradleyTerryRouter(_FittedCheck, Router):
 
 @register
 class PerUserBradleyTerryRouter(BradleyTerryRouter):
-    """Per-user Bradley-Terry: global strengths plus each user's own strengths fitted on that user's pairs alone (L2-shrunk to 0, so sparse users fall back to the global ranking)."""
+    """Per-user Bradley-Terry: global strengths plus each user's own strengths fitted on that user's
+    pairs alone (L2-shrunk to 0, so sparse users fall back to the global ranking)."""
 
+    tags = frozenset({"pairwise", "online"})
     name = "Bradley-Terry per user"
     #: Regularisation of the global strengths; the grid tunes the per-user ones (``C``).
     GLOBAL_C = 1.0
@@ -88,9 +86,12 @@ class PerUserBradleyTerryRouter(BradleyTerryRouter):
 
 
 @register
-class PreviousTurnRouter(_FittedCheck, Router):
-    """The user's own rating of each LLM at the previous turn of this conversation (the conversation so far); at a first turn, or for an LLM not rated then, the user's mean training rating of that LLM (else the population's)."""
+class PreviousTurnRouter(Router):
+    """The user's own rating of each LLM at the previous turn of this conversation (the conversation
+    so far); at a first turn, or for an LLM not rated then, the user's mean training rating of that
+    LLM (else the population's)."""
 
+    tags = frozenset({"pairwise"})
     name, family = "Previous turn's rating (else user mean)", PAIRWISE
 
     def fit(self, train: Requests, val: Requests, *, progress: bool = False):

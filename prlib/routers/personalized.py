@@ -24,7 +24,7 @@ reloaded before anything is scored on test.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from prlib.config import resolve_device, seed_everything
 from prlib.features import NodeFeatures, llm_row, query_row
 from prlib.graph import EDGE_DIM, build_graph, check_no_label_leak
 from prlib.requests import Requests, concat_requests
-from prlib.routers.base import Router, RouterError, register
+from prlib.routers.base import Router, one_of, register
 from prlib.routers.training import History, train_module
 
 
@@ -192,6 +192,8 @@ class PersonalizedRouter(Router):
     family = "ablation"
     selection = "early stopping (validation-best checkpoint)"
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.name != "seed"}
+    constraints = {"loss": one_of("utility", "choice"), "select_on": one_of("utility", "accuracy")}
+    tags = frozenset({"torch", "online"})
     grid = {"lr": [2e-3, 5e-3], "dropout": [0.0, 0.1]}
 
     def __init__(self, feats: NodeFeatures, seed: int = 0, **params):
@@ -362,10 +364,6 @@ class PersonalizedRouter(Router):
             self.feats.llms, lambda a: np.hstack([a, np.full((len(a), 1), np.nan)]))
         if history is not None:
             self.history_ = concat_requests(self.history_, history)
-
-    def _check_fitted(self) -> None:
-        if self.model is None or self.history_ is None:
-            raise RouterError("the router is not fitted: call fit(train, val) or load(path)")
 
     # -------------------------------------------------------------- persistence
     def _modules(self):

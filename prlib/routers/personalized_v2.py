@@ -31,7 +31,7 @@ from prlib import distributed
 from prlib.config import resolve_device, seed_everything, torch_threads
 from prlib.features import NodeFeatures, llm_row, query_row
 from prlib.requests import Requests, concat_requests
-from prlib.routers.base import ABLATION, Router, RouterError, register, reward_of
+from prlib.routers.base import ABLATION, Router, one_of, register, reward_of
 from prlib.routers.retrieval import (CHANNELS, N_STATIC, PROFILE_STATS, RETRIEVAL_STATS,
                                      FeedbackStore, Messages, check_no_label_leak_v2)
 from prlib.routers.training import History, train_module
@@ -180,6 +180,8 @@ class PersonalizedRouterV2(Router):
     selection = "early stopping (validation-best checkpoint)"
     fit_cost = 20.0
     defaults = {f.name: f.default for f in fields(V2Config)}
+    constraints = {"loss": one_of("utility", "choice")}
+    tags = frozenset({"torch", "online"})
     grid = {"lr": [1e-3, 3e-3], "dropout": [0.0, 0.2]}
 
     def __init__(self, feats: NodeFeatures, seed: int = 0, **params):
@@ -439,7 +441,6 @@ class PersonalizedRouterV2(Router):
         self.store_.add(history)
         self.history_ = concat_requests(self.history_, history)
 
-    record_feedback = add_user
 
     @torch.no_grad()
     def user_states(self, batch_size: int = 4096, by: str = "user") -> tuple[list[str], np.ndarray]:
@@ -624,10 +625,6 @@ class PersonalizedRouterV2(Router):
         self.add_user(req)
         return qid
 
-    def _check_fitted(self) -> None:
-        if self.model is None or self.history_ is None:
-            raise RouterError("the router is not fitted: call fit(train, val) or load(path)")
-
     # -------------------------------------------------------------- persistence
     def fitted_state(self) -> dict:
         return {"history_": self.history_, "log_": self.log_}
@@ -644,25 +641,33 @@ class PersonalizedRouterV2(Router):
 
 
 
-def _ablation(class_name: str, display: str, doc: str, **removed) -> type[PersonalizedRouterV2]:
-    """Ours with a part removed (``removed``: the config fields that remove it), registered in
-    the ``ablation`` family so that notebook 40 can run it like any router."""
-    cls = type(class_name, (PersonalizedRouterV2,), {
-        "__doc__": doc, "name": display, "family": ABLATION,
-        "defaults": {**PersonalizedRouterV2.defaults, **removed}, "__module__": __name__})
-    return register(cls)
+@register
+class V2WithoutRetrieval(PersonalizedRouterV2):
+    """Ours without the retrieved neighbours (neither the user's nor the pooled kNN messages, no
+    attention): profile, user and task statistics only."""
+
+    name = "ours without retrieval edges"
+    family = ABLATION
+    defaults = {**PersonalizedRouterV2.defaults, "retrieval": False}
 
 
-V2WithoutRetrieval = _ablation(
-    "V2WithoutRetrieval", "ours without retrieval edges",
-    "Ours without the retrieved neighbours (neither the user's nor the pooled kNN messages, no "
-    "attention): profile, user and task statistics only.", retrieval=False)
-V2WithoutProfileStats = _ablation(
-    "V2WithoutProfileStats", "ours without profile statistics",
-    "Ours without the profile, user and task feedback means: retrieved neighbours only.",
-    profile_stats=False)
-V2WithoutMessages = _ablation(
-    "V2WithoutMessages", "ours with 0 layers (no messages)",
-    "Ours with no message passing: the scorer reads the query and LLM embeddings only, so it "
-    "cannot tell users apart.", layers=0)
+@register
+class V2WithoutProfileStats(PersonalizedRouterV2):
+    """Ours without the profile, user and task feedback means: retrieved neighbours only."""
+
+    name = "ours without profile statistics"
+    family = ABLATION
+    defaults = {**PersonalizedRouterV2.defaults, "profile_stats": False}
+
+
+@register
+class V2WithoutMessages(PersonalizedRouterV2):
+    """Ours with no message passing: the scorer reads the query and LLM embeddings only, so it
+    cannot tell users apart."""
+
+    name = "ours with 0 layers (no messages)"
+    family = ABLATION
+    defaults = {**PersonalizedRouterV2.defaults, "layers": 0}
+
+
 ABLATIONS = (V2WithoutRetrieval, V2WithoutProfileStats, V2WithoutMessages)

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from prlib.routers.base import Router, candidates, col_nanmean, register
 
 
 @register
 class RandomRouter(Router):
-    """A uniformly random candidate (seeded)."""
+    """A uniformly random candidate (seeded per request: a request gets the same pick in any
+    batch)."""
 
     name = "Random"
     family = "simple"
 
     def _raw_scores(self, requests):
-        return np.random.default_rng(self.seed).random((len(requests), self.n_llms))
+        """(n, n_llms) uniform draws keyed by (seed, user, query, LLM), not by batch position."""
+        rows = pd.util.hash_pandas_object(requests.frame[["user_id", "query_id"]],
+                                          index=False).to_numpy()
+        cols = np.arange(self.n_llms, dtype=np.uint64) + np.uint64(self.seed) * np.uint64(4099)
+        keys = rows[:, None] ^ (cols[None, :] * np.uint64(0x9E3779B97F4A7C15))
+        return pd.util.hash_array(keys.ravel()).reshape(keys.shape) / float(2 ** 64)
 
 
 class PerLLMRouter(Router):

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from prlib.config import resolve_device, seed_everything
 from prlib.requests import Requests
-from prlib.routers.base import (NEG, History, Router, RouterError, candidates,
+from prlib.routers.base import (NEG, History, Router, candidates, one_of,
                                 query_embeddings, reward_of)
 
 
@@ -96,6 +96,8 @@ class TorchRouter(Router):
     selection = "early stopping (validation-best checkpoint)"
     fit_cost = 5.0
     #: the same step budget and early-stopping rule as ours (:class:`TrainConfig`)
+    constraints = {"loss": one_of("ce", "mse")}
+    tags = frozenset({"torch"})
     defaults = {"steps": 1000, "hidden": 64, "lr": 3e-3, "weight_decay": 1e-4,
                 "batch_size": 512, "eval_every": 25, "patience": 10, "loss": "ce",
                 "device": "auto"}
@@ -162,10 +164,6 @@ class TorchRouter(Router):
                 eval_every=p["eval_every"], patience=p["patience"], progress=progress,
                 desc=self.name)
         return self
-
-    def _check_fitted(self) -> None:
-        if getattr(self, "net", None) is None:
-            raise RouterError(f"{type(self).__name__} is not fitted: call fit(train, val) first")
 
     def _modules(self):
         self._check_fitted()
