@@ -54,3 +54,17 @@ def test_the_reader_finds_evaluating_notebooks():
     evaluating = {p.stem[:2] for p in NOTEBOOKS if any(c in code(p) for c in EVALUATES)}
     assert {"40", "50", "60", "70", "90", "95"} <= evaluating
     assert not {"00", "10", "20", "30"} & evaluating
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_pins_its_smoke_numbers(path):
+    """nbval as a regression check: each notebook passes its key numbers to prlib.pins, and the
+    pins it names are committed (notebooks/smoke_pins/)."""
+    import re
+
+    from prlib.pins import PINS_DIR
+
+    names = re.findall(r'pins\.pin_\w+\(\s*"([^"]+)"', code(path))
+    assert names, f"{path.name} pins no smoke numbers (end it with a prlib.pins cell)"
+    missing = [n for n in names if not (PINS_DIR / f"{n}.json").is_file()]
+    assert not missing, f"{path.name}: no committed pins {missing} in {PINS_DIR.name}/"

@@ -358,7 +358,7 @@ class Router:
     tags: ClassVar[frozenset] = frozenset()
 
     def __init_subclass__(cls, **kwargs):
-        """Every ``fit``, ``fine_tune`` and ``add_user`` / ``record_feedback`` a subclass
+        """Every ``fit``, ``fine_tune`` and ``add_user`` a subclass
         defines records the request sets it receives (:func:`prlib.provenance.record`), so
         the experiment paths can check what reached training."""
         super().__init_subclass__(**kwargs)
