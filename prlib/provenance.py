@@ -1,7 +1,8 @@
 """Provenance guards: which requests reached fit, selection and scoring, checked at run time.
 
-Every router records what its ``fit``, ``fine_tune`` and ``add_user`` received (:class:`~prlib.routers.base.Router` wraps them; :func:`record`): the (user, query)
-ids of each request set, a digest of those ids, and whether the set was a choice-only view.
+Every router records what its ``fit``, ``fine_tune`` and ``add_user`` received
+(:class:`~prlib.routers.base.Router` wraps them; :func:`record`): the (user, query) ids of
+each request set, a digest of those ids, and whether the set was a choice-only view.
 The experiment paths then assert, after each fit, what must hold, and raise
 :class:`ProvenanceError` naming what leaked and where:
 
