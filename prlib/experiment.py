@@ -176,6 +176,22 @@ def _new_router(cls: type[Router], setting: Setting, seed: int, params: Mapping)
     return cls(setting.feats, seed=seed, **{**cls.params_for(setting.feedback), **params})
 
 
+def fit_checked(router_cls: type[Router] | str, setting: Setting, seed: int,
+                params: Mapping | None = None, progress: bool = False):
+    """One router fitted on ``seed``'s views of ``setting`` with the provenance guards of
+    :func:`run_setting` (split, fit on exactly those views, nothing of test learned from):
+    ``(router, (train, val, test))``, for a notebook or command that needs the fitted router
+    itself."""
+    cls = get_router(router_cls)
+    train, val, test = setting_views(setting, seed)
+    router = _new_router(cls, setting, seed, dict(params or {}))
+    router.fit(train, val, progress=progress)
+    where = f"{cls.__name__} on {setting.name}, seed {seed}"
+    provenance.check_fit(router, train, val, where, setting.feedback)
+    provenance.check_scored(router, test, where)
+    return router, (train, val, test)
+
+
 def _check_params(classes, params: Mapping) -> dict:
     params = dict(params or {})
     unknown = sorted(set(params) - {c.__name__ for c in classes})

@@ -285,3 +285,13 @@ def test_the_spy_through_the_sparsity_sweep_and_the_new_llm_study(setting, spy):
     llms = studies.few_shot_llms(setting, [0], [2], ["large"], params={"steps": 5},
                                  n_heldout_users=2)
     assert np.isfinite(llms["pct_of_full"]).all()
+
+
+def test_fit_checked_fits_on_the_seeds_views_and_guards_them(setting, spy, monkeypatch):
+    router, (train, val, test) = experiment.fit_checked(Spy, setting, 0)
+    assert provenance.fitted_on(router)[0].digest == ids_of(train).digest
+    real = Spy.fit
+    monkeypatch.setattr(Spy, "fit", lambda self, tr, va, progress=False: real(
+        self, rq.concat_requests(tr, test), va))
+    with pytest.raises(ProvenanceError, match="not the seed's"):
+        experiment.fit_checked(Spy, setting, 0)
