@@ -76,7 +76,17 @@ def is_choice_view(requests) -> bool:
 
 
 def ids_of(requests) -> RequestIds:
-    """The :class:`RequestIds` of a :class:`~prlib.requests.Requests`."""
+    """The :class:`RequestIds` of a :class:`~prlib.requests.Requests` (computed once per request
+    set: request sets are not changed in place, every view is a new one)."""
+    cached = requests.__dict__.get("_ids")
+    if cached is not None and cached[0] == len(requests.frame):
+        return cached[1]
+    ids = _ids_of(requests)
+    requests.__dict__["_ids"] = (len(requests.frame), ids)
+    return ids
+
+
+def _ids_of(requests) -> RequestIds:
     f = requests.frame
     return RequestIds(frozenset(map(str, f["query_id"].unique())),
                       {str(u): int(n) for u, n in f["user_id"].value_counts(sort=False).items()},
