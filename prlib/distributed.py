@@ -3,7 +3,7 @@ one process or many.
 
 Launch a training script with ``torchrun`` (one process per core or GPU)::
 
-    torchrun --nproc-per-node 2 -m prlib.distributed --steps 200   # the 1-vs-2 process check
+    torchrun --nproc-per-node 2 benchmarks/ddp_check.py --steps 200   # the 1-vs-2 process check
 
 ``torchrun`` sets ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT``; :func:`init`
 reads them and joins the process group (gloo on CPU, NCCL when every process has a GPU).
@@ -25,8 +25,6 @@ stopping stops every process at the same step.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 
 import numpy as np
@@ -91,42 +89,3 @@ def agree(value: float) -> float:
         t = t.cuda()
     dist.broadcast(t, src=0)
     return float(t.item())
-
-
-def _check(argv: list[str] | None = None) -> dict:
-    """The 1-vs-many check: fit PersonalizedRouterV2 on a small LLMRouter setting (the nine
-    paper users, simulated) with dropout off and print its validation curve and test reward as
-    JSON (rank 0). Run it with ``python -m prlib.distributed`` and with ``torchrun
-    --nproc-per-node 2 -m prlib.distributed``: the same best step and test reward; validation
-    checks long after the best step can differ in the third decimal (see the module's note on
-    rounding in :mod:`tests.test_distributed`)."""
-    parser = argparse.ArgumentParser(description=_check.__doc__.split("\n\n")[0])
-    parser.add_argument("--queries", type=int, default=300, help="LLMRouter queries (seeded)")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    init()
-    from prlib import data
-    from prlib.experiment import Setting, setting_views
-    from prlib.metrics import routing_metrics
-    from prlib.routers import PersonalizedRouterV2
-    from prlib.simulate import simulate_multi_cost
-
-    bank = data.load_bank("llmrouter").sample_queries(args.queries, seed=0)
-    setting = Setting("distributed check", bank, simulate_multi_cost(bank))
-    train, val, test = setting_views(setting, args.seed)
-    router = PersonalizedRouterV2(setting.feats, seed=args.seed, steps=args.steps,
-                                  dropout=0.0).fit(train, val)
-    rank, world = rank_and_world()
-    out = {"processes": world, "val_metric": router.log_.val_metric,
-           "best_step": router.log_.best_step,
-           "test_reward": routing_metrics(test, router.route(test))["reward"]}
-    if rank == 0:
-        print(json.dumps(out))
-    if is_distributed():
-        dist.destroy_process_group()
-    return out
-
-
-if __name__ == "__main__":
-    _check()

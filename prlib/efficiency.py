@@ -8,6 +8,8 @@ count; they are benchmarks, never asserted by tests.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import os
 import threading
 import time
@@ -18,7 +20,9 @@ import psutil
 import torch
 
 from prlib.requests import Requests
-from prlib.routers import Router
+
+if TYPE_CHECKING:  # (efficiency measures routers; it needs none of their code)
+    from prlib.routers import Router
 
 
 def rss_mb() -> float:

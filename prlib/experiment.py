@@ -338,6 +338,7 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
     params = _check_params(classes, params)
+    all_classes = classes
     reasons = {c.name: c.unavailable(setting.feats) for c in classes}
     not_run = {name: why for name, why in reasons.items() if why}
     classes = [c for c in classes if c.name not in not_run]
@@ -385,6 +386,7 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
         provenance.check_seeds_differ(out.groupby("seed")["split"].first().to_dict(),
                                       shared.obj.name)
     out.attrs["not_run"] = not_run
+    out.attrs["not_run_family"] = {c.name: c.family for c in all_classes if c.name in not_run}
     return out
 
 

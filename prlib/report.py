@@ -173,9 +173,8 @@ def results_table(results: pd.DataFrame, metrics: Sequence[str],
         out["best"] = np.where(out["router"] == best, "best (excl. oracle)", "")
     for name, reason in results.attrs.get("not_run", {}).items():
         row = {c: "" for c in out.columns}
-        from prlib.routers import get_router  # (routers import nothing of report)
-
-        row.update({"router": name, "family": get_router(name).family,
+        family = results.attrs.get("not_run_family", {}).get(name, "")
+        row.update({"router": name, "family": family,
                     metrics[0]: f"not run: {reason}", "seeds": 0})
         out = pd.concat([out, pd.DataFrame([row])], ignore_index=True)
     return out
