@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from prlib import analysis
+
 from prlib.bank import Bank
 from prlib.experiment import Setting
 from prlib.requests import RequestsError
@@ -126,7 +128,7 @@ def test_user_states_separate_two_clear_archetypes_and_not_users_of_one_taste():
         req = _two_archetype_requests(same_taste)
         router = PersonalizedRouterV2(make_feats(), seed=0, steps=100, batch_size=64).fit(
             req.split("train"), req.split("val"))
-        users, states = router.user_states()
+        users, states = analysis.user_states(router)
         scores[same_taste] = archetype_silhouette(states, [u[0] for u in users])
     assert scores[False] > 0.5 and scores[True] < 0.25, scores
     with pytest.raises(ValueError, match="2 to n - 1 classes"):

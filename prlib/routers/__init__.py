@@ -39,7 +39,7 @@ from prlib.routers.pairwise import (BradleyTerryRouter, PerUserBradleyTerryRoute
 from prlib.routers.graph import GraphRouterGNN, ReferenceDesignRouter  # noqa: E402
 from prlib.routers.neighbours import KNNRouter, PerUserKNNRouter  # noqa: E402
 from prlib.routers.neural import MFRouter, MLPRouter, UserMLPRouter  # noqa: E402
-from prlib.routers.personalized import PersonalizedRouter, TrainConfig  # noqa: E402
+from prlib.routers.personalized import PersonalizedRouter  # noqa: E402
 from prlib.routers.personalized_v2 import (ABLATIONS, PersonalizedRouterV2,  # noqa: E402
                                            V2Config)
 from prlib.routers.simple import (BestPerUserRouter, BestPerUserTaskRouter,  # noqa: E402
@@ -52,7 +52,7 @@ __all__ = [
     "CheapestRouter", "MostExpensiveRouter", "BestSingleRouter", "BestPerUserRouter",
     "BestPerUserTaskRouter", "OracleRouter", "KNNRouter", "PerUserKNNRouter", "MLPRouter",
     "UserMLPRouter", "MFRouter", "GraphRouterGNN", "ReferenceDesignRouter", "RouterDC",
-    "HybridLLMRouter", "FrugalGPTRouter", "PersonalizedRouter", "TrainConfig",
+    "HybridLLMRouter", "FrugalGPTRouter", "PersonalizedRouter",
     "PersonalizedRouterV2", "V2Config", "ABLATIONS", "ABLATION", "PAIRWISE", "GMTRouter",
     "BradleyTerryRouter", "PerUserBradleyTerryRouter", "PreviousTurnRouter",
 ]

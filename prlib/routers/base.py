@@ -57,6 +57,14 @@ class NotFittedError(RouterError):
     """A router used before ``fit`` (scores, route, save, online updates)."""
 
 
+class UnknownUserError(RouterError, KeyError):
+    """A request names a user the router has no history of, where it needs one (add_user
+    first). (Also a ``KeyError``, as a lookup that failed.)"""
+
+    def __str__(self) -> str:  # a KeyError would print its message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass(frozen=True)
 class Param:
     """What values a hyper-parameter accepts: a ``kind`` (int, float, bool or str), and bounds
@@ -241,7 +249,10 @@ def registered(family: str | None = None) -> list[type["Router"]]:
 
 
 def get_router(key: str | type["Router"]) -> type["Router"]:
-    """A registered router by class, class name or display name; an error names the others."""
+    """A registered router by class, class name, display name or the row name tables give it
+    (``row_names``: the oracle is named for what it reads); an error names the others."""
+    if isinstance(key, str):
+        key = next((c for c in _REGISTRY.values() if key in c.row_names.values()), key)
     if isinstance(key, type):
         if _REGISTRY.get(key.__name__) is not key:
             raise RouterError(f"{key.__name__} is not a registered router: decorate it with "
@@ -348,7 +359,7 @@ class Router:
     #: Rough relative fit time (1: a lookup; trained networks more), used only to start the
     #: slowest fits first when fits run in parallel (:func:`prlib.experiment.map_fits`), so
     #: that no worker waits for one long fit at the end. Results do not depend on it.
-    fit_cost: ClassVar[float] = 1.0
+    relative_fit_time: ClassVar[float] = 1.0
     #: Constraints of this router's own hyper-parameters, on top of :data:`COMMON_PARAMS`.
     constraints: ClassVar[dict[str, Param]] = {}
     #: What a router needs or offers beyond the base contract, for generic checks and
@@ -356,6 +367,10 @@ class Router:
     #: ``"needs_answers"`` (needs answer texts), ``"online"`` (``add_user`` without retraining),
     #: ``"reads_labels"`` (an upper bound), ``"torch"`` (trained with the one trainer).
     tags: ClassVar[frozenset] = frozenset()
+    #: Row names of this router in tables where it is not named ``name``, by feedback kind.
+    row_names: ClassVar[dict] = {}
+    #: Fitted attributes that :meth:`_rebuild` derives from the saved ones (not saved).
+    derived_state: ClassVar[tuple] = ()
 
     def __init_subclass__(cls, **kwargs):
         """Every ``fit``, ``fine_tune`` and ``add_user`` a subclass
@@ -447,8 +462,10 @@ class Router:
         """After loading the fitted state: re-create the modules named by ``_modules``."""
 
     def fitted_state(self) -> dict:
-        """The fitted state: every public attribute whose name ends with ``_``."""
-        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+        """The fitted state: every public attribute whose name ends with ``_``, but those a
+        router declares as rebuilt on load (:attr:`derived_state`)."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")
+                and k not in self.derived_state}
 
     def save(self, folder: str | Path) -> Path:
         """Write ``router.json`` (class, params, JSON state), ``arrays.npz``, one parquet per

@@ -212,7 +212,7 @@ class GMTRouter(Router):
     tags = frozenset({"torch", "online", "pairwise", "needs_answers"})
     name, family = "GMTRouter (ours, HGT)", PAIRWISE
     selection = "grid on validation pair accuracy; early stopping (validation-best checkpoint)"
-    fit_cost = 20.0
+    relative_fit_time = 20.0
     defaults = {"hidden": 32, "heads": 2, "layers": 2, "dropout": 0.1, "lr": 1e-3,
                 "weight_decay": 1e-5, "steps": 200, "batch_size": 64, "eval_every": 25,
                 "patience": 4, "multi_turn": True, "threads": 1, "user_context": 30,
