@@ -63,7 +63,8 @@ def user_states(router: PersonalizedRouterV2, batch_size: int = 4096,
     return ids, (sums / counts[:, None, None]).flatten(1).numpy()
 
 
-def llm_prototype_states(router: PersonalizedRouterV2, n_queries: int = 50, seed: int = 0) -> np.ndarray:
+def llm_prototype_states(router: PersonalizedRouterV2, n_queries: int = 50,
+                         seed: int = 0) -> np.ndarray:
     """Each LLM placed among the user states: the :func:`user_states` state (n_llms,
     n_llms * H) of a prototype user who, on ``n_queries`` visible queries (seeded draw),
     gave every LLM the population's mean feedback there except that LLM, which gets the

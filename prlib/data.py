@@ -66,7 +66,8 @@ def find_data_dir(required: str = "llmrouter/train.json") -> Path:
     for _, path in candidate_data_dirs():
         if path is not None and (path / required).is_file():
             return path
-    lines = [f"  - {label}: {path if path else '(not set)'}" for label, path in candidate_data_dirs()]
+    lines = [f"  - {label}: {path if path else '(not set)'}"
+             for label, path in candidate_data_dirs()]
     raise DataNotFoundError(
         f"No data folder holds {required!r}. Looked in:\n" + "\n".join(lines)
         + f"\nSet {ENV_VAR} to a folder with the data, put the shared data beside the repository, "
@@ -127,7 +128,8 @@ def upstream_url(entry: dict) -> str:
     return f"https://raw.githubusercontent.com/{entry['repo']}/{entry['commit']}/{entry['path']}"
 
 
-def download(dest: Path | None = None, only: str | None = None, timeout: float = 60.0) -> list[Path]:
+def download(dest: Path | None = None, only: str | None = None,
+             timeout: float = 60.0) -> list[Path]:
     """Fetch registry files (optionally those under ``only``) into ``dest`` and verify them.
 
     Files already present with the right sha256 are kept. Each file is written to a temporary name
@@ -479,7 +481,8 @@ def load_personalizedrouter_llms(root: Path | None = None) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prlib.data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m prlib.data",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("download", help="fetch the data files from upstream and verify sha256")
     d.add_argument("--dest", type=Path, default=None, help="target folder (default data/raw/)")

@@ -266,8 +266,8 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
     validation requests as the router sees them; the point with the best mean wins (ties: the
     first point). ``params`` are fixed hyper-parameters under the grid (e.g. ``steps``).
     Routers without a grid, or that cannot run on the setting, are not fitted here.
-    ``jobs``: fits run at once in separate processes (:func:`~prlib.parallel.map_fits`); the chosen points do
-    not depend on it.
+    ``jobs``: fits run at once in separate processes (:func:`~prlib.parallel.map_fits`); the chosen
+    points do not depend on it.
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
     params = _check_params(classes, params)
@@ -377,7 +377,8 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     rows = []
     for (seed, cls), (row, router) in zip(tasks, map_fits(
             run_one, tasks, jobs, threads, progress, shared.obj.name,
-            lambda seed, cls: f"seed {seed} {cls.name}", cost=lambda seed, cls: cls.relative_fit_time)):
+            lambda seed, cls: f"seed {seed} {cls.name}",
+            cost=lambda seed, cls: cls.relative_fit_time)):
         rows.append(row)
         if fitted is not None:
             fitted[(cls.__name__, seed)] = router

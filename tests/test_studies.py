@@ -9,8 +9,9 @@ from prlib.bank import Bank
 from prlib.experiment import Setting
 from prlib.requests import RequestsError
 from prlib.simulate import simulate_multi_cost
-from prlib.studies import (OURS_FINE_TUNED, OURS_NO_RETRAINING, USER_BASELINES, drop_llms, few_shot_llms,
-                           few_shot_users, of_users, raw_views, split_users, support_requests)
+from prlib.studies import (OURS_FINE_TUNED, OURS_NO_RETRAINING, USER_BASELINES, drop_llms,
+                           few_shot_llms, few_shot_users, of_users, raw_views, split_users,
+                           support_requests)
 from test_experiment import LLM_TABLE, logged_frame
 
 

@@ -7,7 +7,8 @@ factorisation), :mod:`~prlib.routers.graph` (GraphRouter, the released design),
 FrugalGPT), :mod:`~prlib.routers.gmt` (GMTRouter) with :mod:`~prlib.routers.pairwise` (notebook 90's
 Bradley-Terry baselines; both in the family ``"pairwise (notebook 90)"``) and
 :mod:`~prlib.routers.personalized_v2` (ours, with :mod:`~prlib.routers.retrieval`; its ablations
-and the superseded v1 of :mod:`~prlib.routers.personalized` are in the family ``"ablation"``). Every torch router trains through
+and the superseded v1 of :mod:`~prlib.routers.personalized` are in the family ``"ablation"``). Every
+torch router trains through
 :func:`~prlib.routers.training.train_module`.
 
 Adding a router is one class with a docstring, ``name``, ``family`` and ``@register``::
@@ -24,8 +25,9 @@ Adding a router is one class with a docstring, ``name``, ``family`` and ``@regis
 ``python -m prlib.routers`` lists the registered routers.
 """
 
-from prlib.routers.base import (ABLATION, FAMILIES, PAIRWISE, History, Router, RouterError, catalogue,
-                                description, get_router, register, registered, unregister)
+from prlib.routers.base import (ABLATION, FAMILIES, PAIRWISE, History, Router, RouterError,
+                                catalogue, description, get_router, register, registered,
+                                unregister)
 from prlib.routers.training import TorchRouter, train_module
 
 # importing the family modules registers their routers, in table order

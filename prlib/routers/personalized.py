@@ -5,8 +5,8 @@ Architecture (PyG): per-type linear projections to ``hidden``; ``layers`` rounds
 ``GATConv`` on the structural edges and a :class:`FeedbackConv` (edge-conditioned, so feedback is
 bound to the LLM it is about) on the feedback edges (LLM to request, request to LLM, LLM to
 profile, and with choice-only feedback LLM to user). Node types that receive no messages keep
-their state (unlike the GMTRouter reference code, no type is silently dropped). A request is scored against every
-candidate LLM by an MLP over ``[z, h_llm, z * h_llm]`` with
+their state (unlike the GMTRouter reference code, no type is silently dropped). A request is scored
+against every candidate LLM by an MLP over ``[z, h_llm, z * h_llm]`` with
 ``z = MLP([h_user, h_query, h_task, h_profile])``, ``h_profile`` being the state of the request's
 (user, task) profile node, which has heard the feedback of that user's visible requests of that
 task (a user's taste often differs across tasks: cheap models suffice on some, not on others).
@@ -17,8 +17,8 @@ cross-entropy over the candidate LLMs of a request, the label being the user's p
 one LLM among a small candidate set, and the softmax compares candidates directly (a per-edge
 sigmoid would not). Each training step samples, per user, some
 training requests as visible context and others as targets, and predicts the targets from the
-context (labels of predicted requests never reach message passing); model selection uses the validation split only, and the best checkpoint is
-reloaded before anything is scored on test.
+context (labels of predicted requests never reach message passing); model selection uses the
+validation split only, and the best checkpoint is reloaded before anything is scored on test.
 """
 
 from __future__ import annotations
@@ -235,7 +235,8 @@ class PersonalizedRouter(Router):
         cand = torch.as_tensor(~np.isnan(req.utility[targets]), device=self.device)
         return _masked(logits, cand)
 
-    def fit(self, train: Requests, val: Requests, *, progress: bool = False) -> "PersonalizedRouter":
+    def fit(self, train: Requests, val: Requests, *,
+            progress: bool = False) -> "PersonalizedRouter":
         """Train on ``train``, select the checkpoint on ``val`` (never on test).
 
         Each step samples, per user, ``context_per_user`` training requests whose feedback is
@@ -249,7 +250,8 @@ class PersonalizedRouter(Router):
         by_user = train.frame.groupby("user_id").indices
         # validation sees a fixed sample of each user's training history as context (cheap to
         # re-score every few steps; test-time scoring uses the whole history)
-        ctx = np.concatenate([rng.permutation(r)[: 4 * c.context_per_user] for r in by_user.values()])
+        ctx = np.concatenate([rng.permutation(r)[: 4 * c.context_per_user]
+                              for r in by_user.values()])
         val_both = concat_requests(train.select(np.sort(ctx)), val)
         val_is_ctx = np.arange(len(val_both)) < len(ctx)
         self.model = None

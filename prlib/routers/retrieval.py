@@ -445,7 +445,8 @@ def reference_messages(history: Requests, req: Requests, query_ids, query_x: np.
     from torch_geometric.utils import scatter
 
     vals, obs = feedback_channels(history)
-    vals, obs = torch.as_tensor(vals, dtype=torch.float64), torch.as_tensor(obs, dtype=torch.float64)
+    vals = torch.as_tensor(vals, dtype=torch.float64)
+    obs = torch.as_tensor(obs, dtype=torch.float64)
     qpos = {q: i for i, q in enumerate(query_ids)}
     qx = unit(np.asarray(query_x, dtype=np.float32))
     h, n, m = history.frame, len(req), len(history.llms)

@@ -15,7 +15,8 @@ each query (every term a z-score across the query's candidate answers):
    features (:func:`style_features`); plus ``w_k,quality * z(quality)`` where the bank has
    scores.
 
-    score_k(r) = style_k(r) + w_k,quality * z(quality(r)) - gate.penalty * spread_k,q * [r inadequate]
+    score_k(r) = style_k(r) + w_k,quality * z(quality(r))
+                 - gate.penalty * spread_k,q * [r inadequate]
 
 and the persona picks argmax(score + temperature * Gumbel noise), i.e. a softmax draw. The weights
 are the explicit table :data:`PERSONA_WEIGHTS`; the gate's numbers are :class:`QualityGate`. A
@@ -54,23 +55,24 @@ DEFAULT_TEMPERATURE = 0.5
 # penalises (-). The quality gate already keeps broken answers out, so among adequate answers a
 # style persona weighs quality little (0.2; more for the personas that value correctness). The
 # neutral persona values "only accuracy and helpfulness, whatever its style or length": quality
-# and relevance to the question, no style term. quality: the bank's real score; semantic: match with the persona's description;
-# relevance: match with the query; length: log word count; structure: list/heading lines;
-# steps: step-by-step markers; math: numbers and formula symbols; code: code blocks;
+# and relevance to the question, no style term. quality: the bank's real score; semantic: match
+# with the persona's description; relevance: match with the query; length: log word count;
+# structure: list/heading lines; steps: step-by-step markers; math: numbers and formula symbols;
+# code: code blocks;
 # readability: Flesch reading ease (higher = plainer); rare_words: words outside a 30k vocabulary;
 # personal: second person, "I/we", exclamations.
 _W = {
     #                          qual  sem   rel   len   struc steps math  code  read  rare  pers
     "neutral":                (1.00, 0.00, 0.30, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00),
-    "warm_relatable":         (0.20, 0.50, 0.20, 0.00, -0.40, -0.20, -0.30, -0.30, 0.40, -0.30, 0.80),
-    "creative_humorous":      (0.20, 0.70, 0.10, 0.10, -0.50, -0.30, -0.30, -0.30, 0.10, 0.40, 0.50),
+    "warm_relatable":         (0.20, 0.50, 0.20, 0.00, -0.40, -0.20, -0.30, -0.30, 0.40, -0.30, 0.80),  # noqa: E501
+    "creative_humorous":      (0.20, 0.70, 0.10, 0.10, -0.50, -0.30, -0.30, -0.30, 0.10, 0.40, 0.50),  # noqa: E501
     "step_by_step_math":      (0.40, 0.30, 0.20, 0.20, 0.30, 0.90, 0.80, 0.10, 0.00, 0.00, -0.10),
-    "simple_direct_engineer": (0.20, 0.30, 0.30, -0.90, 0.10, -0.10, 0.00, 0.40, 0.40, -0.30, -0.30),
+    "simple_direct_engineer": (0.20, 0.30, 0.30, -0.90, 0.10, -0.10, 0.00, 0.40, 0.40, -0.30, -0.30),  # noqa: E501
     "detailed_student":       (0.20, 0.30, 0.20, 0.90, 0.40, 0.40, 0.10, 0.10, 0.00, 0.00, 0.10),
     "precise_ir_specialist":  (0.50, 0.20, 1.20, -0.50, 0.10, 0.00, 0.10, 0.00, 0.00, 0.00, -0.40),
-    "concise_news_editor":    (0.20, 0.30, 0.40, -0.60, -0.20, -0.20, 0.00, -0.20, 0.20, 0.00, -0.30),
-    "eloquent_literature_lover": (0.20, 0.50, 0.10, 0.30, -0.60, -0.30, -0.40, -0.50, -0.40, 0.90, 0.00),
-    "vivid_early_educator":   (0.20, 0.50, 0.10, -0.40, -0.30, -0.20, -0.50, -0.50, 0.90, -0.70, 0.40),
+    "concise_news_editor":    (0.20, 0.30, 0.40, -0.60, -0.20, -0.20, 0.00, -0.20, 0.20, 0.00, -0.30),  # noqa: E501
+    "eloquent_literature_lover": (0.20, 0.50, 0.10, 0.30, -0.60, -0.30, -0.40, -0.50, -0.40, 0.90, 0.00),  # noqa: E501
+    "vivid_early_educator":   (0.20, 0.50, 0.10, -0.40, -0.30, -0.20, -0.50, -0.50, 0.90, -0.70, 0.40),  # noqa: E501
 }
 #: The explicit persona weight table (rows: persona names, columns: :data:`TERMS`).
 PERSONA_WEIGHTS = pd.DataFrame.from_dict(_W, orient="index", columns=list(TERMS))
@@ -502,7 +504,8 @@ def persona_checks(js: JudgeScores, personas: list[str] | None = None,
                    watch: tuple[str, ...] = ()) -> pd.DataFrame:
     """Per persona: the bad-pick rate (share of queries with an answer scored >= 8/10 whose pick
     scored <= 2/10; NaN without scores), the mean quality of its picks, its three most-picked
-    LLMs, the share and rank of each LLM in ``watch`` (rank = n_llms if never picked), and its style signature
+    LLMs, the share and rank of each LLM in ``watch`` (rank = n_llms if never picked), and its style
+    signature
     (:data:`STYLE_SIGNATURES`) next to the neutral persona's; all from :func:`persona_picks`."""
     personas = js.personas if personas is None else list(personas)
     picks = persona_picks(js, list(dict.fromkeys(personas + ["neutral"])), temperature, seed)
