@@ -9,9 +9,9 @@ import torch
 
 from prlib import routers as R
 from prlib.requests import Requests, concat_requests
-from prlib.routers.retrieval import (FeedbackStore, Messages, check_no_label_leak_v2,
-                                     reference_messages)
+from prlib.routers.retrieval import FeedbackStore, Messages, check_no_label_leak_v2
 from test_routers import by_both, by_query, make_feats, make_requests
+from v2_reference import reference_messages
 
 
 @pytest.fixture(scope="module")
