@@ -20,6 +20,8 @@ from prlib.config import cache_dir, resolve_device
 
 DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
+#: the most word pieces MiniLM reads of a text (its ``max_seq_length``, [CLS] and [SEP] included)
+MAX_TOKENS = 256
 
 
 def _key(text: str) -> str:
@@ -35,6 +37,31 @@ def _model(device: str = "cpu"):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(get_model_path()), device=device)
+
+
+def clip_for_encoder(text: str, max_tokens: int = MAX_TOKENS) -> str:
+    """The beginning of ``text`` that MiniLM reads (it drops every word piece after the first
+    ``max_tokens``, [CLS] and [SEP] included), cut at a word boundary after the last piece it
+    reads: the embedding does not change, and a long text costs the encoder (and a server's
+    memory) no more than a short one. Tokenizes a growing head of the text, never all of it."""
+    keep = max_tokens - 2
+    if len(text) <= keep:  # every piece covers at least one character
+        return text
+    from prlib.tokens import _tokenizer
+
+    window = 16 * max_tokens
+    while True:
+        head = text[:window]
+        enc = _tokenizer().encode(head, add_special_tokens=False)
+        words = enc.word_ids
+        if len(words) > keep:
+            last = words[keep - 1]  # the word of the last piece read
+            after = next((i for i in range(keep, len(words)) if words[i] != last), None)
+            if after is not None:  # a later word starts inside the head: cut before it
+                return text[:enc.offsets[after][0]]
+        if window >= len(text):
+            return text
+        window *= 4
 
 
 class EmbeddingCache:
