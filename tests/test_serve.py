@@ -310,3 +310,132 @@ def test_the_server_loads_the_text_encoder_before_it_takes_the_first_request(sav
     from prlib.embed import _key
 
     assert _key("warm-up") not in service.encoder.embeddings  # its caches hold requests only
+
+
+# ---------------------------------------------------------------------- hardening: limits
+def service_for(folder, upstream, upstreams=None, **kw):
+    router = load_for_serving(folder)
+    return RoutingService(router, upstreams or upstream_map(router.feats.llms, upstream.url),
+                          **kw)
+
+
+def dead_url() -> str:
+    """A 127.0.0.1 URL where nothing listens (connections are refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_an_oversized_body_gets_413_before_it_is_read_or_forwarded(saved_router, upstream):
+    client, _ = client_for(saved_router, upstream, max_body_bytes=20_000)
+    big = "word " * 5_000  # 25 kB
+    r = chat(client, "mc-00", text=big)
+    assert r.status_code == 413 and "20,000 bytes" in r.json()["error"]["message"]
+    body = json.dumps({"messages": [{"role": "user", "content": big}]}).encode()
+    chunked = client.post("/v1/chat/completions",  # no Content-Length: counted as it arrives
+                          content=iter([body[i:i + 4096] for i in range(0, len(body), 4096)]))
+    assert chunked.status_code == 413
+    assert not upstream.received
+    assert chat(client, "mc-00", text="word " * 1_000).status_code == 200  # 5 kB passes
+
+
+MALFORMED = {
+    "text-part-not-string": ({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": 5}]}]}, "messages.0.content"),
+    "model-list": ({"model": ["auto"], "messages": [{"role": "user", "content": "hi"}]},
+                   "model: Input should be a valid string"),
+    "model-dict": ({"model": {"id": "auto"}, "messages": [{"role": "user", "content": "hi"}]},
+                   "model: Input should be a valid string"),
+    "nan": ('{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "NaN"),
+    "infinity": ('{"messages": [{"role": "user", "content": "hi"}], "top_p": 1e999}',
+                 "finite number"),
+    "nested-100000": ('{"messages": [{"role": "user", "content": "hi"}], "x": '
+                      + "[" * 100_000 + "]" * 100_000 + "}", "nested too deep"),
+    "nested-100": ({"messages": [{"role": "user", "content": "hi"}], "x": json.loads(
+        "[" * 100 + "]" * 100)}, "nested too deep"),
+    "stream-no": ({"stream": "no", "messages": [{"role": "user", "content": "hi"}]},
+                  "stream: Input should be a valid boolean"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_each_malformed_chat_body_gets_a_400_that_names_what_is_wrong(saved_router, upstream,
+                                                                       case):
+    body, says = MALFORMED[case]
+    client, service = client_for(saved_router, upstream)
+    r = (client.post("/v1/chat/completions", content=body) if isinstance(body, str)
+         else client.post("/v1/chat/completions", json=body))
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert says in r.json()["error"]["message"], r.json()
+    assert not upstream.received and not service.routed  # neither forwarded nor remembered
+    assert chat(client, "mc-00").status_code == 200  # and the server is fine
+
+
+@pytest.mark.parametrize("rating, says", [
+    ("true", "rating: Input should be a valid number"),
+    ("NaN", "NaN"),
+    ('"0.5"', "rating: Input should be a valid number"),
+    ("1.5", "rating: Input should be less than or equal to 1"),
+])
+def test_each_malformed_feedback_body_gets_a_400(saved_router, upstream, rating, says):
+    client, service = client_for(saved_router, upstream)
+    rid = chat(client, "mc-03").headers["x-prlib-request-id"]
+    r = client.post("/v1/feedback", content=f'{{"request_id": "{rid}", "user": "mc-03", '
+                                            f'"rating": {rating}}}')
+    assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
+    assert rid in service.routed  # nothing recorded: the request may still get feedback
+
+
+def test_a_long_text_is_embedded_as_far_as_the_encoder_reads_it(saved_router, upstream):
+    """MiniLM reads 256 word pieces: the server embeds (and caches) that beginning only, which
+    gives the same embedding as the whole text; the request remembers no text at all."""
+    from prlib.embed import _key, clip_for_encoder, embed_texts
+    from prlib.serve import EXACT_COUNT_CHARS, token_counts
+    from prlib.tokens import count_tokens
+
+    long_text = " ".join(f"Sentence {i}: sort the list, then reverse it." for i in range(400))
+    clipped = clip_for_encoder(long_text)
+    assert len(clipped) < len(long_text) // 10
+    full, cut = embed_texts([long_text, clipped], cache=__import__(
+        "prlib.embed", fromlist=["x"]).MemoryEmbeddingCache())
+    np.testing.assert_allclose(full, cut, atol=1e-6)
+    assert clip_for_encoder("short text") == "short text"
+    client, service = client_for(saved_router, upstream)
+    r = chat(client, "mc-00", text=long_text)
+    assert r.status_code == 200
+    assert _key(clipped) in service.encoder.embeddings
+    assert _key(long_text) not in service.encoder.embeddings
+    assert not hasattr(service.routed[r.headers["x-prlib-request-id"]], "text")
+    # token counts: exact up to EXACT_COUNT_CHARS characters, scaled beyond
+    short, huge = long_text[:5000], (long_text + " ") * 10
+    assert token_counts([short])[0] == count_tokens([short])[0]
+    exact = count_tokens([huge])[0]
+    assert len(huge) > EXACT_COUNT_CHARS and abs(token_counts([huge])[0] / exact - 1) < 0.02
+
+
+def test_feedback_memory_is_bounded_and_health_says_so(saved_router, upstream):
+    client, service = client_for_service(service_for(saved_router, upstream, remember=3))
+    rids = [chat(client, "mc-00", text=f"question {i}").headers["x-prlib-request-id"]
+            for i in range(5)]
+    health = client.get("/health").json()
+    assert health["remembered_requests"] == 3 and health["evicted_requests"] == 2
+    assert health["remember_limit_requests"] == 3 and health["remembered_mb"] > 0
+    assert list(service.routed) == rids[2:]  # the oldest were forgotten
+    fb = lambda rid: client.post("/v1/feedback", json={  # noqa: E731
+        "request_id": rid, "user": "mc-00", "rating": 1.0})
+    assert fb(rids[0]).status_code == 404 and fb(rids[4]).status_code == 200
+    # a bound in megabytes: room for two and a half requests
+    per = next(iter(service.routed.values())).nbytes()
+    small = service_for(saved_router, upstream, remember_mb=2.5 * per / 2**20)
+    for i in range(6):
+        small.route("mc-00", f"question {i}")
+    assert len(small.routed) == 2 and small.evicted == 4
+    assert small.routed_bytes <= small.remember_bytes
+
+
+def client_for_service(service, **kw):
+    return TestClient(create_app(service, **kw)), service
