@@ -613,7 +613,7 @@ def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | 
                     async for chunk in resp.aiter_raw():
                         tail = (tail + chunk)[-64:]
                         yield chunk
-                    if b"[DONE]" not in tail:
+                    if b"data: [DONE]" not in tail:
                         yield _event(f"the upstream of {llm} ended the stream before [DONE]")
                 except httpx.HTTPError as e:
                     yield _event(f"the upstream of {llm} failed mid-stream "

@@ -439,3 +439,177 @@ def test_feedback_memory_is_bounded_and_health_says_so(saved_router, upstream):
 
 def client_for_service(service, **kw):
     return TestClient(create_app(service, **kw)), service
+
+
+# ---------------------------------------------------------------------- hardening: keys
+def test_api_keys_a_key_bound_to_a_user_cannot_speak_for_another(saved_router, upstream):
+    from prlib.serve_http import KeyStore
+
+    keys = KeyStore({"alice-key-1": "alice", "bob-key-12": "bob", "any-user-1": None},
+                    admin_key="admin-key-1")
+    client, service = client_for_service(service_for(saved_router, upstream), keys=keys)
+    as_ = lambda key: {"Authorization": f"Bearer {key}"}  # noqa: E731
+    body = lambda user=None: {"model": "auto", "user": user,  # noqa: E731
+                              "messages": [{"role": "user", "content": TEXT}]}
+    post = lambda key, b, path="chat/completions": client.post(  # noqa: E731
+        f"/v1/{path}", json=b, headers=as_(key) if key else {})
+    assert post(None, body("alice")).status_code == 401
+    assert post("wrong-key-1", body("alice")).status_code == 401
+    forged = post("alice-key-1", body("bob"))
+    assert forged.status_code == 403 and "'alice' only" in forged.json()["error"]["message"]
+    assert not upstream.received
+    own = post("alice-key-1", body())  # no user field: the key's user
+    assert own.status_code == 200
+    assert service.routed[own.headers["x-prlib-request-id"]].user == "alice"
+    bobs = post("bob-key-12", body("bob")).headers["x-prlib-request-id"]
+    # feedback: alice's key cannot give it as bob, nor on bob's request as herself
+    pick = {"request_id": bobs, "pick": "huge"}
+    assert post("alice-key-1", {**pick, "user": "bob"}, "feedback").status_code == 403
+    assert post("alice-key-1", pick, "feedback").status_code == 403
+    assert post(None, {**pick, "user": "bob"}, "feedback").status_code == 401
+    assert not service.known_user("bob")  # none of that reached the router
+    assert post("bob-key-12", pick, "feedback").status_code == 200
+    assert service.known_user("bob")
+    # an unbound key may name any user; /v1/models needs a key, /health does not
+    assert post("any-user-1", body("carol")).status_code == 200
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers=as_("bob-key-12")).status_code == 200
+    assert client.get("/health").json()["keys"] is True
+    # admin endpoints and the docs: the admin key only
+    for key in (None, "alice-key-1", "any-user-1"):
+        assert client.post("/v1/admin/save", headers=as_(key) if key else {}).status_code in (
+            401, 403)
+        assert client.get("/docs", headers=as_(key) if key else {}).status_code in (401, 403)
+    assert client.post("/v1/admin/save", headers=as_("admin-key-1")).status_code == 409
+    assert client.get("/docs", headers=as_("admin-key-1")).status_code == 200
+    assert client.get("/openapi.json", headers=as_("admin-key-1")).status_code == 200
+
+
+def test_keys_come_from_options_or_a_file_and_non_loopback_hosts_need_them(tmp_path):
+    from prlib.serve import check_host
+    from prlib.serve_http import KeyStore
+
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"keys": [{"key": "alice-key-1", "user": "alice"},
+                                         {"key": "shared-key-1"}], "admin_key": "admin-key-1"}))
+    keys = KeyStore.from_options(["cli-key-123"], path)
+    assert keys.keys == {"cli-key-123": None, "alice-key-1": "alice", "shared-key-1": None}
+    assert keys.admin_key == "admin-key-1"
+    path.write_text(json.dumps({"keys": ["alice-key-1"]}))
+    with pytest.raises(ValueError, match='expected {"keys"'):
+        KeyStore.from_options(keys_file=path)
+    with pytest.raises(ValueError, match="at least 8 characters"):
+        KeyStore({"short": None})
+    check_host("127.0.0.1", KeyStore())
+    check_host("::1", KeyStore())
+    with pytest.raises(ValueError, match="--insecure-no-keys"):
+        check_host("0.0.0.0", KeyStore())
+    check_host("0.0.0.0", KeyStore(), insecure=True)
+    check_host("0.0.0.0", keys)
+
+
+def test_without_keys_every_loopback_client_is_trusted(saved_router, upstream):
+    client, _ = client_for(saved_router, upstream)
+    assert client.get("/docs").status_code == 200 and client.get("/v1/models").status_code == 200
+
+
+# ---------------------------------------------------------------------- hardening: upstreams
+def test_a_hung_upstream_gives_504_after_the_read_timeout_and_is_not_retried(saved_router,
+                                                                              upstream):
+    import time
+
+    client, _ = client_for(saved_router, upstream, read_timeout=0.5, retries=2)
+    upstream.fail("timeout")  # the fake upstream sleeps 2 s, then hangs up
+    start = time.perf_counter()
+    r = chat(client, "mc-01")
+    assert r.status_code == 504 and r.json()["error"]["type"] == "upstream_timeout"
+    assert "within 0.5 s" in r.json()["error"]["message"]
+    assert time.perf_counter() - start < 1.9  # not the upstream's 2 s, nor 3 tries
+    assert sum(upstream.received.values()) == 1
+
+
+def test_an_unreachable_llm_falls_back_to_the_next_best_and_says_so(saved_router, upstream):
+    from prlib.serve import Upstream
+
+    router = load_for_serving(saved_router)
+    ranking = [router.feats.llms[i] for i in np.argsort(-router.text_scores("mc-00", TEXT))]
+    ups = {m: Upstream(upstream.url, m) for m in router.feats.llms}
+    ups[ranking[0]] = Upstream(dead_url(), ranking[0])
+    service = RoutingService(router, ups)
+    client, _ = client_for_service(service, retries=1)
+    r = chat(client, "mc-00")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-prlib-model"] == ranking[1] == r.json()["model"]
+    assert r.headers["x-prlib-fallback-from"] == ranking[0]
+    assert dict(upstream.received) == {
+        request_key(ranking[1], [{"role": "user", "content": TEXT}]): 1}
+    # the feedback is about the answer served, by the fallback
+    assert service.routed[r.headers["x-prlib-request-id"]].llm == ranking[1]
+    # asked by name, an unreachable LLM is not replaced: 502 after the connection retries
+    asked = client.post("/v1/chat/completions", json={
+        "model": ranking[0], "messages": [{"role": "user", "content": TEXT}]})
+    assert asked.status_code == 502
+    assert "2 connection attempts failed" in asked.json()["error"]["message"]
+    # no fallback allowed: 502 naming the unreachable endpoint
+    client, _ = client_for_service(service, fallbacks=0, retries=0)
+    r = chat(client, "mc-00")
+    assert r.status_code == 502 and "no upstream could be reached" in r.json()["error"][
+        "message"]
+    assert sum(upstream.received.values()) == 1
+
+
+def test_a_stream_cut_mid_way_ends_with_an_error_event(saved_router, upstream):
+    client, _ = client_for(saved_router, upstream)
+    upstream.fail("cut")
+    with client.stream("POST", "/v1/chat/completions", json={
+            "model": "auto", "stream": True, "user": "mc-02",
+            "messages": [{"role": "user", "content": TEXT}]}) as r:
+        body = "".join(r.iter_text())
+    assert r.status_code == 200 and "data: [DONE]" not in body
+    events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: {")]
+    assert "delta" in str(events[0]) and "ended the stream before [DONE]" in events[-1][
+        "error"]["message"]
+    assert sum(upstream.received.values()) == 1
+    upstream.fail("cut")  # not streamed: a body cut short of its length gives 502, once
+    r = chat(client, "mc-02")
+    assert r.status_code == 502 and "mid-answer" in r.json()["error"]["message"]
+    assert sum(upstream.received.values()) == 2
+
+
+# ---------------------------------------------------------------------- hardening: journal
+def test_acknowledged_feedback_survives_a_restart_through_the_journal(saved_router, upstream,
+                                                                      tmp_path):
+    journal = tmp_path / "feedback.jsonl"
+    first = service_for(saved_router, upstream, journal=journal)
+    client, _ = client_for_service(first)
+    for i in range(3):
+        rid = chat(client, "j-user", text=f"question {i}").headers["x-prlib-request-id"]
+        assert client.post("/v1/feedback", json={"request_id": rid, "user": "j-user",
+                                                 "pick": "huge"}).status_code == 200
+    probe = "how do I reverse a list?"
+    want = first.router.text_scores("j-user", probe)
+    # a crash: the server is never shut down; a new one starts from the saved router
+    again = service_for(saved_router, upstream, journal=journal)
+    assert again.replayed == 3 and again.known_user("j-user")
+    np.testing.assert_allclose(again.router.text_scores("j-user", probe), want, atol=1e-6)
+    fresh = service_for(saved_router, upstream)  # without the journal the feedback is lost
+    assert not fresh.known_user("j-user")
+    # a line cut short by a crash was never acknowledged: skipped, and not glued to the next
+    with open(journal, "a") as f:
+        f.write('{"request_id": "prlib-torn", "us')
+    torn = service_for(saved_router, upstream, journal=journal)
+    assert torn.replayed == 3
+    client, _ = client_for_service(torn)
+    rid = chat(client, "j-user", text="question 9").headers["x-prlib-request-id"]
+    assert client.post("/v1/feedback", json={"request_id": rid, "user": "j-user",
+                                             "rating": 0.0}).status_code == 200
+    assert service_for(saved_router, upstream, journal=journal).replayed == 4
+    # a router saved by the server holds the journal's entries: serving it replays none twice
+    client, _ = client_for_service(torn, save_to=tmp_path / "saved")
+    assert client.post("/v1/admin/save").status_code == 200
+    saved = service_for(tmp_path / "saved", upstream, journal=journal,
+                        journal_skip=json.loads((tmp_path / "saved" / "journal.json")
+                                                .read_text())["journal_entries"])
+    assert saved.replayed == 0
+    np.testing.assert_allclose(saved.router.text_scores("j-user", probe),
+                               torn.router.text_scores("j-user", probe), atol=1e-6)
