@@ -63,8 +63,8 @@ from prlib.features import NodeFeatures, query_rows
 from prlib.routers import Router
 from prlib.serve_http import (MAX_BODY_BYTES, BadRequest, ChatBody, Conflict, FeedbackBody,
                               FeedbackJournal, Forbidden, KeyStore, ModelNotFound, NotFound,
-                              ServeError, UpstreamError, UpstreamTimeout, is_loopback,
-                              parse_body, parse_json, read_body)
+                              ServeError, Upstream, UpstreamError, UpstreamTimeout,
+                              is_loopback, parse_body, parse_json, read_body, upstream_map)
 from prlib.tokens import MemoryTokenCountCache, count_tokens
 
 ANONYMOUS = "anonymous"
@@ -106,48 +106,6 @@ def load_for_serving(folder: str | Path) -> Router:
                              z["tasks"].tolist(), torch.from_numpy(z["task_x"]),
                              z["llms"].tolist(), torch.from_numpy(z["llm_x"]))
     return Router.load(folder, feats)
-
-
-# ---------------------------------------------------------------------- upstreams
-@dataclass(frozen=True)
-class Upstream:
-    """Where one router LLM is served: an OpenAI-compatible ``base_url`` (ending in ``/v1``),
-    the upstream's ``model`` id, and an optional API key."""
-
-    base_url: str
-    model: str
-    api_key: str | None = None
-
-
-def upstream_map(llms: list[str], upstream: str | None = None,
-                 map_file: str | Path | None = None) -> dict[str, Upstream]:
-    """Router LLM -> :class:`Upstream`: from ``map_file`` (JSON ``{"llm": {"base_url": ...,
-    "model": ..., "api_key": ...}}``, a subset of the router's LLMs), else every router LLM at
-    ``upstream`` under its own name. A name the router does not know is an error that lists
-    the names it knows."""
-    if map_file is not None:
-        raw = json.loads(Path(map_file).read_text())
-        out = {}
-        for name, spec in raw.items():
-            if not isinstance(spec, dict) or "base_url" not in spec:
-                raise ValueError(f"{map_file}: entry {name!r} needs at least a base_url "
-                                 '(e.g. {"base_url": "http://127.0.0.1:8000/v1", "model": '
-                                 '"my-model"})')
-            out[name] = Upstream(spec["base_url"].rstrip("/"), spec.get("model", name),
-                                 spec.get("api_key"))
-    elif upstream is not None:
-        out = {m: Upstream(upstream.rstrip("/"), m) for m in llms}
-    else:
-        raise ValueError("give an upstream URL (every LLM there under its own name) or a map "
-                         "file")
-    unknown = sorted(set(out) - set(llms))
-    if unknown:
-        raise ValueError(f"the upstream map names LLMs the router does not know: {unknown}; "
-                         f"the router's LLMs are {llms}")
-    if not out:
-        raise ValueError("the upstream map is empty: name at least one of the router's LLMs "
-                         f"{llms}")
-    return out
 
 
 # ---------------------------------------------------------------------- routing state
@@ -678,23 +636,40 @@ def serve(router_dir: str | Path, upstream: str | None = None, map_file: str | P
           host: str = "127.0.0.1", port: int = 8080, retries: int = 2,
           save_to: str | Path | None = None, keys: KeyStore | None = None,
           insecure_no_keys: bool = False, journal: str | Path | None = None,
-          remember: int = 100_000, remember_mb: float = 256.0, **app_options) -> None:
-    """Load a saved router and serve it with uvicorn (blocks); ``app_options`` go to
-    :func:`create_app`."""
+          remember: int = 100_000, remember_mb: float = 256.0, local_llm: str | None = None,
+          **app_options) -> None:
+    """Load a saved router and serve it with uvicorn (blocks). Upstreams: ``upstream`` (every
+    LLM there under its own name), ``map_file``, or ``local_llm="smollm2"`` (start SmolLM2 on
+    127.0.0.1, :class:`~prlib.local_llm.LocalLLMServer`, and map every router LLM to it);
+    ``app_options`` go to :func:`create_app`."""
     import uvicorn
 
     keys = keys or KeyStore()
     check_host(host, keys, insecure_no_keys)
     router = load_for_serving(router_dir)
+    llms = list(router.feats.llms)
     mark = Path(router_dir) / JOURNAL_MARK
     skip = json.loads(mark.read_text())["journal_entries"] if mark.is_file() else 0
-    service = RoutingService(router, upstream_map(list(router.feats.llms), upstream, map_file),
-                             remember=remember, remember_mb=remember_mb, journal=journal,
-                             journal_skip=skip if journal else 0)
-    if service.replayed:
-        print(f"replayed {service.replayed} feedback entries from {journal}", flush=True)
-    uvicorn.run(create_app(service, retries=retries, save_to=save_to, keys=keys, **app_options),
-                host=host, port=port, log_level="info")
+
+    def run(upstreams: dict[str, Upstream]) -> None:
+        service = RoutingService(router, upstreams, remember=remember, remember_mb=remember_mb,
+                                 journal=journal, journal_skip=skip if journal else 0)
+        if service.replayed:
+            print(f"replayed {service.replayed} feedback entries from {journal}", flush=True)
+        uvicorn.run(create_app(service, retries=retries, save_to=save_to, keys=keys,
+                               **app_options), host=host, port=port, log_level="info")
+
+    if local_llm is None:
+        return run(upstream_map(llms, upstream, map_file))
+    if local_llm != "smollm2":
+        raise ValueError(f"unknown local LLM {local_llm!r}: the one available is 'smollm2'")
+    from prlib.local_llm import LocalLLMServer
+
+    print("starting SmolLM2-135M-Instruct (transformers serve, 127.0.0.1) for every router "
+          "LLM ...", flush=True)
+    with LocalLLMServer() as llm:
+        print(f"SmolLM2 answers at {llm.url}", flush=True)
+        run({m: Upstream(llm.url, llm.model) for m in llms})
 
 
 class BackgroundServer:

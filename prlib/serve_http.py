@@ -9,6 +9,7 @@ keys file or a journal before it loads anything heavy.
   or infinities, at most :data:`MAX_DEPTH` levels of nesting (400 otherwise).
 * :class:`ChatBody` / :class:`FeedbackBody`: typed (pydantic, strict) request bodies.
 * :class:`KeyStore`: API keys, each optionally bound to one user, and an admin key.
+* :class:`Upstream` and :func:`upstream_map`: where each router LLM is served.
 * :class:`FeedbackJournal`: an append-only JSON-lines file of acknowledged feedback, replayed
   at start.
 """
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +207,57 @@ def parse_body(model: type[BaseModel], body: dict, expected: str):
         return model.model_validate(body)
     except ValidationError as e:
         raise BadRequest(f"{validation_message(e)} (send {expected})") from None
+
+
+# ---------------------------------------------------------------------- upstreams
+@dataclass(frozen=True)
+class Upstream:
+    """Where one router LLM is served: an OpenAI-compatible ``base_url`` (ending in ``/v1``),
+    the upstream's ``model`` id, and an optional API key."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+
+
+def upstream_map(llms: list[str], upstream: str | None = None,
+                 map_file: str | Path | None = None) -> dict[str, Upstream]:
+    """Router LLM -> :class:`Upstream`: from ``map_file`` (JSON ``{"llm": {"base_url": ...,
+    "model": ..., "api_key": ...}}``, a subset of the router's LLMs), else every router LLM at
+    ``upstream`` under its own name. A name the router does not know is an error that lists
+    the names it knows."""
+    if map_file is not None:
+        path = Path(map_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"map file {path} not found")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not JSON ({e}): write {{\"llm\": {{\"base_url\": "
+                             '"http://127.0.0.1:8000/v1", "model": "my-model"}}') from None
+        if not isinstance(raw, dict):
+            raise ValueError(f'{path}: expected a JSON object {{"llm": {{"base_url": ...}}}}')
+        out = {}
+        for name, spec in raw.items():
+            if not isinstance(spec, dict) or "base_url" not in spec:
+                raise ValueError(f"{map_file}: entry {name!r} needs at least a base_url "
+                                 '(e.g. {"base_url": "http://127.0.0.1:8000/v1", "model": '
+                                 '"my-model"})')
+            out[name] = Upstream(spec["base_url"].rstrip("/"), spec.get("model", name),
+                                 spec.get("api_key"))
+    elif upstream is not None:
+        out = {m: Upstream(upstream.rstrip("/"), m) for m in llms}
+    else:
+        raise ValueError("give an upstream URL (every LLM there under its own name) or a map "
+                         "file")
+    unknown = sorted(set(out) - set(llms))
+    if unknown:
+        raise ValueError(f"the upstream map names LLMs the router does not know: {unknown}; "
+                         f"the router's LLMs are {llms}")
+    if not out:
+        raise ValueError("the upstream map is empty: name at least one of the router's LLMs "
+                         f"{llms}")
+    return out
 
 
 # ---------------------------------------------------------------------- keys
