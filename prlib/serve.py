@@ -58,7 +58,8 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from prlib.embed import MemoryEmbeddingCache, clip_for_encoder
+from prlib.embed import (MINILM, STATIC, MemoryEmbeddingCache, clip_for_encoder, encoder_for_dim,
+                         static_folder, use_encoder, use_static_folder)
 from prlib.features import NodeFeatures, query_rows
 from prlib.routers import Router
 from prlib.serve_http import (MAX_BODY_BYTES, BadRequest, ChatBody, Conflict, FeedbackBody,
@@ -71,6 +72,8 @@ ANONYMOUS = "anonymous"
 #: ``model`` values that ask the server to route
 ROUTE_MODELS = ("auto", "prlib", "")
 FEATURES_FILE = "features.npz"
+#: names the router's text encoder; a static one is saved next to it, in ``encoder/``
+ENCODER_FILE = "encoder.json"
 #: written next to a router saved by a server with a journal: how many journal entries it holds
 JOURNAL_MARK = "journal.json"
 #: texts longer than this (characters) have their token count estimated from this many
@@ -81,14 +84,26 @@ FEEDBACK_EXPECTED = '{"request_id": ..., "user": ..., "pick": LLM} or {..., "rat
 
 
 # ---------------------------------------------------------------------- the router on disk
+def router_encoder(router: Router) -> str:
+    """The text encoder a router's features were made with (from their dimension)."""
+    return encoder_for_dim(router.feats.query_x.shape[1] - 1)
+
+
 def save_for_serving(router: Router, folder: str | Path) -> Path:
-    """``router.save(folder)`` plus its node features (``features.npz``), so that
-    :func:`load_for_serving` needs no bank."""
+    """``router.save(folder)`` plus its node features (``features.npz``) and its text encoder
+    (``encoder.json``; a static encoder's model itself in ``encoder/``), so that
+    :func:`load_for_serving` needs no bank and embeds new texts as the router was trained."""
+    import shutil
+
     folder = router.save(folder)
     f = router.feats
     np.savez(folder / FEATURES_FILE, query_ids=np.array(f.query_ids), query_x=f.query_x.numpy(),
              tasks=np.array(f.tasks), task_x=f.task_x.numpy(), llms=np.array(f.llms),
              llm_x=f.llm_x.numpy())
+    encoder = router_encoder(router)
+    (folder / ENCODER_FILE).write_text(json.dumps({"encoder": encoder}))
+    if encoder == STATIC and static_folder().resolve() != (folder / "encoder").resolve():
+        shutil.copytree(static_folder(), folder / "encoder", dirs_exist_ok=True)
     return folder
 
 
@@ -105,7 +120,10 @@ def load_for_serving(folder: str | Path) -> Router:
         feats = NodeFeatures(z["query_ids"].tolist(), torch.from_numpy(z["query_x"]),
                              z["tasks"].tolist(), torch.from_numpy(z["task_x"]),
                              z["llms"].tolist(), torch.from_numpy(z["llm_x"]))
-    return Router.load(folder, feats)
+    router = Router.load(folder, feats)
+    if router_encoder(router) == STATIC:
+        use_static_folder(folder / "encoder")
+    return router
 
 
 # ---------------------------------------------------------------------- routing state
@@ -205,22 +223,26 @@ class BatchingEncoder(MicroBatcher):
     (:func:`~prlib.embed.clip_for_encoder`). Its caches are in memory, touched by that thread
     only."""
 
-    def __init__(self, max_batch: int = 64):
+    def __init__(self, max_batch: int = 64, encoder: str = MINILM):
         super().__init__(self._rows, max_batch, "prlib-encoder")
+        self.encoder = encoder
         self.embeddings, self.tokens = MemoryEmbeddingCache(), MemoryTokenCountCache()
 
     def _rows(self, texts: list[str]) -> list:
         counts = token_counts(texts, cache=self.tokens)
-        rows = query_rows([clip_for_encoder(t) for t in texts], input_tokens=counts.tolist(),
-                          embedding_cache=self.embeddings)
+        with use_encoder(self.encoder):
+            rows = query_rows([clip_for_encoder(t) for t in texts],
+                              input_tokens=counts.tolist(), embedding_cache=self.embeddings)
         return [rows[i:i + 1] for i in range(len(texts))]
 
     def warm_up(self) -> None:
         """Load the text encoder and the token counter now, by embedding one text with
         throw-away caches: otherwise the first request after start waits for the model to
         load (seconds), and every request queued behind it with it."""
-        query_rows([clip_for_encoder("warm-up " * 300)], embedding_cache=MemoryEmbeddingCache(),
-                   token_cache=MemoryTokenCountCache())
+        with use_encoder(self.encoder):
+            query_rows([clip_for_encoder("warm-up " * 300)],
+                       embedding_cache=MemoryEmbeddingCache(),
+                       token_cache=MemoryTokenCountCache())
 
     async def row(self, text: str):
         """The (1, query_dim) feature row of ``text``, awaited without blocking the event
@@ -277,7 +299,7 @@ class RoutingService:
         self.allowed = np.array([m in upstreams for m in self.llms])
         self.routed: OrderedDict[str, Routed] = OrderedDict()
         self.routed_bytes = self.evicted = 0
-        self.encoder = BatchingEncoder()
+        self.encoder = BatchingEncoder(encoder=router_encoder(router))
         #: concurrent requests' routing decisions, one router call per waiting batch
         self.scorer = MicroBatcher(self._route_batch, name="prlib-router")
         self.lock = threading.Lock()
@@ -465,7 +487,7 @@ def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | 
     @app.get("/health")
     async def health():
         return {"status": "ok", "router": type(service.router).__name__,
-                "llms": list(service.upstreams), "keys": keys.enabled,
+                "encoder": service.encoder.encoder, "llms": list(service.upstreams), "keys": keys.enabled,
                 "max_body_bytes": max_body_bytes, **service.health()}
 
     @app.get("/v1/models")

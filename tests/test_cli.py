@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from prlib.cli import BANKS, main, parser
+from prlib.cli import BANKS, ENCODERS, main, parser
 from prlib.runner import _literal
 
 #: modules `prlib --help` and a bad argument must not import (seconds of loading)
@@ -122,10 +122,11 @@ def test_serve_passes_every_option_on(router_folder, monkeypatch):
             seen["remember"], seen["host"]) == ("fb.jsonl", 5000, 9.0, 1, 10, "0.0.0.0")
 
 
-def test_the_banks_the_command_knows_are_the_data_modules():
+def test_the_banks_and_encoders_the_command_knows_are_the_libraries():
+    from prlib import embed
     from prlib.data import BANK_NAMES
 
-    assert BANKS == tuple(BANK_NAMES)
+    assert BANKS == tuple(BANK_NAMES) and ENCODERS == embed.ENCODERS
 
 
 def test_route_prints_the_choice_and_scores_of_a_saved_router(router_folder, capsys):
