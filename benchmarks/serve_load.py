@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
               "router": type(router).__name__, "encoder": service.encoder.encoder,
               "router_users": len(router.store_.users),
               "history_requests": len(router.store_.row_user),
-              "answered_200": out["statuses"].count(200), "lost": len(lost),
+              "answered_200": out["statuses"].count(200),
+              "statuses": dict(Counter(map(str, out["statuses"]))), "lost": len(lost),
               "duplicated": len(duplicated), "wall_s": round(out["wall_s"], 3),
               "requests_per_s": round(args.requests / out["wall_s"], 1),
               **{k: round(v, 3) for k, v in out.items()

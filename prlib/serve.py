@@ -227,8 +227,13 @@ class BatchingEncoder(MicroBatcher):
         super().__init__(self._rows, max_batch, "prlib-encoder")
         self.encoder = encoder
         self.embeddings, self.tokens = MemoryEmbeddingCache(), MemoryTokenCountCache()
+        self._lock = threading.Lock()  # its caches, shared with the service's pipeline
 
     def _rows(self, texts: list[str]) -> list:
+        with self._lock:
+            return self._rows_unlocked(texts)
+
+    def _rows_unlocked(self, texts: list[str]) -> list:
         counts = token_counts(texts, cache=self.tokens)
         with use_encoder(self.encoder):
             rows = query_rows([clip_for_encoder(t) for t in texts],
@@ -302,6 +307,11 @@ class RoutingService:
         self.encoder = BatchingEncoder(encoder=router_encoder(router))
         #: concurrent requests' routing decisions, one router call per waiting batch
         self.scorer = MicroBatcher(self._route_batch, name="prlib-router")
+        #: the server's path: the texts waiting together embedded in one batch (outside the
+        #: router's lock), then scored in one router call, in one thread (one hand-off per
+        #: request, not two)
+        self.pipeline = MicroBatcher(self._embed_and_route, name="prlib-pipeline")
+        self.embed_ms: deque[float] = deque(maxlen=100_000)  # arrival to feature row (ms)
         self.lock = threading.Lock()
         self.route_ms: deque[float] = deque(maxlen=100_000)  # scoring time per request (ms)
         self.journal = FeedbackJournal(journal) if journal is not None else None
@@ -352,6 +362,17 @@ class RoutingService:
         if row is None:
             row = self.encoder.row_now(text)
         return self._route_batch([(user, text, row)])[0]
+
+    async def decide(self, user: str, text: str) -> Decision:
+        """:meth:`route` from the event loop, embedding included: embedded and routed together
+        with the requests waiting at that moment (:attr:`pipeline`)."""
+        return await self.pipeline.submit((user, text, time.perf_counter()))
+
+    def _embed_and_route(self, items: list[tuple]) -> list[Decision]:
+        rows = self.encoder._rows([text for _, text, _ in items])
+        now = time.perf_counter()
+        self.embed_ms.extend(1e3 * (now - t0) for _, _, t0 in items)
+        return self._route_batch([(u, t, r) for (u, t, _), r in zip(items, rows)])
 
     async def route_async(self, user: str, text: str, row) -> Decision:
         """:meth:`route` from the event loop: routed together with the requests waiting at that
@@ -438,7 +459,7 @@ class _Unreachable(Exception):
     """The upstream could not be connected to: the request never reached it."""
 
 
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 def _event(message: str) -> bytes:
@@ -457,7 +478,9 @@ def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | 
     bodies get 413; ``connect_timeout`` / ``read_timeout`` (seconds): a connection that takes
     longer counts as unreachable, an answer that takes longer gives 504."""
     keys = keys or KeyStore()
-    timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout)
+    # waiting for a free connection of this server's own pool is not the upstream's fault:
+    # bounded by the read timeout (then 504), never taken for an unreachable upstream
+    timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=read_timeout)
     clients: dict[str, httpx.AsyncClient] = {}
 
     @asynccontextmanager
@@ -473,7 +496,6 @@ def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | 
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     app.state.overhead_ms = deque(maxlen=100_000)  # ms per request, lock waits included
-    app.state.embed_ms = deque(maxlen=100_000)  # ms from arrival to the text's feature row
 
     @app.exception_handler(ServeError)
     async def serve_error(_request, err: ServeError):
@@ -562,9 +584,7 @@ def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | 
         asked = parsed.model or ""
         start = time.perf_counter()
         if asked in ROUTE_MODELS:
-            row = await service.encoder.row(text)  # batched with concurrent requests' texts
-            app.state.embed_ms.append(1e3 * (time.perf_counter() - start))
-            decision = await service.route_async(user, text, row)
+            decision = await service.decide(user, text)  # batched with concurrent requests
             rid, ranking = decision.request_id, decision.ranking
             how = "routed (population prior: unknown user)" if decision.cold else "routed"
             candidates = [m for m, _ in ranking[:fallbacks + 1]]
@@ -742,17 +762,19 @@ async def _one_by_one(url: str, bodies: list[dict]) -> list:
 
 
 def load_test(service: RoutingService, n_requests: int = 200, n_users: int = 20,
-              sequential: int = 0) -> dict:
+              sequential: int = 0, **app_options) -> dict:
     """``n_requests`` chat completions sent at once from ``n_users`` users (distinct texts) to
     a server of ``service`` on 127.0.0.1; returns what came back (statuses, request ids, the
     chosen LLMs) and the routing overhead per request, p50 / p99: ``route_ms`` (the router's
     scoring, under its lock), ``embed_ms`` (from arrival to the text's feature row: the
-    batched text encoder, waiting included), ``overhead_ms`` (from arrival to the routing
-    decision, all queueing included) and the encoder's and the router's batch sizes (requests
-    waiting together are scored in one router call, whose time ``route_ms`` gives each).
+    batched encoder of :attr:`RoutingService.pipeline`, waiting included), ``overhead_ms``
+    (from arrival to the routing decision, all queueing included) and the pipeline's batch
+    sizes (requests waiting together are embedded in one batch and scored in one router call,
+    whose time ``route_ms`` gives each).
     ``sequential`` > 0: then that many more requests one at a time (each alone on the server,
-    new texts), whose ``single_*`` overheads are what one request costs on an idle server."""
-    app = create_app(service)
+    new texts), whose ``single_*`` overheads are what one request costs on an idle server.
+    ``app_options`` go to :func:`create_app`."""
+    app = create_app(service, **app_options)
 
     def bodies(n, tag):
         return [{"model": "auto", "user": f"load-user-{i % n_users}",
@@ -762,9 +784,9 @@ def load_test(service: RoutingService, n_requests: int = 200, n_users: int = 20,
 
     pct = lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan")  # noqa: E731
     burst = bodies(n_requests, "load test")
-    marks = lambda: (len(service.route_ms), len(app.state.embed_ms),  # noqa: E731
-                     len(app.state.overhead_ms), len(service.encoder.batch_sizes),
-                     len(service.scorer.batch_sizes))
+    marks = lambda: (len(service.route_ms), len(service.embed_ms),  # noqa: E731
+                     len(app.state.overhead_ms), len(service.pipeline.batch_sizes),
+                     len(service.pipeline.batch_sizes))
     with BackgroundServer(app) as server:
         before = marks()
         start = time.perf_counter()
@@ -776,7 +798,7 @@ def load_test(service: RoutingService, n_requests: int = 200, n_users: int = 20,
     def part(log, i, lo, hi):
         return np.array(list(log)[lo[i]:hi[i]])
 
-    logs = (service.route_ms, app.state.embed_ms, app.state.overhead_ms)
+    logs = (service.route_ms, service.embed_ms, app.state.overhead_ms)
     route, embed, overhead = (part(log, i, before, after) for i, log in enumerate(logs))
     out = {"requests": n_requests, "users": n_users, "wall_s": wall,
            "statuses": [r.status_code for r in replies],
@@ -787,10 +809,10 @@ def load_test(service: RoutingService, n_requests: int = 200, n_users: int = 20,
            "embed_ms_p50": pct(embed, 50), "embed_ms_p99": pct(embed, 99),
            "overhead_ms_p50": pct(overhead, 50), "overhead_ms_p99": pct(overhead, 99),
            "encoder_batches": after[3] - before[3],
-           "encoder_batch_max": int(max(list(service.encoder.batch_sizes)[before[3]:after[3]],
+           "encoder_batch_max": int(max(list(service.pipeline.batch_sizes)[before[3]:after[3]],
                                         default=0)),
            "router_batches": after[4] - before[4],
-           "router_batch_max": int(max(list(service.scorer.batch_sizes)[before[4]:after[4]],
+           "router_batch_max": int(max(list(service.pipeline.batch_sizes)[before[4]:after[4]],
                                        default=0))}
     if sequential:
         done = marks()

@@ -613,3 +613,18 @@ def test_acknowledged_feedback_survives_a_restart_through_the_journal(saved_rout
     assert saved.replayed == 0
     np.testing.assert_allclose(saved.router.text_scores("j-user", probe),
                                torn.router.text_scores("j-user", probe), atol=1e-6)
+
+
+def test_requests_waiting_for_a_free_upstream_connection_are_not_taken_for_a_dead_upstream(
+        saved_router):
+    """More concurrent requests than the server's connection pool to one upstream (100): those
+    that wait for a free connection longer than the connect timeout are still answered (the
+    wait is bounded by the read timeout), each forwarded once."""
+    from prlib.serve import load_test
+
+    with FakeOpenAIServer(latency=2.0) as slow:
+        service = service_for(saved_router, slow)
+        out = load_test(service, n_requests=130, n_users=13, connect_timeout=0.2,
+                        read_timeout=30)
+        assert out["statuses"] == [200] * 130
+        assert set(slow.received.values()) == {1} and len(slow.received) == 130
