@@ -628,3 +628,44 @@ def test_requests_waiting_for_a_free_upstream_connection_are_not_taken_for_a_dea
                         read_timeout=30)
         assert out["statuses"] == [200] * 130
         assert set(slow.received.values()) == {1} and len(slow.received) == 130
+
+
+def test_serve_wires_keys_limits_and_the_journal_across_restarts(saved_router, upstream,
+                                                                  tmp_path, monkeypatch):
+    """:func:`prlib.serve.serve` as `prlib serve` calls it (uvicorn replaced by a test client):
+    the keys, the body limit and the journal reach the app; a restart replays the journal; a
+    router saved by the server is not replayed twice."""
+    import uvicorn
+
+    from prlib.serve import serve
+    from prlib.serve_http import KeyStore
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append((app, kw)))
+    keys = KeyStore({"alice-key-1": "alice"}, admin_key="admin-key-1")
+    journal = tmp_path / "feedback.jsonl"
+    options = dict(upstream=upstream.url, keys=keys, journal=journal, max_body_bytes=5_000,
+                   save_to=tmp_path / "saved", port=9999)
+    serve(saved_router, **options)
+    app, kw = apps[-1]
+    assert kw["port"] == 9999 and kw["host"] == "127.0.0.1"
+    alice = {"Authorization": "Bearer alice-key-1"}
+    with TestClient(app) as client:
+        assert chat(client, "alice").status_code == 401  # no key
+        big = {"model": "auto", "messages": [{"role": "user", "content": "x " * 5_000}]}
+        assert client.post("/v1/chat/completions", headers=alice, json=big).status_code == 413
+        r = client.post("/v1/chat/completions", headers=alice, json={
+            "model": "auto", "messages": [{"role": "user", "content": TEXT}]})
+        assert r.status_code == 200
+        assert client.post("/v1/feedback", headers=alice, json={
+            "request_id": r.headers["x-prlib-request-id"], "pick": "huge"}).status_code == 200
+        assert client.post("/v1/admin/save", headers={
+            "Authorization": "Bearer admin-key-1"}).status_code == 200
+    serve(saved_router, **options)  # a restart: the journal is replayed
+    assert apps[-1][0].state.service.replayed == 1
+    assert apps[-1][0].state.service.known_user("alice")
+    serve(tmp_path / "saved", **options)  # the saved router holds that feedback already
+    assert apps[-1][0].state.service.replayed == 0
+    assert apps[-1][0].state.service.known_user("alice")
+    with pytest.raises(ValueError, match="--insecure-no-keys"):
+        serve(saved_router, upstream=upstream.url, host="0.0.0.0")
