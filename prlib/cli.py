@@ -191,7 +191,8 @@ def _serve(args) -> int:
           insecure_no_keys=args.insecure_no_keys, journal=args.journal,
           remember=args.remember, remember_mb=args.remember_mb, local_llm=args.local_llm,
           max_body_bytes=args.max_body_bytes, connect_timeout=args.connect_timeout,
-          read_timeout=args.read_timeout, fallbacks=args.fallbacks)
+          read_timeout=args.read_timeout, fallbacks=args.fallbacks,
+          access_log=not args.no_access_log)
     return 0
 
 
@@ -278,6 +279,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--save-to", default=None,
                    help="where POST /v1/admin/save writes the router (nothing is written "
                         "otherwise)")
+    s.add_argument("--no-access-log", action="store_true",
+                   help="no log line per request (uvicorn's access log)")
     return p
 
 

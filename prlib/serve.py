@@ -679,11 +679,11 @@ def serve(router_dir: str | Path, upstream: str | None = None, map_file: str | P
           save_to: str | Path | None = None, keys: KeyStore | None = None,
           insecure_no_keys: bool = False, journal: str | Path | None = None,
           remember: int = 100_000, remember_mb: float = 256.0, local_llm: str | None = None,
-          **app_options) -> None:
+          access_log: bool = True, **app_options) -> None:
     """Load a saved router and serve it with uvicorn (blocks). Upstreams: ``upstream`` (every
     LLM there under its own name), ``map_file``, or ``local_llm="smollm2"`` (start SmolLM2 on
     127.0.0.1, :class:`~prlib.local_llm.LocalLLMServer`, and map every router LLM to it);
-    ``app_options`` go to :func:`create_app`."""
+    ``access_log``: uvicorn's line per request; ``app_options`` go to :func:`create_app`."""
     import uvicorn
 
     keys = keys or KeyStore()
@@ -699,7 +699,8 @@ def serve(router_dir: str | Path, upstream: str | None = None, map_file: str | P
         if service.replayed:
             print(f"replayed {service.replayed} feedback entries from {journal}", flush=True)
         uvicorn.run(create_app(service, retries=retries, save_to=save_to, keys=keys,
-                               **app_options), host=host, port=port, log_level="info")
+                               **app_options), host=host, port=port, log_level="info",
+                    access_log=access_log)
 
     if local_llm is None:
         return run(upstream_map(llms, upstream, map_file))
