@@ -49,6 +49,7 @@ POPULATION = "Bradley-Terry (population)"
 TEXT_POPULATION = "Bradley-Terry + answer style (population)"
 PERSON = "Bradley-Terry per person (shrunk)"
 KNN = "kNN of persons (offsets)"
+PERSON_WEAK = "Bradley-Terry per person (weakest shrinkage)"
 #: The personalised models of the permutation test and their population twin.
 PERSONAL = (PERSON, KNN)
 #: The project's routers that score every person alike (the rest read who asks).
@@ -366,6 +367,15 @@ def known_people(votes: Votes, seeds: Sequence[int], styles: dict | None = None,
     return pd.DataFrame(rows)
 
 
+def format_difference(d: dict, digits: int = 3) -> str:
+    """``"+0.012 [-0.003, +0.027]"`` of :func:`prlib.metrics.paired_difference` (the interval
+    only with two or more seeds)."""
+    mean = f"{d['mean']:+.{digits}f}"
+    if d["n"] < 2:
+        return mean
+    return f"{mean} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
+
+
 def paired_rows(per_seed: pd.DataFrame, reference: str = POPULATION,
                 metrics=("pair_accuracy", "auc", "log_loss")) -> pd.DataFrame:
     """Per model: mean ± std over seeds of each metric and the paired difference with
@@ -380,8 +390,7 @@ def paired_rows(per_seed: pd.DataFrame, reference: str = POPULATION,
             row[m] = f"{np.mean(v):.3f} ± {np.std(v):.3f}" if np.isfinite(v).all() else "n/a"
             if model != reference and np.isfinite(v).all():
                 d = paired_difference(v, ref[m].to_numpy(float))
-                row[f"{m} vs population"] = (f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, "
-                                             f"{d['ci_high']:+.3f}]")
+                row[f"{m} vs population"] = format_difference(d)
         rows.append(row)
     return pd.DataFrame(rows).fillna("")
 
@@ -423,7 +432,8 @@ def permutation_test(votes: Votes, seeds: Sequence[int], n_permutations: int, se
     ``n_permutations`` shuffles (:func:`shuffle_people`). ``summary`` per statistic: observed,
     null mean and sd, one-sided p-value ``(1 + #null >= observed) / (1 + n)``, the critical
     gain (the null's 95th percentile: the smallest gain significant at 5 %) and the minimal
-    detectable effect at 80 % power, ``null mean + (z_0.95 + z_0.8) * null sd``. Shuffle i uses
+    detectable effect at 80 % power, ``(z_0.95 + z_0.8) * null sd``: how far above the null's
+    mean a true gain must lie to be detected four times in five. Shuffle i uses
     the generator seeded ``[seed, 85, i]``; ``jobs`` processes (joblib) change nothing but time.
     """
     from joblib import Parallel, delayed
@@ -443,7 +453,7 @@ def permutation_test(votes: Votes, seeds: Sequence[int], n_permutations: int, se
                      "null sd": v.std(ddof=1) if len(v) > 1 else np.nan,
                      "p-value": (1 + np.sum(v >= obs)) / (1 + len(v)),
                      "critical gain (5 %)": np.quantile(v, 0.95),
-                     "MDE (80 % power)": v.mean() + (1.645 + 0.842) * v.std(ddof=1)
+                     "MDE (80 % power)": (1.645 + 0.842) * v.std(ddof=1)
                      if len(v) > 1 else np.nan, "permutations": len(v)})
     return pd.DataFrame(rows), null
 
@@ -482,7 +492,9 @@ def new_people(votes: Votes, seeds: Sequence[int], shots: Sequence[int], n_new: 
     decisive test vote; a seed without any is skipped) are left out of
     the population's fit; per-person Bradley-Terry then gets k of each one's training-question
     votes (a seeded random k; k = 0 is the population) at the shrinkage picked on the known
-    persons, and is scored on their test votes. One row per (seed, k, model)."""
+    persons, and is scored on their test votes; so is the same model with the weakest
+    shrinkage of the grid (:data:`PERSON_WEAK`: what the person's own votes say, barely pulled
+    to the population). One row per (seed, k, model)."""
     rows = []
     min_votes = max(max(shots), 1) if min_votes is None else min_votes
     for seed in seeds:
@@ -505,8 +517,11 @@ def new_people(votes: Votes, seeds: Sequence[int], shots: Sequence[int], n_new: 
             hist = np.concatenate([order[u][:k] for u in new]).astype(int)
             h = votes.select(hist)
             d = fit_offsets(h, lam, theta[h.a] - theta[h.b], h.user, len(votes.users))
+            weak = fit_offsets(h, min(LAMBDAS), theta[h.a] - theta[h.b], h.user,
+                               len(votes.users))
             for name, p in ((POPULATION, bt_prob(theta, te)),
-                            (PERSON, person_prob(theta, d, te))):
+                            (PERSON, person_prob(theta, d, te)),
+                            (PERSON_WEAK, person_prob(theta, weak, te))):
                 rows.append({"seed": seed, "k": k, "model": name, "persons": len(new),
                              **vote_metrics(te.y, p - 0.5, p)})
     return pd.DataFrame(rows)

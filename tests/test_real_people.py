@@ -112,6 +112,8 @@ def test_new_people_k0_is_the_population():
     out = rp.new_people(v, SEEDS, shots=[0, 10], n_new=4)
     wide = out.pivot_table(index=["seed", "k"], columns="model", values="pair_accuracy")
     assert (wide.xs(0, level="k")[rp.PERSON] == wide.xs(0, level="k")[rp.POPULATION]).all()
+    assert (wide.xs(0, level="k")[rp.PERSON_WEAK] == wide.xs(0, level="k")[rp.POPULATION]).all()
+    assert (wide.xs(10, level="k")[rp.PERSON_WEAK] > wide.xs(10, level="k")[rp.POPULATION]).all()
     assert (wide.xs(10, level="k")[rp.PERSON] > wide.xs(10, level="k")[rp.POPULATION]).all()
     assert set(out["persons"]) == {4}
 
