@@ -20,7 +20,7 @@ def synthetic(personal: bool, n_people=16, n_questions=40, seed=0) -> pd.DataFra
     for u in range(n_people):
         theta = np.array([1.5, 0.0, -1.5]) if not personal else (
             np.array([2.0, 0.0, -2.0]) * (1 if u % 2 else -1))
-        for q in rng.choice(n_questions, 25, replace=False):
+        for q in rng.choice(n_questions, min(25, n_questions), replace=False):
             a, b = rng.choice(3, 2, replace=False)
             p = 1 / (1 + np.exp(-(theta[a] - theta[b])))
             r = rng.random()
@@ -131,3 +131,34 @@ def test_sample_questions():
     some = rp.sample_questions(pairs, 5, seed=1)
     assert some["question_id"].nunique() == 5
     assert rp.sample_questions(pairs, 1000) is pairs
+
+
+def test_router_setting_ratings_and_split():
+    from prlib.bank import Bank
+    from prlib.experiment import setting_views
+
+    pairs = synthetic(personal=True, n_people=6, n_questions=12)
+    # u99 on q900: x beats y by a grade (0.75), then loses to z as side b: x's rating is the
+    # mean of 0.75 and 0, y's 0.25, z's 1
+    hand = pd.DataFrame({"user_id": "u99", "question_id": "q900", "llm_a": ["x", "z"],
+                         "llm_b": ["y", "x"], "score_a": [0.75, 1.0]})
+    pairs = pd.concat([pairs, hand], ignore_index=True)
+    questions = sorted(pairs["question_id"].unique())
+    frame = pd.DataFrame([{"query_id": q, "query": f"text of {q}", "llm": m, "quality": np.nan,
+                           "response": f"{m} answers {q}", "output_tokens": 5}
+                          for q in questions for m in ("x", "y", "z")])
+    llms = pd.DataFrame({"llm": ["x", "y", "z"], "input_usd_per_m": 1.0,
+                         "output_usd_per_m": 1.0, "description": "an LLM"})
+    bank = Bank.from_frame("toy", frame, llms)
+    setting = rp.router_setting(pairs, bank, "toy people")
+    inter = setting.preferences.interactions.set_index(["user_id", "query_id", "llm"])
+    got = inter.loc[("u99", "q900")]
+    assert got["utility"].to_dict() == pytest.approx({"x": 0.375, "y": 0.25, "z": 1.0})
+    assert got["chosen"].to_dict() == {"x": False, "y": False, "z": True}
+    assert setting.preferences.meta["simulated"] is False
+    votes = rp.encode(pairs, bank.llm_names)
+    for seed in (0, 5):
+        views = setting_views(setting, seed)
+        masks = rp.split_masks(votes, seed)
+        for view, name in zip(views, ("train", "val", "test")):
+            assert set(view.frame["query_id"]) == set(votes.question[masks[name]]), name
