@@ -117,8 +117,8 @@ def load_mt_bench_human(root: str | Path | None = None) -> pd.DataFrame:
     :data:`ARENA_COLUMNS` + ``score_a`` (1 a wins, 0 b wins, 0.5 tie); ``query_text`` is the
     question's first turn (``mt-bench/question.jsonl``), ``response_a`` / ``response_b`` the
     answers the judge saw. ``attrs``: ``source``, ``license``, ``ties``, ``empty_answers``
-    (``[(question_id, llm)]`` of empty answer texts, votes kept), ``duplicates`` (repeats of a judge's vote on the
-    same question and unordered pair, all kept)."""
+    (``[(question_id, llm)]`` of empty answer texts, votes kept), ``duplicates`` (repeats of
+    a judge's vote on the same question and unordered pair, all kept)."""
     root = _root(root, MT_FILES[0])
     votes_path, answers_path, questions_path = (root / f for f in MT_FILES)
     questions = {}
