@@ -3,7 +3,8 @@
 500 chat completions sent at once from 50 users (distinct texts), routed by a saved router
 (``--router DIR`` from ``prlib train``; default: ours trained here on 1,500 LLMRouter queries
 with the nine paper users, with the text encoder ``--encoder``) and forwarded to a local fake
-OpenAI-compatible server that answers at once, then ``--sequential`` requests one at a time. Reports: every request answered once
+OpenAI-compatible server that answers at once, then ``--sequential`` requests one at a time.
+Reports: every request answered once
 (counted on the upstream: lost or duplicated requests are listed); per request, p50 and p99:
 the router's scoring (``route_ms``), the wait for the text's embedding (``embed_ms``: the
 server embeds the texts that wait together in one batch, on CPU) and the whole overhead from
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from prlib.cli import main as prlib_main
     from prlib.efficiency import machine
-    from prlib.serve import RoutingService, load_for_serving, load_test, upstream_map
+    from prlib.serve import RoutingService, load_for_serving, upstream_map
+    from serve_harness import load_test
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--router", help="a folder written by `prlib train` (default: train one)")

@@ -119,7 +119,11 @@ def _train_with(args) -> int:
     train, val, test = setting_views(setting, args.seed)
     router = PersonalizedRouterV2(setting.feats, seed=args.seed, steps=args.steps)
     router.fit(train, val, progress=True)
+    from prlib import provenance
     from prlib.metrics import routing_metrics
+
+    provenance.check_fit(router, train, val, "prlib train", setting.feedback)
+    provenance.check_scored(router, test, "prlib train")
 
     reward = routing_metrics(test, router.route(test))["reward"]
     out = save_for_serving(router, args.out)

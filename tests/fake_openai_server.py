@@ -5,11 +5,13 @@ words (prompt: all message words; completion: answer words). Faults queued with 
 are served first, in order: ``"429"`` (with ``Retry-After: retry_after``), ``"500"``, ``"400"``,
 ``"timeout"`` (sleeps ``delay`` seconds, then hangs up), ``"malformed"`` (HTTP 200 with a body
 that is not JSON) and ``"cut"`` (a stream that stops after half its words, without ``[DONE]``;
-an answer whose body stops short of its ``Content-Length``). Every answer takes ``latency`` seconds; ``peak`` is the most requests served at
+an answer whose body stops short of its ``Content-Length``). Every answer takes ``latency``
+seconds; ``peak`` is the most requests served at
 once.
 Every request is counted per (model, messages) as ``received``; completed 200 answers as
 ``answered``. With ``"stream": true`` the answer comes as server-sent events, one chunk per
-word and ``data: [DONE]``. Requests to ``hang_model`` wait until :meth:`abandon` drops them unanswered (a run
+word and ``data: [DONE]``. Requests to ``hang_model`` wait until :meth:`abandon` drops them
+unanswered (a run
 interrupted mid-flight).
 """
 

@@ -198,7 +198,7 @@ def test_admin_save_writes_the_router_with_its_feedback_only_when_asked(saved_ro
 
 
 def test_200_concurrent_requests_from_20_users_are_each_forwarded_once(saved_router, upstream):
-    from prlib.serve import load_test
+    from serve_harness import load_test
 
     router = load_for_serving(saved_router)
     service = RoutingService(router, upstream_map(router.feats.llms, upstream.url))
@@ -290,7 +290,7 @@ def test_concurrent_texts_are_embedded_in_batches_each_as_if_alone(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("encoder down")
 
-    monkeypatch.setattr("prlib.serve.query_rows", broken)
+    monkeypatch.setattr("prlib.serve_routing.query_rows", broken)
     with pytest.raises(RuntimeError, match="encoder down"):
         asyncio.run(ask(texts[:5]))
 
@@ -620,7 +620,7 @@ def test_requests_waiting_for_a_free_upstream_connection_are_not_taken_for_a_dea
     """More concurrent requests than the server's connection pool to one upstream (100): those
     that wait for a free connection longer than the connect timeout are still answered (the
     wait is bounded by the read timeout), each forwarded once."""
-    from prlib.serve import load_test
+    from serve_harness import load_test
 
     with FakeOpenAIServer(latency=2.0) as slow:
         service = service_for(saved_router, slow)
