@@ -33,6 +33,7 @@ from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from prlib import provenance
 from prlib.bank import Bank
 from prlib.experiment import Setting, setting_views
 from prlib.metrics import paired_difference
@@ -353,6 +354,8 @@ def known_people(votes: Votes, seeds: Sequence[int], styles: dict | None = None,
         t0 = time.perf_counter()
         router.fit(train, val)
         fit_s = time.perf_counter() - t0
+        provenance.check_fit(router, train, val, f"real people: {cls.__name__}, seed {seed}",
+                             setting.feedback)
         test = split_masks(votes, seed)["test"]
         return fit_s, router_diffs(router, setting, votes, seed, test), votes.y[test]
 
@@ -360,7 +363,7 @@ def known_people(votes: Votes, seeds: Sequence[int], styles: dict | None = None,
     for (seed, cls), (fit_s, diff, y) in zip(tasks, map_fits(
             fit_one, tasks, jobs, progress=progress, desc="routers",
             label=lambda seed, cls: f"seed {seed} {cls.name}",
-            cost=lambda seed, cls: cls.fit_cost)):
+            cost=lambda seed, cls: cls.relative_fit_time)):
         rows.append({"seed": seed, "model": cls.name, "kind": "population" if
                      cls.__name__ in POPULATION_ROUTERS else "personal",
                      **vote_metrics(y, diff), "lam": np.nan, "fit_s": fit_s})

@@ -12,7 +12,7 @@ from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
 #: Library calls that fit or score routers: a notebook that makes any of them reports results.
 EVALUATES = ("run_setting", "tune_and_run", "tune_setting", "few_shot_users", "few_shot_llms",
-             "layer_sweep", "sparsity_sweep", "run_tables", "scaling_study", "new_user_curve",
+             "layer_sweep", "sparsity_sweep", "compare(", "scaling_study", "fit_checked",
              ".fit(")
 
 
