@@ -265,6 +265,31 @@ def load_human(source: str, root: str | Path | None = None) -> pd.DataFrame:
     return loaders[source](root)
 
 
+def sample_questions(pairs: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """The votes on a seeded sample of ``n`` questions (all when there are no more)."""
+    questions = np.array(sorted(pairs["question_id"].astype(str).unique()))
+    if n >= len(questions):
+        return pairs
+    keep = np.random.default_rng([seed, 850]).choice(questions, n, replace=False)
+    out = pairs[pairs["question_id"].astype(str).isin(set(keep))].reset_index(drop=True)
+    out.attrs = dict(pairs.attrs)
+    return out
+
+
+def describe(pairs: pd.DataFrame, name: str) -> dict:
+    """Counts of a real-people data set: votes, persons, questions, LLMs, ties, votes per
+    person, empty answers."""
+    per = pairs["user_id"].value_counts()
+    return {"data set": name, "votes": len(pairs), "persons": int(len(per)),
+            "questions": pairs["question_id"].nunique(),
+            "LLMs": len(set(pairs["llm_a"]) | set(pairs["llm_b"])),
+            "ties (score 0.5)": int((pairs["score_a"] == 0.5).sum()),
+            "votes per person (min / median / max)":
+                f"{per.min()} / {per.median():g} / {per.max()}",
+            "empty answers": ", ".join(f"{m} on {q}" for q, m in
+                                       pairs.attrs.get("empty_answers", [])) or "none"}
+
+
 # --------------------------------------------------------------------------- bank
 def human_bank(pairs: pd.DataFrame, source: str, root: str | Path | None = None) -> Bank:
     """The :class:`~prlib.bank.Bank` of ``pairs`` (a loader's frame): one row per (question,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
+from scipy.special import expit as _sigmoid
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -102,31 +103,6 @@ def encode(pairs: pd.DataFrame, llms: Sequence[str] | None = None) -> Votes:
                  pairs["question_id"].astype(str).to_numpy(), a, b, y)
 
 
-def sample_questions(pairs: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    """The votes on a seeded sample of ``n`` questions (all when there are no more)."""
-    questions = np.array(sorted(pairs["question_id"].astype(str).unique()))
-    if n >= len(questions):
-        return pairs
-    keep = np.random.default_rng([seed, 850]).choice(questions, n, replace=False)
-    out = pairs[pairs["question_id"].astype(str).isin(set(keep))].reset_index(drop=True)
-    out.attrs = dict(pairs.attrs)
-    return out
-
-
-def describe(pairs: pd.DataFrame, name: str) -> dict:
-    """Counts of a real-people data set: votes, persons, questions, LLMs, ties, votes per
-    person, empty answers."""
-    per = pairs["user_id"].value_counts()
-    return {"data set": name, "votes": len(pairs), "persons": int(len(per)),
-            "questions": pairs["question_id"].nunique(),
-            "LLMs": len(set(pairs["llm_a"]) | set(pairs["llm_b"])),
-            "ties (score 0.5)": int((pairs["score_a"] == 0.5).sum()),
-            "votes per person (min / median / max)":
-                f"{per.min()} / {per.median():g} / {per.max()}",
-            "empty answers": ", ".join(f"{m} on {q}" for q, m in
-                                       pairs.attrs.get("empty_answers", [])) or "none"}
-
-
 def split_masks(votes: Votes, seed: int, fractions=FRACTIONS) -> dict[str, np.ndarray]:
     """Boolean masks of the train / val / test votes: split by question (the same partition
     as :func:`prlib.experiment.setting_views` of :func:`router_setting` for this seed)."""
@@ -154,7 +130,7 @@ def fit_offsets(votes: Votes, l2: float, base: np.ndarray | None = None,
 
     def loss(d):
         z = base + d[ia] - d[ib]
-        p = 1 / (1 + np.exp(-z))
+        p = _sigmoid(z)
         f = np.sum(np.logaddexp(0, z) - y * z) + 0.5 * l2 * d @ d
         r = p - y
         grad = l2 * d + np.bincount(ia, r, n_g * n_l) - np.bincount(ib, r, n_g * n_l)
@@ -163,10 +139,6 @@ def fit_offsets(votes: Votes, l2: float, base: np.ndarray | None = None,
     x0 = np.zeros(n_g * n_l) if init is None else np.ravel(init)
     res = minimize(loss, x0, jac=True, method="L-BFGS-B")
     return res.x.reshape(n_g, n_l)
-
-
-def _sigmoid(z):
-    return 1 / (1 + np.exp(-z))
 
 
 def bt_prob(theta: np.ndarray, votes: Votes) -> np.ndarray:

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prlib import real_people as rp
+from prlib import human_logs, real_people as rp
 from prlib.requests import split_queries
 
 SEEDS = [0, 1]
@@ -128,9 +128,9 @@ def test_bad_input():
 
 def test_sample_questions():
     pairs = synthetic(personal=False)
-    some = rp.sample_questions(pairs, 5, seed=1)
+    some = human_logs.sample_questions(pairs, 5, seed=1)
     assert some["question_id"].nunique() == 5
-    assert rp.sample_questions(pairs, 1000) is pairs
+    assert human_logs.sample_questions(pairs, 1000) is pairs
 
 
 def test_router_setting_ratings_and_split():
