@@ -11,8 +11,7 @@ question (every vote on a question in one split; seeded, 70/10/20 as elsewhere,
 - **per-person Bradley-Terry**: the population strengths plus each person's own offsets, L2-shrunk
   to 0 (strength ``lam`` picked on the validation questions), so a person with few votes falls
   back to the population;
-- **kNN of persons**: the person's offsets averaged with those of the K persons whose offsets
-  are most alike (cosine);
+- **kNN of persons**: the offsets averaged with the K most alike persons' (cosine);
 - the project's routers that learn from pairs, fitted on each person's ratings of the training
   questions (:func:`router_setting`), scored by their score differences.
 
@@ -326,8 +325,7 @@ def known_people(votes: Votes, seeds: Sequence[int], styles: dict | None = None,
         t0 = time.perf_counter()
         router.fit(train, val)
         fit_s = time.perf_counter() - t0
-        provenance.check_fit(router, train, val, f"real people: {cls.__name__}, seed {seed}",
-                             setting.feedback)
+        provenance.check_fit(router, train, val, f"real people: {cls.__name__}", setting.feedback)
         test = split_masks(votes, seed)["test"]
         return fit_s, router_diffs(router, setting, votes, seed, test), votes.y[test]
 
