@@ -33,7 +33,8 @@ smoke: env  ## every notebook, smoke size, executed copies under build/
 notebook: env  ## one notebook: make notebook NB=00 [SMOKE=1]
 	$(PY) -m prlib.runner $(NB) $(if $(SMOKE),--smoke,)
 
-test: env  ## pytest + nbval (lax) over the notebooks in smoke mode, TEST_WORKERS at once
+test: env  ## ruff, then pytest + nbval (lax) over the notebooks in smoke mode, TEST_WORKERS at once
+	$(PY) -m ruff check .
 	PRLIB_SMOKE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 lab: env  ## JupyterLab on the notebooks (as root it needs --allow-root)

@@ -48,6 +48,10 @@ SMOKE_SIZES: dict[str, Any] = {
     "sparsity_levels": [5, 20],  # interactions per user in training (notebook 95)
     "scaling_users": [20, 60],  # bench sizes of notebook 95's scaling study
     "efficiency_calls": 20,  # single-request calls timed per router (notebook 95)
+    "real_questions": 24,  # questions kept per real-people data set (notebook 85)
+    "permutations": 4,  # person-id shuffles of notebook 85's permutation test
+    "new_people": 4,  # persons held out in notebook 85's new-people study
+    "people_shots": [0, 3],  # k: votes of each new person (notebook 85)
 }
 
 

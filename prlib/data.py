@@ -27,7 +27,7 @@ import tempfile
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -36,13 +36,14 @@ from prlib.bank import BANK_COLUMNS, Bank, check_llm_names, cost_usd, describe_l
 from prlib.config import REPO_ROOT
 from prlib.errors import (ChecksumError, DataError, DataNotFoundError,  # noqa: F401 (re-exported)
                           MalformedFileError, UnknownModelError)
+from prlib.readers import (DOWNLOAD_HINT, _field, parse_judge_score, read_json,  # noqa: F401
+                           read_jsonl)
 from prlib.tokens import TOKENIZER_NOTE, count_tokens
 
 ENV_VAR = "PRLIB_DATA_DIR"
 RESOURCES = Path(__file__).resolve().parent / "resources"
 REGISTRY_PATH = RESOURCES / "data_registry.json"
 ALIASES_PATH = RESOURCES / "llm_aliases.csv"
-DOWNLOAD_HINT = "python -m prlib.data download"
 BANK_NAMES = ("llmrouter", "arena-bench-v1", "arena-hard-v0.1", "mt-bench")
 #: Output length assumed where a source has no responses (the PersonalizedRouter convention).
 ASSUMED_OUTPUT_TOKENS = 512
@@ -66,7 +67,8 @@ def find_data_dir(required: str = "llmrouter/train.json") -> Path:
     for _, path in candidate_data_dirs():
         if path is not None and (path / required).is_file():
             return path
-    lines = [f"  - {label}: {path if path else '(not set)'}" for label, path in candidate_data_dirs()]
+    lines = [f"  - {label}: {path if path else '(not set)'}"
+             for label, path in candidate_data_dirs()]
     raise DataNotFoundError(
         f"No data folder holds {required!r}. Looked in:\n" + "\n".join(lines)
         + f"\nSet {ENV_VAR} to a folder with the data, put the shared data beside the repository, "
@@ -127,7 +129,8 @@ def upstream_url(entry: dict) -> str:
     return f"https://raw.githubusercontent.com/{entry['repo']}/{entry['commit']}/{entry['path']}"
 
 
-def download(dest: Path | None = None, only: str | None = None, timeout: float = 60.0) -> list[Path]:
+def download(dest: Path | None = None, only: str | None = None,
+             timeout: float = 60.0) -> list[Path]:
     """Fetch registry files (optionally those under ``only``) into ``dest`` and verify them.
 
     Files already present with the right sha256 are kept. Each file is written to a temporary name
@@ -154,38 +157,6 @@ def download(dest: Path | None = None, only: str | None = None, timeout: float =
         os.replace(tmp.name, target)
         written.append(target)
     return written
-
-
-# --------------------------------------------------------------------------- file readers
-def read_jsonl(path: Path) -> Iterator[dict]:
-    """Yield the JSON objects of a JSON-lines file; a bad line raises with file and line number."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MalformedFileError(
-                    f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno}). "
-                    f"Restore the file from its source (`{DOWNLOAD_HINT}` checks every file)."
-                ) from None
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise MalformedFileError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}). "
-                                 f"Restore it with `{DOWNLOAD_HINT}`.") from None
-
-
-def _field(record: dict, key: str, path: Path):
-    try:
-        return record[key]
-    except KeyError:
-        raise MalformedFileError(f"{path}: a record lacks the field {key!r} (it has "
-                                 f"{sorted(record)}).") from None
 
 
 # --------------------------------------------------------------------------- LLM aliases
@@ -332,15 +303,6 @@ def _answers(folder: Path, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def parse_judge_score(score) -> float:
-    """A GPT-4 1-10 score mapped to [0, 1] as (s - 1) / 9; NaN when missing or unparseable."""
-    try:
-        s = float(score)
-    except (TypeError, ValueError):
-        return np.nan
-    return (s - 1.0) / 9.0 if 1.0 <= s <= 10.0 else np.nan
-
-
 def load_arena_bench(root: Path) -> Bank:
     """arena-bench-v1: 300 prompts, answers of the 16 GPT-4-judged LLMs, quality (s - 1) / 9."""
     base = root / "arena-bench-v1"
@@ -479,7 +441,8 @@ def load_personalizedrouter_llms(root: Path | None = None) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prlib.data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m prlib.data",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("download", help="fetch the data files from upstream and verify sha256")
     d.add_argument("--dest", type=Path, default=None, help="target folder (default data/raw/)")

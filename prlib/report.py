@@ -273,3 +273,56 @@ def ablation_table(results: pd.DataFrame, metric: str, full: str,
                          "better": "better than full", "worse": "worse than full"}.get(
                          ci_verdict(d), ci_verdict(d))})
     return pd.DataFrame(rows)
+
+
+def main_results_figure(comparisons: Mapping, ours: str):
+    """Notebook 50's main figure from its :class:`~prlib.comparison.Comparison` objects (by
+    title): left, mean reward against USD per 1,000 requests (log) of every router in the
+    multi-cost tables (one marker per table, ± std over seeds; ours, the strongest baseline
+    and the upper bounds labelled); right, accuracy with 95 % CIs over seeds in the judge
+    tables (upper bounds left out). Returns the figure."""
+    from prlib.metrics import mean_ci
+    from prlib.routers.base import ABLATION, FAMILIES
+
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
+    colour = {f: f"C{i}" for i, f in enumerate(FAMILIES) if f != ABLATION}
+    multi = {k: c for k, c in comparisons.items() if c.setting.feedback == "utility"}
+    judge = {k: c for k, c in comparisons.items() if c.setting.feedback == "choice"}
+    for (title, comp), marker in zip(multi.items(), "osD^v"):
+        label_these = {ours, comp.improvement["strongest_baseline"]}
+        g = comp.results.groupby(["router", "family"], sort=False)
+        m, s = g[["reward", "cost_per_1k"]].mean(), g[["reward", "cost_per_1k"]].std(ddof=0)
+        for (name, fam), row in m.iterrows():
+            axes[0].errorbar(row["cost_per_1k"], row["reward"], yerr=s.loc[(name, fam), "reward"],
+                             fmt=marker, color=colour.get(fam, "grey"), ms=6, capsize=2)
+            if name in label_these or fam == UPPER_BOUND:
+                axes[0].annotate(name.split(" (")[0], (row["cost_per_1k"], row["reward"]),
+                                 fontsize=7, xytext=(4, 4), textcoords="offset points")
+    shapes = ", ".join(f"{n} = {t}" for t, n in zip(multi, ("circles", "squares", "diamonds")))
+    axes[0].set(xscale="log", xlabel="USD per 1,000 requests (log)", ylabel="mean reward",
+                title=f"multi-cost: {shapes}")
+    rows = []
+    for title, comp in judge.items():
+        for (name, fam), acc in comp.results.groupby(["router", "family"], sort=False)["accuracy"]:
+            if fam == UPPER_BOUND:
+                continue
+            ci = mean_ci(acc)
+            rows.append({"table": title, "router": name, "mean": ci["mean"],
+                         "err": ci["ci_high"] - ci["mean"] if np.isfinite(ci["ci_high"]) else 0.0})
+    if rows:
+        acc = pd.DataFrame(rows)
+        names = list(dict.fromkeys(acc["router"]))
+        for j, (title, g) in enumerate(acc.groupby("table", sort=False)):
+            g = g.set_index("router").reindex(names)
+            y = np.arange(len(names)) + (0.2 if j else -0.2)
+            axes[1].errorbar(g["mean"], y, xerr=g["err"], fmt="o" if j == 0 else "s", ms=5,
+                             capsize=2, label=title, color=f"C{j}")
+        axes[1].set_yticks(np.arange(len(names)), names, fontsize=8)
+        axes[1].invert_yaxis()
+        axes[1].legend(loc="upper right")  # the top rows are near 0: the corner is free
+    axes[1].set(xlabel="accuracy (predicting the persona's pick), 95 % CI over seeds",
+                title="judge settings (choice-only feedback)")
+    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=f) for f, c in colour.items()]
+    axes[0].legend(handles=handles, fontsize=8, loc="lower right", title="family")
+    fig.tight_layout()
+    return fig

@@ -62,6 +62,39 @@ def run_notebook(path: Path, smoke: bool = False, parameters: dict | None = None
     return out
 
 
+RUN_TIMES = "run_times.csv"
+
+
+def record_run_time(path: Path, seconds: float, smoke: bool, folder: Path | None = None) -> Path:
+    """Write the notebook's wall time, mode, date (UTC) and machine into ``run_times.csv`` of
+    the run's figures folder (``figures/`` for a full run), replacing its previous row, so that
+    a slower main job shows in the diff. Returns the CSV's path."""
+    import csv
+    import datetime
+    import platform
+
+    from prlib.config import resolve_config
+    from prlib.efficiency import cpu_model
+
+    folder = folder or resolve_config(smoke).figures_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / RUN_TIMES
+    fields = ["notebook", "mode", "wall_s", "date_utc", "cpu", "cores", "python"]
+    rows = []
+    if out.is_file():
+        with open(out, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["notebook"] != path.stem]
+    rows.append({"notebook": path.stem, "mode": "smoke" if smoke else "full",
+                 "wall_s": f"{seconds:.0f}",
+                 "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+                 "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()})
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: r["notebook"]))
+    return out
+
+
 def _literal(value: str):
     """A parameter value from the command line: JSON (``true``, ``3``, ``[1, 2]``) or text."""
     import json
@@ -86,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         print(f"[prlib.runner] {path.name} ({'smoke' if smoke else 'full'}) ...", flush=True)
         out = run_notebook(path, smoke=smoke, parameters=parameters)
-        print(f"[prlib.runner] {path.name} done in {time.time() - start:.0f} s -> "
+        seconds = time.time() - start
+        record_run_time(path, seconds, smoke)
+        print(f"[prlib.runner] {path.name} done in {seconds:.0f} s -> "
               f"{out.relative_to(REPO_ROOT)}", flush=True)
     return 0
 

@@ -3,12 +3,15 @@
 ``POST /v1/chat/completions`` answers with ``responder(model, messages)`` and usage counted in
 words (prompt: all message words; completion: answer words). Faults queued with :meth:`fail`
 are served first, in order: ``"429"`` (with ``Retry-After: retry_after``), ``"500"``, ``"400"``,
-``"timeout"`` (sleeps ``delay`` seconds, then hangs up) and ``"malformed"`` (HTTP 200 with a body
-that is not JSON). Every answer takes ``latency`` seconds; ``peak`` is the most requests served at
+``"timeout"`` (sleeps ``delay`` seconds, then hangs up), ``"malformed"`` (HTTP 200 with a body
+that is not JSON) and ``"cut"`` (a stream that stops after half its words, without ``[DONE]``;
+an answer whose body stops short of its ``Content-Length``). Every answer takes ``latency``
+seconds; ``peak`` is the most requests served at
 once.
 Every request is counted per (model, messages) as ``received``; completed 200 answers as
 ``answered``. With ``"stream": true`` the answer comes as server-sent events, one chunk per
-word and ``data: [DONE]``. Requests to ``hang_model`` wait until :meth:`abandon` drops them unanswered (a run
+word and ``data: [DONE]``. Requests to ``hang_model`` wait until :meth:`abandon` drops them
+unanswered (a run
 interrupted mid-flight).
 """
 
@@ -123,6 +126,13 @@ class FakeOpenAIServer:
                     return self._send(400, b'{"error": {"message": "bad request"}}')
                 if fault == "malformed":
                     return self._send(200, b'{"id": "x", "choices": [{"mess')
+                if fault == "cut" and not body.get("stream"):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b'{"id": "x", "choices": [')
+                    return None
                 if fault == "timeout":  # outlive the client's timeout, then hang up
                     time.sleep(server.delay)
                     return None
@@ -144,11 +154,14 @@ class FakeOpenAIServer:
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
                     self.end_headers()
-                    for word in text.split(" "):
+                    words = text.split(" ")
+                    for word in words[:len(words) // 2] if fault == "cut" else words:
                         chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                                  "model": model, "choices": [{"index": 0, "delta": {
                                      "content": word + " "}}]}
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    if fault == "cut":  # hang up mid-stream
+                        return None
                     self.wfile.write(b"data: [DONE]\n\n")
                     with server._lock:
                         server.answered[key] += 1

@@ -13,7 +13,8 @@ from prlib.requests import Requests, with_previous_turn
 
 def toy_world(n_users: int = 6, n_conv: int = 12, n_llms: int = 5, seed: int = 0,
               carry: float = 0.8):
-    """(feats, requests), the same for one ``seed`` in every process: every user rates every LLM at both turns of every conversation;
+    """(feats, requests), the same for one ``seed`` in every process: every user rates every LLM at
+    both turns of every conversation;
     users have a taste vector over LLMs, turn 2 carries ``carry`` x the turn-1 rating."""
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)

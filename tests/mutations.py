@@ -46,6 +46,20 @@ must FAIL. The script prints one line per mutation and exits non-zero if any mut
     types updated) -> ``test_every_node_type_is_updated_by_one_layer``.
 19. ``gmt-add-user-ignored``: ``add_user`` does not make the new user's ratings visible ->
     ``test_a_new_user_is_routed_from_k_ratings_without_retraining``.
+20. ``people-shuffle-ignores-strata``: notebook 85's null shuffles person ids across all votes,
+    not within (question, LLM pair) -> ``test_shuffle_keeps_strata``.
+21. ``person-ignores-offsets``: per-person Bradley-Terry predicts with the population's
+    strengths only -> ``test_personal_gain_and_permutation``, ``test_known_people_rows``.
+22. ``ties-counted-as-decisive``: pair accuracy counts ties (label 0.5) as decisive votes ->
+    ``test_vote_metrics_hand_computed``.
+23. ``mt-bench-tie-not-half``: an MT-Bench tie is not half a win ->
+    ``test_mt_bench_values``.
+24. ``people-ratings-b-side``: a person's rating of the LLM on side b reads side a's win score
+    -> ``test_router_setting_ratings_and_split``.
+
+The guards issue's mutations (selection on the wrong split, held-out data in training, seeds
+that share a split, own-turn features, choice views that keep utilities, derived columns) follow;
+``python tests/mutations.py --list`` lists every mutation with the tests that catch it.
 """
 
 from __future__ import annotations
@@ -181,6 +195,29 @@ MUTATIONS = {
         [("        self._fit_ranges(history)\n        self.history_ = concat_requests(self.history_, history)\n",
           "        self._fit_ranges(history)\n        self.history_ = self.history_\n")],
         ["tests/test_gmt.py::test_a_new_user_is_routed_from_k_ratings_without_retraining"]),
+    "people-shuffle-ignores-strata": (
+        "prlib/real_people.py",
+        [("            user[idx] = votes.user[rng.permutation(idx)]",
+          "            user[:] = rng.permutation(votes.user)")],
+        ["tests/test_real_people.py::test_shuffle_keeps_strata"]),
+    "person-ignores-offsets": (
+        "prlib/real_people.py",
+        [("    return _sigmoid(theta[votes.a] - theta[votes.b] + d[rows, votes.a] - d[rows, votes.b])",
+          "    return _sigmoid(theta[votes.a] - theta[votes.b])")],
+        ["tests/test_real_people.py::test_personal_gain_and_permutation",
+         "tests/test_real_people.py::test_known_people_rows"]),
+    "ties-counted-as-decisive": (
+        "prlib/real_people.py",
+        [("    dec = y != 0.5", "    dec = y == y")],
+        ["tests/test_real_people.py::test_vote_metrics_hand_computed"]),
+    "mt-bench-tie-not-half": (
+        "prlib/human_logs.py",
+        [('"tie": ("tie", 0.5)}', '"tie": ("tie", 0.4)}')],
+        ["tests/test_human_logs.py::test_mt_bench_values"]),
+    "people-ratings-b-side": (
+        "prlib/real_people.py",
+        [('assign(s=1 - pairs["score_a"].to_numpy())', 'assign(s=pairs["score_a"].to_numpy())')],
+        ["tests/test_real_people.py::test_router_setting_ratings_and_split"]),
     # ---- selection on the wrong split
     "tuner-scores-on-test": (
         "prlib/experiment.py",

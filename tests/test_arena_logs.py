@@ -289,8 +289,10 @@ def test_pairs_become_real_user_preferences(tmp_path):
 
     rec = {"question_id": 81, "model_a": "gpt-4", "model_b": "claude-v1", "winner": "model_b",
            "judge": "expert_1", "turn": 1,
-           "conversation_a": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-           "conversation_b": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}
+           "conversation_a": [{"role": "user", "content": "q"},
+                              {"role": "assistant", "content": "a"}],
+           "conversation_b": [{"role": "user", "content": "q"},
+                              {"role": "assistant", "content": "b"}]}
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps(rec) + "\n")
     prefs = pairs_to_preferences(load_pairwise_logs(path), "mt-bench-turns")

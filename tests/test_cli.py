@@ -1,23 +1,21 @@
 """The `prlib` command: help, route with a saved router, clear errors, notebook parameters."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from prlib.cli import main
+from prlib.cli import BANKS, ENCODERS, main, parser
 from prlib.runner import _literal
 
-
-def test_help_lists_every_command(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["--help"])
-    assert exit_.value.code == 0
-    out = capsys.readouterr().out
-    for command in ("run", "data", "train", "route", "serve"):
-        assert command in out
+#: modules `prlib --help` and a bad argument must not import (seconds of loading)
+HEAVY = ("torch", "pandas", "fastapi", "sentence_transformers", "torch_geometric", "sklearn")
+COMMANDS = ("run", "data", "train", "route", "users", "serve")
 
 
-def test_route_prints_the_choice_and_scores_of_a_saved_router(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def router_folder(tmp_path_factory):
     from prlib.bank import Bank
     from prlib.experiment import Setting, setting_views
     from prlib.routers import PersonalizedRouterV2
@@ -29,19 +27,140 @@ def test_route_prints_the_choice_and_scores_of_a_saved_router(tmp_path, capsys):
     setting = Setting("cli", bank, simulate_multi_cost(bank))
     train, val, _ = setting_views(setting, 0)
     router = PersonalizedRouterV2(setting.feats, seed=0, steps=10, eval_every=5).fit(train, val)
-    folder = save_for_serving(router, tmp_path / "r")
+    return save_for_serving(router, tmp_path_factory.mktemp("cli") / "r"), router, bank
+
+
+def prlib(*args):
+    """``python -X importtime -m prlib.cli ARGS``: (exit code, stdout, stderr without the
+    import lines, the top-level packages imported)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "prlib.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stderr.splitlines()
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in lines
+                if line.startswith("import time:")}
+    err = "\n".join(line for line in lines if not line.startswith("import time:"))
+    return done.returncode, done.stdout, err, imported
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+    assert ".venv/bin/prlib" in out
+
+
+@pytest.mark.parametrize("command", ("",) + COMMANDS)
+def test_help_answers_without_loading_anything_heavy(command):
+    code, out, _, imported = prlib(*([command] if command else []), "--help")
+    assert code == 0 and "usage: prlib" in out
+    assert not imported & set(HEAVY), imported & set(HEAVY)
+
+
+def test_every_option_has_help_and_shows_its_default():
+    p = parser()
+    subs = next(a for a in p._actions if isinstance(a, type(p._subparsers._group_actions[0])))
+    for name, sub in subs.choices.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+            if action.default not in (None, False, [], "==SUPPRESS==") and action.option_strings:
+                assert "%(default)s" in formatter._get_help_string(action), (name, action.dest)
+    serve_help = subs.choices["serve"].format_help()
+    for endpoint in ("/v1/chat/completions", "/v1/feedback", "/health", "/v1/admin/save"):
+        assert endpoint in serve_help
+    assert "(default: 127.0.0.1)" in serve_help and "(default: 8080)" in serve_help
+
+
+@pytest.mark.parametrize("args, says", [
+    (["train", "--bank", "nope", "--out", "x"], "invalid choice: 'nope'"),
+    (["train", "--bank", "llmrouter", "--steps", "0", "--out", "x"], "must be at least 1"),
+    (["route", "--router", "no-such-folder", "hi"], "no-such-folder is not a folder"),
+    (["serve", "--router", "no-such-folder", "--upstream", "http://x/v1"], "is not a folder"),
+    (["serve", "--upstream", "http://x/v1"], "--router"),
+], ids=["bank", "steps", "route-router", "serve-router", "serve-no-router"])
+def test_a_bad_argument_is_reported_without_loading_anything_heavy(args, says):
+    code, _, err, imported = prlib(*args)
+    assert code == 2 and says in err, err
+    assert not imported & set(HEAVY), imported & set(HEAVY)
+
+
+def test_serve_checks_its_map_keys_and_host_before_loading_the_router(tmp_path):
+    folder = tmp_path / "r"  # what the checks read: router.json; the rest is never loaded
+    folder.mkdir()
+    (folder / "router.json").write_text(json.dumps({"llms": ["small", "huge"]}))
+    (folder / "features.npz").write_bytes(b"")
+    bad_map = tmp_path / "map.json"
+    bad_map.write_text(json.dumps({"gpt-9": {"base_url": "http://127.0.0.1:1/v1"}}))
+    bad_keys = tmp_path / "keys.json"
+    bad_keys.write_text("[1, 2]")
+    for args, says in [
+            (["--map", str(bad_map)], "does not know: ['gpt-9']"),
+            (["--map", str(tmp_path / "none.json")], "none.json not found"),
+            (["--upstream", "http://x/v1", "--host", "0.0.0.0"], "--insecure-no-keys"),
+            (["--upstream", "http://x/v1", "--keys", str(bad_keys)], 'expected {"keys"'),
+            (["--upstream", "http://x/v1", "--local-llm", "smollm2"], "not allowed with"),
+            (["--upstream", "http://x/v1", "--read-timeout", "0"], "positive number")]:
+        code, _, err, imported = prlib("serve", "--router", str(folder), *args)
+        assert code == 2 and says in err, (args, err)
+        assert not imported & set(HEAVY), (args, imported & set(HEAVY))
+
+
+def test_serve_passes_every_option_on(router_folder, monkeypatch):
+    folder, _, _ = router_folder
+    seen = {}
+    monkeypatch.setattr("prlib.serve.serve", lambda router, **kw: seen.update(kw, router=router))
+    assert main(["serve", "--router", str(folder), "--local-llm", "smollm2", "--api-key",
+                 "client-key-1", "--admin-key", "admin-key-1", "--host", "0.0.0.0",
+                 "--journal", "fb.jsonl", "--max-body-bytes", "5000", "--read-timeout", "9",
+                 "--fallbacks", "1", "--remember", "10"]) == 0
+    assert seen["local_llm"] == "smollm2" and seen["upstream"] is None
+    assert seen["keys"].keys == {"client-key-1": None} and seen["keys"].admin_key == "admin-key-1"
+    assert (seen["journal"], seen["max_body_bytes"], seen["read_timeout"], seen["fallbacks"],
+            seen["remember"], seen["host"]) == ("fb.jsonl", 5000, 9.0, 1, 10, "0.0.0.0")
+
+
+def test_the_banks_and_encoders_the_command_knows_are_the_libraries():
+    from prlib import embed
+    from prlib.data import BANK_NAMES
+
+    assert BANKS == tuple(BANK_NAMES) and ENCODERS == embed.ENCODERS
+
+
+def test_route_prints_the_choice_and_scores_of_a_saved_router(router_folder, capsys):
+    folder, router, bank = router_folder
     assert main(["route", "--router", str(folder), "--user", "mc-02", "math question 9"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["known_user"] and out["llm"] == router.route_text("mc-02", "math question 9")
     assert list(out["scores"])[0] == out["llm"] and set(out["scores"]) == set(bank.llm_names)
 
 
+def test_users_lists_a_routers_users_with_their_requests(router_folder, capsys):
+    import numpy as np
+
+    folder, router, _ = router_folder
+    assert main(["users", "--router", str(folder), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    st = router.store_
+    counts = np.bincount(np.asarray(st.row_user), minlength=len(st.users))
+    assert out == {u: int(n) for u, n in zip(st.users, counts)} and len(out) == 9
+    assert sum(out.values()) == len(st.row_user) > 0
+    assert main(["users", "--router", str(folder)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0] == f"9 users, {len(st.row_user):,} visible requests"
+    assert [line.split("\t") for line in text[1:]] == [
+        [u, str(n)] for u, n in sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
 def test_errors_say_what_to_do(tmp_path, capsys):
-    assert main(["route", "--router", str(tmp_path), "hi"]) == 2
-    assert "save_for_serving" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["route", "--router", str(tmp_path), "hi"])
+    assert exit_.value.code == 2 and "save_for_serving" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--router", str(tmp_path)])
-    assert exit_.value.code == 2 and "--upstream URL or --map FILE" in capsys.readouterr().err
+    assert exit_.value.code == 2
 
 
 def test_notebook_parameters_from_the_command_line_are_json_or_text():

@@ -173,7 +173,8 @@ def test_download_fetches_and_verifies(tmp_path, monkeypatch, data_dir):
         assert data.download(tmp_path / "raw", only="llmrouter") == []  # verified, kept
         # a tampered registry entry is refused and leaves no file behind
         registry = data.load_registry()
-        entry = next(e for e in registry if e["file"] == "prices/model_prices_and_context_window.json")
+        prices = "prices/model_prices_and_context_window.json"
+        entry = next(e for e in registry if e["file"] == prices)
         monkeypatch.setattr(data, "load_registry",
                             lambda: [dict(entry, sha256="f" * 64)])
         with pytest.raises(data.ChecksumError, match="expected f{64}"):

@@ -43,7 +43,8 @@ def test_readme_tables_match_the_figures():
              "50_table3b_judge_arena_hard", "50_improvement_summary", "40_findings",
              "50_findings", "40_router_benchmark", "40_ablations", "60_findings",
              "70_findings", "80_findings", "90_improvement_summary", "90_findings",
-             "90_multi_turn", "90_single_turn", "90_turn_chain_ablation"}
+             "90_multi_turn", "90_single_turn", "90_turn_chain_ablation", "85_findings",
+             "85_known_people", "85_permutation"}
     assert shown <= set(tables), f"README lacks the result blocks {sorted(shown - set(tables))}"
     for name, body in tables.items():
         assert body == (ROOT / "figures" / f"{name}.md").read_text(), (

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from prlib import local_llm
-from prlib.serve import (BackgroundServer, RoutingService, Upstream, create_app,
-                         load_for_serving)
+from prlib.serve import RoutingService, Upstream, create_app, load_for_serving
+from serve_harness import BackgroundServer
 
 pytestmark = pytest.mark.local_llm
 

@@ -12,7 +12,7 @@ from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
 #: Library calls that fit or score routers: a notebook that makes any of them reports results.
 EVALUATES = ("run_setting", "tune_and_run", "tune_setting", "few_shot_users", "few_shot_llms",
-             "layer_sweep", "sparsity_sweep", "run_tables", "scaling_study", "new_user_curve",
+             "layer_sweep", "sparsity_sweep", "compare(", "scaling_study", "fit_checked",
              ".fit(")
 
 
@@ -68,3 +68,19 @@ def test_every_notebook_pins_its_smoke_numbers(path):
     assert names, f"{path.name} pins no smoke numbers (end it with a prlib.pins cell)"
     missing = [n for n in names if not (PINS_DIR / f"{n}.json").is_file()]
     assert not missing, f"{path.name}: no committed pins {missing} in {PINS_DIR.name}/"
+
+
+def test_the_runner_records_each_notebooks_wall_time(tmp_path):
+    """figures/run_times.csv: one row per notebook (its last run replaces the previous one)."""
+    import pandas as pd
+
+    from prlib.runner import record_run_time
+
+    nb = NOTEBOOKS[0]
+    record_run_time(nb, 12.3, smoke=False, folder=tmp_path)
+    record_run_time(NOTEBOOKS[1], 5.0, smoke=False, folder=tmp_path)
+    out = record_run_time(nb, 45.6, smoke=False, folder=tmp_path)
+    table = pd.read_csv(out)
+    assert list(table["notebook"]) == [NOTEBOOKS[0].stem, NOTEBOOKS[1].stem]
+    assert table.loc[0, "wall_s"] == 46 and table.loc[0, "mode"] == "full"
+    assert table["cores"].iloc[0] >= 1 and isinstance(table["cpu"].iloc[0], str)

@@ -23,12 +23,15 @@ def toy():
     rng = np.random.default_rng(0)
     n = 240
     tasks = ["math", "chat"]
-    q = pd.DataFrame({"query_id": [f"q{i:03d}" for i in range(n)], "task": [tasks[i % 2] for i in range(n)],
-                      "text": [f"{'solve the equation' if i % 2 == 0 else 'write a story about'} {i}"
-                               for i in range(n)], "turns": 1})
-    llms = pd.DataFrame({"llm": ["cheap", "mid", "big"], "family": "toy", "size_b": [7.0, 30.0, 70.0],
+    q = pd.DataFrame({"query_id": [f"q{i:03d}" for i in range(n)],
+                      "task": [tasks[i % 2] for i in range(n)],
+                      "text": [f"{'solve the equation' if i % 2 == 0 else 'write a story about'} "
+                               f"{i}" for i in range(n)], "turns": 1})
+    llms = pd.DataFrame({"llm": ["cheap", "mid", "big"], "family": "toy",
+                         "size_b": [7.0, 30.0, 70.0],
                          "input_usd_per_m": [0.1, 0.5, 2.0], "output_usd_per_m": [0.1, 0.5, 2.0],
-                         "description": ["a small cheap model", "a mid-size model", "a large costly model"]})
+                         "description": ["a small cheap model", "a mid-size model",
+                                         "a large costly model"]})
     p_right = {"cheap": 0.3, "mid": 0.6, "big": 0.9}
     rows = [{"query_id": qid, "task": t, "llm": l, "quality": 0.5 * float(rng.random() < p_right[l])
              + 0.5 * p_right[l], "input_tokens": 100, "output_tokens": 512,
@@ -171,7 +174,8 @@ def test_new_user_from_a_few_interactions(toy, trained):
     for k, expected in [(10, 2)]:
         shots = train.select(np.flatnonzero(train.frame["user_id"].eq("mc-01").to_numpy())[:k])
         trained.add_user(shots.renamed("new-quality-user"))
-        probe = test.select(test.frame["user_id"].eq("mc-01").to_numpy()).renamed("new-quality-user")
+        probe = test.select(test.frame["user_id"].eq("mc-01").to_numpy()).renamed(
+            "new-quality-user")
         picks = trained.route(probe)
         assert np.bincount(picks, minlength=3).argmax() == expected
 

@@ -3,13 +3,15 @@ label of the request's own query, and routing reads a cache that does not grow."
 
 import numpy as np
 import pytest
+
+from prlib import analysis
 import torch
 
 from prlib import routers as R
 from prlib.requests import Requests, concat_requests
-from prlib.routers.retrieval import (FeedbackStore, Messages, check_no_label_leak_v2,
-                                     reference_messages)
+from prlib.routers.retrieval import FeedbackStore, Messages, check_no_label_leak_v2
 from test_routers import by_both, by_query, make_feats, make_requests
+from v2_reference import reference_messages
 
 
 @pytest.fixture(scope="module")
@@ -274,21 +276,21 @@ def test_v2_add_llm_routes_to_a_new_llm_that_its_history_shows_is_best():
 
 
 def test_v2_user_states_tell_users_apart_and_depend_on_the_weights(toy, fitted):
-    users, states = fitted.user_states()
+    users, states = analysis.user_states(fitted)
     assert sorted(users) == sorted(toy.split("train").frame["user_id"].unique())
     assert states.shape == (len(users), len(fitted.feats.llms) * fitted.config.hidden)
     assert np.isfinite(states).all() and np.linalg.matrix_rank(states) >= 2
     fitted.scores(toy.split("test"))  # fills the query-state cache
-    other = fitted.with_random_weights()
-    assert not np.allclose(other.user_states()[1], states)
+    other = analysis.with_random_weights(fitted)
+    assert not np.allclose(analysis.user_states(other)[1], states)
     assert not torch.equal(other._query_states(), fitted._query_states())  # no stale cache
-    assert fitted.llm_states().shape == (len(fitted.feats.llms), fitted.config.hidden)
+    assert analysis.llm_states(fitted).shape == (len(fitted.feats.llms), fitted.config.hidden)
 
 
 def test_v2_profile_states_average_to_the_user_states(toy, fitted):
     """A user's state is the request-count-weighted mean of their (user, task) profile states."""
-    users, states = fitted.user_states()
-    ids, prof = fitted.user_states(by="profile")
+    users, states = analysis.user_states(fitted)
+    ids, prof = analysis.user_states(fitted, by="profile")
     h = fitted.history_.frame
     assert sorted(ids) == sorted(set(h["user_id"] + "|" + h["task"]))
     counts = h.groupby(["user_id", "task"]).size()
@@ -298,7 +300,7 @@ def test_v2_profile_states_average_to_the_user_states(toy, fitted):
         np.testing.assert_allclose((w[:, None] * prof[mine]).sum(0) / w.sum(), states[i],
                                    rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="by must be"):
-        fitted.user_states(by="task")
+        analysis.user_states(fitted, by="task")
 
 
 def test_v2_llm_prototypes_sit_among_the_users_and_leave_the_router_unchanged(toy, fitted):
@@ -306,8 +308,8 @@ def test_v2_llm_prototypes_sit_among_the_users_and_leave_the_router_unchanged(to
     space, distinct per LLM, and nearer to the users whose visible feedback favours that LLM
     than the other prototypes are; the router's history is untouched."""
     before = len(fitted.history_), list(fitted.store_.users)
-    users, states = fitted.user_states()
-    proto = fitted.llm_prototype_states(n_queries=20)
+    users, states = analysis.user_states(fitted)
+    proto = analysis.llm_prototype_states(fitted, n_queries=20)
     assert proto.shape == (len(fitted.feats.llms), states.shape[1])
     assert (len(fitted.history_), list(fitted.store_.users)) == before
     assert np.linalg.matrix_rank(proto) == len(fitted.feats.llms)

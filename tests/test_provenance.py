@@ -147,7 +147,8 @@ def test_split_guard_names_the_shared_queries(setting):
     train, val, test = setting_views(setting, 0)
     with pytest.raises(ProvenanceError, match=r"the val and test parts share \d+ queries"):
         provenance.check_split(train, test, test, "here")
-    with pytest.raises(ProvenanceError, match=r"held-out users \(mc-00\) have requests in the train part"):
+    with pytest.raises(ProvenanceError,
+                       match=r"held-out users \(mc-00\) have requests in the train part"):
         provenance.check_split(train, val, test, "here",
                                held_out_users=[train.frame["user_id"].iloc[0]])
 

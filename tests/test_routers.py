@@ -33,7 +33,8 @@ def make_feats(n_q: int = N_Q, dim: int = 8, seed: int = 0) -> NodeFeatures:
     x = centers[np.arange(n_q) % 2] + rng.normal(size=(n_q, dim)) * 0.3
     answers = torch.tensor(rng.normal(size=(n_q, len(LLMS), 4)), dtype=torch.float32)
     return NodeFeatures([f"q{i:02d}" for i in range(n_q)], torch.tensor(x, dtype=torch.float32),
-                        ["t0", "t1"], torch.tensor(rng.normal(size=(2, 4)), dtype=torch.float32), LLMS,
+                        ["t0", "t1"], torch.tensor(rng.normal(size=(2, 4)), dtype=torch.float32),
+                        LLMS,
                         torch.tensor(rng.normal(size=(3, 5)), dtype=torch.float32), answers,
                         torch.ones(n_q, len(LLMS), dtype=torch.bool))
 

@@ -1,4 +1,5 @@
-"""Tests of prlib.simulate: rewards, cost normalisation, the offline judge, the bench, the contract."""
+"""Tests of prlib.simulate: rewards, cost normalisation, the offline judge, the bench, the
+contract."""
 
 import json
 import time

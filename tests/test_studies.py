@@ -3,12 +3,15 @@
 import numpy as np
 import pytest
 
+from prlib import analysis
+
 from prlib.bank import Bank
 from prlib.experiment import Setting
 from prlib.requests import RequestsError
 from prlib.simulate import simulate_multi_cost
-from prlib.studies import (OURS_FINE_TUNED, OURS_NO_RETRAINING, USER_BASELINES, drop_llms, few_shot_llms,
-                           few_shot_users, of_users, raw_views, split_users, support_requests)
+from prlib.studies import (OURS_FINE_TUNED, OURS_NO_RETRAINING, USER_BASELINES, drop_llms,
+                           few_shot_llms, few_shot_users, of_users, raw_views, split_users,
+                           support_requests)
 from test_experiment import LLM_TABLE, logged_frame
 
 
@@ -126,7 +129,7 @@ def test_user_states_separate_two_clear_archetypes_and_not_users_of_one_taste():
         req = _two_archetype_requests(same_taste)
         router = PersonalizedRouterV2(make_feats(), seed=0, steps=100, batch_size=64).fit(
             req.split("train"), req.split("val"))
-        users, states = router.user_states()
+        users, states = analysis.user_states(router)
         scores[same_taste] = archetype_silhouette(states, [u[0] for u in users])
     assert scores[False] > 0.5 and scores[True] < 0.25, scores
     with pytest.raises(ValueError, match="2 to n - 1 classes"):

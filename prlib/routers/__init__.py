@@ -7,7 +7,8 @@ factorisation), :mod:`~prlib.routers.graph` (GraphRouter, the released design),
 FrugalGPT), :mod:`~prlib.routers.gmt` (GMTRouter) with :mod:`~prlib.routers.pairwise` (notebook 90's
 Bradley-Terry baselines; both in the family ``"pairwise (notebook 90)"``) and
 :mod:`~prlib.routers.personalized_v2` (ours, with :mod:`~prlib.routers.retrieval`; its ablations
-and the superseded v1 of :mod:`~prlib.routers.personalized` are in the family ``"ablation"``). Every torch router trains through
+and the superseded v1 of :mod:`~prlib.routers.personalized` are in the family ``"ablation"``). Every
+torch router trains through
 :func:`~prlib.routers.training.train_module`.
 
 Adding a router is one class with a docstring, ``name``, ``family`` and ``@register``::
@@ -24,8 +25,9 @@ Adding a router is one class with a docstring, ``name``, ``family`` and ``@regis
 ``python -m prlib.routers`` lists the registered routers.
 """
 
-from prlib.routers.base import (ABLATION, FAMILIES, PAIRWISE, History, Router, RouterError, catalogue,
-                                description, get_router, register, registered, unregister)
+from prlib.routers.base import (ABLATION, FAMILIES, PAIRWISE, History, Router, RouterError,
+                                catalogue, description, get_router, register, registered,
+                                unregister)
 from prlib.routers.training import TorchRouter, train_module
 
 # importing the family modules registers their routers, in table order
@@ -39,7 +41,7 @@ from prlib.routers.pairwise import (BradleyTerryRouter, PerUserBradleyTerryRoute
 from prlib.routers.graph import GraphRouterGNN, ReferenceDesignRouter  # noqa: E402
 from prlib.routers.neighbours import KNNRouter, PerUserKNNRouter  # noqa: E402
 from prlib.routers.neural import MFRouter, MLPRouter, UserMLPRouter  # noqa: E402
-from prlib.routers.personalized import PersonalizedRouter, TrainConfig  # noqa: E402
+from prlib.routers.personalized import PersonalizedRouter  # noqa: E402
 from prlib.routers.personalized_v2 import (ABLATIONS, PersonalizedRouterV2,  # noqa: E402
                                            V2Config)
 from prlib.routers.simple import (BestPerUserRouter, BestPerUserTaskRouter,  # noqa: E402
@@ -52,7 +54,7 @@ __all__ = [
     "CheapestRouter", "MostExpensiveRouter", "BestSingleRouter", "BestPerUserRouter",
     "BestPerUserTaskRouter", "OracleRouter", "KNNRouter", "PerUserKNNRouter", "MLPRouter",
     "UserMLPRouter", "MFRouter", "GraphRouterGNN", "ReferenceDesignRouter", "RouterDC",
-    "HybridLLMRouter", "FrugalGPTRouter", "PersonalizedRouter", "TrainConfig",
+    "HybridLLMRouter", "FrugalGPTRouter", "PersonalizedRouter",
     "PersonalizedRouterV2", "V2Config", "ABLATIONS", "ABLATION", "PAIRWISE", "GMTRouter",
     "BradleyTerryRouter", "PerUserBradleyTerryRouter", "PreviousTurnRouter",
 ]

@@ -28,6 +28,7 @@ import torch
 
 from prlib.features import NodeFeatures
 from prlib.provenance import RECORDED, record
+from prlib.routers.params import COMMON_PARAMS, Param, non_negative, one_of, positive  # noqa: F401
 from prlib.requests import Requests
 
 #: Router families, in table order.
@@ -57,75 +58,14 @@ class NotFittedError(RouterError):
     """A router used before ``fit`` (scores, route, save, online updates)."""
 
 
-@dataclass(frozen=True)
-class Param:
-    """What values a hyper-parameter accepts: a ``kind`` (int, float, bool or str), and bounds
-    (``low`` / ``high``, open where ``low_open`` / ``high_open``) or ``choices``."""
+class UnknownUserError(RouterError, KeyError):
+    """A request names a user the router has no history of, where it needs one (add_user
+    first). (Also a ``KeyError``, as a lookup that failed.)"""
 
-    kind: type
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple = ()
-
-    def problem(self, value) -> str | None:
-        """Why ``value`` is not accepted, or ``None``."""
-        if self.choices:
-            cuda_n = ("cuda" in self.choices and isinstance(value, str)
-                      and value.startswith("cuda:") and value[5:].isdigit())
-            return None if value in self.choices or cuda_n else f"must be one of {self.choices}"
-        if self.kind is bool:
-            return None if isinstance(value, (bool, np.bool_)) else "must be True or False"
-        ok_types = (int, np.integer) if self.kind is int else (int, float, np.integer, np.floating)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, ok_types):
-            return f"must be {'an integer' if self.kind is int else 'a number'}"
-        if not np.isfinite(value):
-            return "must be finite"
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return f"must be {'>' if self.low_open else '>='} {self.low}"
-        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-            return f"must be {'<' if self.high_open else '<='} {self.high}"
-        return None
-
-    def invalid_example(self):
-        """A value this constraint refuses (for the generic router checks)."""
-        if self.choices:
-            return "not-a-choice"
-        if self.kind is bool:
-            return "yes"
-        return (self.low - 1) if self.low is not None else float("nan")
+    def __str__(self) -> str:  # a KeyError would print its message in quotes
+        return str(self.args[0]) if self.args else ""
 
 
-def positive(kind: type = int) -> Param:
-    """> 0 (integers: >= 1)."""
-    return Param(kind, 1) if kind is int else Param(kind, 0, low_open=True)
-
-
-def non_negative(kind: type = float) -> Param:
-    return Param(kind, 0)
-
-
-def one_of(*choices) -> Param:
-    return Param(str, choices=tuple(choices))
-
-
-#: Constraints of hyper-parameters shared by name across routers (a router adds its own in
-#: ``constraints``); every hyper-parameter of a registered router has one (tested).
-COMMON_PARAMS: dict[str, Param] = {
-    "steps": positive(), "hidden": positive(), "lr": positive(float),
-    "weight_decay": non_negative(), "batch_size": positive(), "eval_every": positive(),
-    "patience": positive(), "k": positive(), "k_small": positive(),
-    "dropout": Param(float, 0, 1, high_open=True), "hide_share": Param(float, 0, 1, True, True),
-    "C": positive(float), "layers": non_negative(int), "heads": positive(), "threads": positive(),
-    "user_dim": positive(), "tau": positive(float), "top_k": positive(), "n_clusters": positive(),
-    "cluster_weight": non_negative(), "cluster_batch": positive(), "llm_bias": Param(bool),
-    "max_chain": positive(), "ridge_alpha": non_negative(), "context_per_user": positive(),
-    "targets_per_user": positive(), "use_utility": Param(bool), "attention": Param(bool),
-    "retrieval": Param(bool), "profile_stats": Param(bool), "multi_turn": Param(bool),
-    "user_context": positive(), "pool_context": positive(),
-    "device": Param(str, choices=("auto", "cpu", "cuda")),
-}
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -241,7 +181,10 @@ def registered(family: str | None = None) -> list[type["Router"]]:
 
 
 def get_router(key: str | type["Router"]) -> type["Router"]:
-    """A registered router by class, class name or display name; an error names the others."""
+    """A registered router by class, class name, display name or the row name tables give it
+    (``row_names``: the oracle is named for what it reads); an error names the others."""
+    if isinstance(key, str):
+        key = next((c for c in _REGISTRY.values() if key in c.row_names.values()), key)
     if isinstance(key, type):
         if _REGISTRY.get(key.__name__) is not key:
             raise RouterError(f"{key.__name__} is not a registered router: decorate it with "
@@ -348,7 +291,7 @@ class Router:
     #: Rough relative fit time (1: a lookup; trained networks more), used only to start the
     #: slowest fits first when fits run in parallel (:func:`prlib.experiment.map_fits`), so
     #: that no worker waits for one long fit at the end. Results do not depend on it.
-    fit_cost: ClassVar[float] = 1.0
+    relative_fit_time: ClassVar[float] = 1.0
     #: Constraints of this router's own hyper-parameters, on top of :data:`COMMON_PARAMS`.
     constraints: ClassVar[dict[str, Param]] = {}
     #: What a router needs or offers beyond the base contract, for generic checks and
@@ -356,6 +299,10 @@ class Router:
     #: ``"needs_answers"`` (needs answer texts), ``"online"`` (``add_user`` without retraining),
     #: ``"reads_labels"`` (an upper bound), ``"torch"`` (trained with the one trainer).
     tags: ClassVar[frozenset] = frozenset()
+    #: Row names of this router in tables where it is not named ``name``, by feedback kind.
+    row_names: ClassVar[dict] = {}
+    #: Fitted attributes that :meth:`_rebuild` derives from the saved ones (not saved).
+    derived_state: ClassVar[tuple] = ()
 
     def __init_subclass__(cls, **kwargs):
         """Every ``fit``, ``fine_tune`` and ``add_user`` a subclass
@@ -447,8 +394,10 @@ class Router:
         """After loading the fitted state: re-create the modules named by ``_modules``."""
 
     def fitted_state(self) -> dict:
-        """The fitted state: every public attribute whose name ends with ``_``."""
-        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+        """The fitted state: every public attribute whose name ends with ``_``, but those a
+        router declares as rebuilt on load (:attr:`derived_state`)."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")
+                and k not in self.derived_state}
 
     def save(self, folder: str | Path) -> Path:
         """Write ``router.json`` (class, params, JSON state), ``arrays.npz``, one parquet per

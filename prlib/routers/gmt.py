@@ -17,20 +17,22 @@ turn        one per visible rating (user, turn query, LLM): [r, 1{first turn}, 1
 ==========  ==============================================================================
 
 Edges: ``turn -by-> user``, ``turn -of-> llm``, ``turn -on-> query``, ``turn -saw-> response``
-(the response's query and LLM are two hops away, through the rating), and the turn chain ``turn -next-> turn``
-from a user's rating of an LLM at turn t-1 of a conversation to their rating of the same LLM at
-turn t; each with a reverse edge (``rev_*``), so **every node type is updated** by the PyG
-``HGTConv`` layers (the released code updates only destination types and never reads answers).
+(the response's query and LLM are two hops away, through the rating), and the turn chain
+``turn -next-> turn`` from a user's rating of an LLM at turn t-1 of a conversation to their rating
+of the same LLM at turn t; each with a reverse edge (``rev_*``), so **every node type is updated**
+by the PyG ``HGTConv`` layers (the released code updates only destination types and never reads
+answers).
 The scorer reads the user, query and LLM states and the conversation so far of the request (the
-user's rating of that LLM at the previous turn and that earlier answer's embedding) and is trained with GMTRouter's pairwise
-loss (softplus of the negative score difference of every preference pair of a request).
+user's rating of that LLM at the previous turn and that earlier answer's embedding) and is trained
+with GMTRouter's pairwise loss (softplus of the negative score difference of every preference pair
+of a request).
 
 No label being predicted is in the graph that predicts it (:func:`check_no_label_leak_gmt`):
 the graph holds the visible history only (at training steps: without any rating of a target's
 user in the target's conversation); the request's own conversation so far (its user's
 previous-turn ratings, ``Requests.previous``) reaches only that request's scorer row, never
-message passing, so no request sees another request's labels. Turn queries are recognised by their id
-(:func:`prlib.bank.turn_query_id`, ``"<conversation>/t<turn>"``, read back by
+message passing, so no request sees another request's labels. Turn queries are recognised by their
+id (:func:`prlib.bank.turn_query_id`, ``"<conversation>/t<turn>"``, read back by
 :func:`prlib.bank.parse_turn_query_ids`); other ids are single turns.
 """
 
@@ -212,7 +214,7 @@ class GMTRouter(Router):
     tags = frozenset({"torch", "online", "pairwise", "needs_answers"})
     name, family = "GMTRouter (ours, HGT)", PAIRWISE
     selection = "grid on validation pair accuracy; early stopping (validation-best checkpoint)"
-    fit_cost = 20.0
+    relative_fit_time = 20.0
     defaults = {"hidden": 32, "heads": 2, "layers": 2, "dropout": 0.1, "lr": 1e-3,
                 "weight_decay": 1e-5, "steps": 200, "batch_size": 64, "eval_every": 25,
                 "patience": 4, "multi_turn": True, "threads": 1, "user_context": 30,

@@ -52,7 +52,7 @@ class GraphRouterGNN(TorchRouter):
     every request of a hidden query) from the rest; scoring hides the new queries."""
 
     name = "GraphRouter (GNN, no users)"
-    fit_cost = 20.0
+    relative_fit_time = 20.0
     family = "non-personalised"
     defaults = {**TorchRouter.defaults, "hidden": 32, "hide_share": 0.3, "loss": "mse"}
     grid = {"hidden": [32, 64], "lr": [1e-3, 3e-3]}

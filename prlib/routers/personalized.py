@@ -5,8 +5,8 @@ Architecture (PyG): per-type linear projections to ``hidden``; ``layers`` rounds
 ``GATConv`` on the structural edges and a :class:`FeedbackConv` (edge-conditioned, so feedback is
 bound to the LLM it is about) on the feedback edges (LLM to request, request to LLM, LLM to
 profile, and with choice-only feedback LLM to user). Node types that receive no messages keep
-their state (unlike the GMTRouter reference code, no type is silently dropped). A request is scored against every
-candidate LLM by an MLP over ``[z, h_llm, z * h_llm]`` with
+their state (unlike the GMTRouter reference code, no type is silently dropped). A request is scored
+against every candidate LLM by an MLP over ``[z, h_llm, z * h_llm]`` with
 ``z = MLP([h_user, h_query, h_task, h_profile])``, ``h_profile`` being the state of the request's
 (user, task) profile node, which has heard the feedback of that user's visible requests of that
 task (a user's taste often differs across tasks: cheap models suffice on some, not on others).
@@ -17,8 +17,8 @@ cross-entropy over the candidate LLMs of a request, the label being the user's p
 one LLM among a small candidate set, and the softmax compares candidates directly (a per-edge
 sigmoid would not). Each training step samples, per user, some
 training requests as visible context and others as targets, and predicts the targets from the
-context (labels of predicted requests never reach message passing); model selection uses the validation split only, and the best checkpoint is
-reloaded before anything is scored on test.
+context (labels of predicted requests never reach message passing); model selection uses the
+validation split only, and the best checkpoint is reloaded before anything is scored on test.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from prlib.config import resolve_device, seed_everything
 from prlib.features import NodeFeatures, llm_row, query_row
 from prlib.graph import EDGE_DIM, build_graph, check_no_label_leak
 from prlib.requests import Requests, concat_requests
-from prlib.routers.base import Router, one_of, register
-from prlib.routers.training import History, train_module
+from prlib.routers.base import Router, UnknownUserError, one_of, register
+from prlib.routers.training import train_module
 
 
 FEATURELESS = ("user", "request", "profile")
@@ -186,7 +186,7 @@ class PersonalizedRouter(Router):
     """
 
     name = "PersonalizedRouter v1 (notebook 30's graph)"
-    fit_cost = 20.0
+    relative_fit_time = 20.0
     #: superseded by :class:`~prlib.routers.personalized_v2.PersonalizedRouterV2`; registered
     #: (it saves and loads like any router) but not among the routers of the comparison tables
     family = "ablation"
@@ -201,9 +201,6 @@ class PersonalizedRouter(Router):
         self.config = TrainConfig(seed=self.seed, **self.params)
         self.device = resolve_device(self.config.device)
         self.model: PersonalizedRouterGNN | None = None
-        self.history_: Requests | None = None
-        self.users_: list[str] = []
-        self.log_ = History()
 
     @classmethod
     def params_for(cls, feedback: str) -> dict:
@@ -238,7 +235,8 @@ class PersonalizedRouter(Router):
         cand = torch.as_tensor(~np.isnan(req.utility[targets]), device=self.device)
         return _masked(logits, cand)
 
-    def fit(self, train: Requests, val: Requests, *, progress: bool = False) -> "PersonalizedRouter":
+    def fit(self, train: Requests, val: Requests, *,
+            progress: bool = False) -> "PersonalizedRouter":
         """Train on ``train``, select the checkpoint on ``val`` (never on test).
 
         Each step samples, per user, ``context_per_user`` training requests whose feedback is
@@ -252,7 +250,8 @@ class PersonalizedRouter(Router):
         by_user = train.frame.groupby("user_id").indices
         # validation sees a fixed sample of each user's training history as context (cheap to
         # re-score every few steps; test-time scoring uses the whole history)
-        ctx = np.concatenate([rng.permutation(r)[: 4 * c.context_per_user] for r in by_user.values()])
+        ctx = np.concatenate([rng.permutation(r)[: 4 * c.context_per_user]
+                              for r in by_user.values()])
         val_both = concat_requests(train.select(np.sort(ctx)), val)
         val_is_ctx = np.arange(len(val_both)) < len(ctx)
         self.model = None
@@ -300,23 +299,19 @@ class PersonalizedRouter(Router):
 
     # -------------------------------------------------------------- inference
     @torch.no_grad()
-    def scores(self, requests: Requests) -> np.ndarray:
+    def _raw_scores(self, requests: Requests) -> np.ndarray:
         """Logits (n, n_llms) for ``requests`` given the visible history; -inf = not a candidate.
 
         Users of ``requests`` must have a visible history (seen in ``fit`` or ``add_user``)."""
-        self._check_fitted()
         unknown = sorted(set(requests.frame["user_id"]) - set(self.users_))
         if unknown:
-            raise KeyError(f"users without history: {unknown[:5]}; call add_user(history) first "
-                           "(a user's representation is built from their interactions)")
+            raise UnknownUserError(f"users without history: {unknown[:5]}; call "
+                                   "add_user(history) first (a user's representation is built "
+                                   "from their interactions)")
         both = concat_requests(self.history_, requests)
         is_hist = np.arange(len(both)) < len(self.history_)
         self.model.eval()
         return self._logits(both, is_hist, ~is_hist, check_leaks=True).cpu().numpy()
-
-    def route(self, requests: Requests) -> np.ndarray:
-        """Index of the chosen LLM per request, shape (n,)."""
-        return self.scores(requests).argmax(1)
 
     def add_user(self, history: Requests) -> None:
         """Make new users routable from k observed interactions, without retraining."""
@@ -330,7 +325,8 @@ class PersonalizedRouter(Router):
         ``task`` defaults to the task whose description embedding is closest to the query's."""
         self._check_fitted()
         if user_id not in self.users_:
-            raise KeyError(f"user {user_id!r} has no history; call add_user(history) first")
+            raise UnknownUserError(f"user {user_id!r} has no history; call add_user(history) "
+                                   "first")
         row = query_row(query_text)
         if task is None:
             sims = torch.nn.functional.cosine_similarity(self.feats.task_x, row[:, :-1])

@@ -18,152 +18,21 @@ computes only their own messages from cached sums and neighbour searches.
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from prlib import distributed
 from prlib.config import resolve_device, seed_everything, torch_threads
 from prlib.features import NodeFeatures, llm_row, query_row
 from prlib.requests import Requests, concat_requests
 from prlib.routers.base import ABLATION, Router, one_of, register, reward_of
-from prlib.routers.retrieval import (CHANNELS, N_STATIC, PROFILE_STATS, RETRIEVAL_STATS,
-                                     FeedbackStore, Messages, check_no_label_leak_v2)
-from prlib.routers.training import History, train_module
-
-
-@dataclass
-class V2Config:
-    """Hyper-parameters of :class:`PersonalizedRouterV2`."""
-
-    hidden: int = 64
-    k: int = 20  # retrieved neighbours per request (user's and pooled)
-    k_small: int = 5  # a second, sharper per-user kNN mean
-    attention: bool = True  # learned attention over the retrieved neighbours
-    #: ablations (notebook 40): retrieval messages (the user's and the pooled nearest
-    #: neighbours), profile statistics (the profile, user and task means), and ``layers`` = 0:
-    #: no message at all (the scorer reads the query and LLM embeddings only); v2 has one hop
-    retrieval: bool = True
-    profile_stats: bool = True
-    layers: int = 1
-    dropout: float = 0.1
-    lr: float = 3e-3
-    weight_decay: float = 1e-5
-    steps: int = 1000
-    batch_size: int = 256
-    eval_every: int = 25
-    patience: int = 10
-    loss: str = "utility"  # "utility" (MSE on the utilities) or "choice" (cross-entropy)
-    device: str = "auto"
-    #: torch threads while fitting and scoring: the model is small, and a second thread costs
-    #: more than it brings whenever the machine is shared (None: leave torch's setting)
-    threads: int | None = 1
-
-
-class RetrievalScorer(nn.Module):
-    """Scores (n, n_llms) from a batch's :class:`~prlib.routers.retrieval.Messages`."""
-
-    def __init__(self, query_dim: int, llm_dim: int, hidden: int, attention: bool,
-                 dropout: float, retrieval: bool = True, profile_stats: bool = True,
-                 layers: int = 1):
-        super().__init__()
-        if layers not in (0, 1):
-            raise ValueError(f"layers must be 0 (no messages) or 1 (one hop), got {layers}")
-        keep = torch.ones(N_STATIC, dtype=torch.bool)
-        if not profile_stats or not layers:
-            keep[PROFILE_STATS] = False
-        if not retrieval or not layers:
-            keep[RETRIEVAL_STATS] = False
-        attention = attention and retrieval and bool(layers)
-        self.register_buffer("keep", keep, persistent=False)
-        self.hidden, self.attention = hidden, attention
-        self.query = nn.Sequential(nn.Linear(query_dim, hidden), nn.ReLU(),
-                                   nn.Linear(hidden, hidden))
-        self.llm = nn.Linear(llm_dim, hidden)
-        if attention:
-            self.key = nn.Linear(hidden, hidden, bias=False)
-            self.sim_weight = nn.Parameter(torch.tensor([5.0, 5.0]))
-        # without messages (layers = 0) the message MLP reads a constant 1
-        d_in = max(int(keep.sum()) + (2 * CHANNELS if attention else 0), 1)
-        # (ReLUs in place: each works on a fresh (n, M, H) buffer, which a large batch would
-        # otherwise allocate once more per layer)
-        self.message = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(inplace=True),
-                                     nn.Dropout(dropout), nn.Linear(hidden, hidden),
-                                     nn.ReLU(inplace=True))
-        self.out = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.ReLU(inplace=True),
-                                 nn.Dropout(dropout),
-                                 nn.Linear(hidden, 1))
-        self.readout = nn.Linear(d_in, 1)
-        # start as the lookup table: the score is the profile's mean feedback value (message
-        # feature 0; without profile statistics the user's kNN mean), and the MLP learns what to
-        # add to it
-        start = [i for i in (0, RETRIEVAL_STATS.start) if keep[i]][:1]
-        with torch.no_grad():
-            self.readout.weight.zero_()
-            if start:
-                self.readout.weight[0, int(keep[:start[0]].sum())] = 1.0
-            self.readout.bias.zero_()
-            self.out[-1].weight.zero_()
-            self.out[-1].bias.zero_()
-
-    def neighbour_logits(self, hq, hn) -> torch.Tensor:
-        """Attention logits (n, K) of the requests' query states ``hq`` (n, H) on their
-        neighbours' query states ``hn`` (n, K, H), before the similarity term."""
-        return (self.key(hq)[:, None, :] * hn).sum(-1) / self.hidden ** 0.5
-
-    def attend(self, logit, nb_sim, nb_ok, nb_values, nb_observed, which: int):
-        """Attention-weighted feedback of the neighbours, (n, M, C); ``logit`` (n, K): the
-        :meth:`neighbour_logits`."""
-        logit = logit + self.sim_weight[which] * nb_sim
-        logit = logit.masked_fill(~nb_ok, float("-inf"))
-        alpha = torch.softmax(logit, 1).nan_to_num(0.0) * nb_ok  # (n, K); no neighbour: 0
-        w = alpha[..., None] * nb_observed  # (n, K, M)
-        return (w[..., None] * nb_values).sum(1) / w.sum(1).clamp(min=1e-6)[..., None]
-
-    def forward(self, hq, h_user, h_pool, llm_x, msg: Messages, nb: dict,
-                logits: tuple | None = None, query_of: torch.Tensor | None = None) -> torch.Tensor:
-        """``hq`` (n, H): the requests' query states; ``h_user`` / ``h_pool`` (n, K, H): the
-        query states of the user's and the pooled retrieved neighbours, or ``logits``: their
-        :meth:`neighbour_logits` (n, K) each, computed by the caller (then ``h_*`` are unused).
-        With ``query_of`` (n,) (and ``logits``), ``hq`` (n_distinct, H) holds each distinct
-        query once and ``query_of`` gives each request's row."""
-        z, e = self.embed(hq, h_user, h_pool, msg, nb, logits)
-        hm = self.llm(llm_x)  # (M, H)
-        # out[0] reads [e, hq * hm, mean over candidates of e]: its three blocks are applied
-        # separately, the context block once per request and the query block once per query
-        # (the same map, fewer products)
-        first = self.out[0]
-        w_e, w_qm, w_ctx = first.weight.split(self.hidden, 1)
-        ctx = e.mean(1) @ w_ctx.T + first.bias  # (n, H)
-        qm = (hq[:, None, :] * hm[None]) @ w_qm.T
-        if query_of is not None:
-            qm = qm[query_of]
-        pre = e @ w_e.T
-        pre += qm  # (in place: no new (n, M, H) buffer per term; autograd allows it)
-        pre += ctx[:, None, :]
-        s = self.out[1:](pre).squeeze(-1)
-        return s + self.readout(z).squeeze(-1)
-
-    def embed(self, hq, h_user, h_pool, msg: Messages, nb: dict, logits: tuple | None = None):
-        """``(z, e)``: the messages each (request, LLM) hears, (n, M, d_in), and their
-        embedding, (n, M, H); arguments as :meth:`forward`."""
-        parts = [msg.static[..., self.keep]]
-        if self.attention:
-            if logits is None:
-                logits = self.neighbour_logits(hq, h_user), self.neighbour_logits(hq, h_pool)
-            parts += [self.attend(logits[0], msg.user_sim, nb["user_ok"], nb["user_values"],
-                                  nb["user_observed"], 0),
-                      self.attend(logits[1], msg.pool_sim, nb["pool_ok"], nb["pool_values"],
-                                  nb["pool_observed"], 1)]
-        z = torch.cat(parts, -1)  # (n, M, d_in)
-        if not z.shape[-1]:
-            z = torch.ones(*z.shape[:-1], 1, device=z.device)
-        return z, self.message(z)
+from prlib.routers.retrieval import CHANNELS, FeedbackStore, Messages, check_no_label_leak_v2
+from prlib.routers.scorer import RetrievalScorer, V2Config
+from prlib.routers.training import train_module
 
 
 @register
@@ -178,20 +47,19 @@ class PersonalizedRouterV2(Router):
     name = "PersonalizedRouter v2 (ours)"
     family = "ours"
     selection = "early stopping (validation-best checkpoint)"
-    fit_cost = 20.0
+    relative_fit_time = 20.0
     defaults = {f.name: f.default for f in fields(V2Config)}
     constraints = {"loss": one_of("utility", "choice")}
     tags = frozenset({"torch", "online"})
     grid = {"lr": [1e-3, 3e-3], "dropout": [0.0, 0.2]}
+    derived_state = ("store_",)  # rebuilt from history_ by _rebuild
 
     def __init__(self, feats: NodeFeatures, seed: int = 0, **params):
         super().__init__(feats, seed, **params)
         self.config = V2Config(**self.params)
         self.device = resolve_device(self.config.device)
-        self.llm_x_ = feats.llm_x.to(self.device)
+        self._llm_x = feats.llm_x.to(self.device)
         self.model: RetrievalScorer | None = None
-        self.history_: Requests | None = None
-        self.log_ = History()
 
     @classmethod
     def params_for(cls, feedback: str) -> dict:
@@ -250,12 +118,12 @@ class PersonalizedRouterV2(Router):
         if (getattr(self, "_frozen", False) and query_x is None and self.model.attention
                 and len(msg.query) > 1):  # (one request: nothing to share, the plain path)
             hq, query_of, logits = self._cached_attention(msg.query, nb)
-            s = self.model(hq, None, None, self.llm_x_, self._on_device(msg), nb, logits,
+            s = self.model(hq, None, None, self._llm_x, self._on_device(msg), nb, logits,
                            query_of)
         else:
             hq, h_user, h_pool = self._states(msg.query, nb, query_x)
             net = getattr(self, "_net", None) or self.model  # DDP-wrapped while training on many
-            s = net(hq, h_user, h_pool, self.llm_x_, self._on_device(msg), nb)
+            s = net(hq, h_user, h_pool, self._llm_x, self._on_device(msg), nb)
         return s.masked_fill(~candidates.to(dev), float("-inf"))
 
     def _cached_attention(self, query: torch.Tensor, nb: dict):
@@ -311,19 +179,6 @@ class PersonalizedRouterV2(Router):
             return msg
         return Messages(*(t.to(self.device) for t in (
             msg.static, msg.user_nb, msg.user_sim, msg.pool_nb, msg.pool_sim, msg.query, msg.own)))
-
-    def with_random_weights(self) -> "PersonalizedRouterV2":
-        """A copy with the same visible history and a freshly initialised scorer: the control
-        of notebook 80. Seeded by the router's seed + 1, so that it is another draw than the
-        initialisation the trained weights started from."""
-        import copy
-
-        self._check_fitted()
-        other = copy.deepcopy(self)
-        seed_everything(self.seed + 1)
-        other.model = other._new_model()
-        other._hq_cache = None
-        return other
 
     def _query_states(self) -> torch.Tensor:
         """Every feature query's state (n_queries, H); cached once the weights are final (after
@@ -418,11 +273,10 @@ class PersonalizedRouterV2(Router):
 
     # -------------------------------------------------------------- inference
     @torch.inference_mode()  # (no_grad without autograd's bookkeeping: a fast single request)
-    def scores(self, requests: Requests) -> np.ndarray:
+    def _raw_scores(self, requests: Requests) -> np.ndarray:
         """Logits (n, n_llms) from the cached history; -inf = not a candidate. A request whose
         (user, query) already has visible feedback is refused (its label is in sight); a user
         without history gets the population's messages (task and pooled neighbours)."""
-        self._check_fitted()
         st = self.store_
         self._eval()
         with torch_threads(self.config.threads):
@@ -441,89 +295,6 @@ class PersonalizedRouterV2(Router):
         self.store_.add(history)
         self.history_ = concat_requests(self.history_, history)
 
-
-    @torch.no_grad()
-    def user_states(self, batch_size: int = 4096, by: str = "user") -> tuple[list[str], np.ndarray]:
-        """What the router learned about each user with visible feedback: ``(ids, states
-        (n_ids, n_llms * H))``, the mean over the user's visible requests (each heard
-        leave-one-query-out, as in training) of the message embedding of every LLM, LLMs
-        concatenated (an LLM that is not a candidate contributes zeros). ``by="profile"``: one
-        state per (user, task) profile with visible requests, ids ``"<user>|<task>"``."""
-        if by not in ("user", "profile"):
-            raise ValueError(f"by must be 'user' or 'profile', got {by!r}")
-        self._check_fitted()
-        self._eval()
-        st, h = self.store_, self.history_
-        with torch_threads(self.config.threads):
-            msg = st.messages(h)
-            cand = torch.as_tensor(~np.isnan(h.utility), dtype=torch.float32)
-            u, _, tk = st.index(h)
-            if by == "user":
-                ids, group = list(st.users), torch.as_tensor(u)
-            else:
-                codes, group = np.unique(u * len(st.tpos) + tk, return_inverse=True)
-                tasks = list(st.tpos)
-                ids = [f"{st.users[c // len(tasks)]}|{tasks[c % len(tasks)]}" for c in codes]
-                group = torch.as_tensor(group)
-            sums = torch.zeros(len(ids), self.n_llms, self.config.hidden)
-            for start in range(0, len(h), batch_size):
-                sel = torch.arange(start, min(start + batch_size, len(h)))
-                part = msg.select(sel)
-                nb = self._neighbours(part)
-                _, e = self.model.embed(*self._states(part.query, nb), self._on_device(part), nb)
-                sums.index_add_(0, group[sel], (e.cpu() * cand[sel, :, None]))
-            counts = torch.bincount(group, minlength=len(ids)).clamp(min=1)
-        return ids, (sums / counts[:, None, None]).flatten(1).numpy()
-
-    def llm_prototype_states(self, n_queries: int = 50, seed: int = 0) -> np.ndarray:
-        """Each LLM placed among the user states: the :meth:`user_states` state (n_llms,
-        n_llms * H) of a prototype user who, on ``n_queries`` visible queries (seeded draw),
-        gave every LLM the population's mean feedback there except that LLM, which gets the
-        query's best mean plus its spread (the top by a clear margin): an average user who
-        always prefers that LLM. With choice-only feedback (every value 1 or 0) the prototype
-        picks that LLM every time.
-        Computed on a copy: the router's own history does not change."""
-        import copy
-
-        self._check_fitted()
-        h = self.history_
-        qids = h.frame["query_id"].to_numpy()
-        visible = np.unique(qids)
-        take = np.sort(np.random.default_rng(seed).choice(
-            len(visible), min(n_queries, len(visible)), replace=False))
-        chosen_q = visible[take]
-        tasks = h.frame.drop_duplicates("query_id").set_index("query_id")["task"]
-        rows = pd.Series(np.arange(len(h))).groupby(qids).apply(list)
-        with warnings.catch_warnings():  # an LLM no user had as a candidate there: NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.stack([np.nanmean(h.utility[rows[q]], 0) for q in chosen_q])  # (n, M)
-        mean = np.where(np.isnan(mean), np.nanmin(mean, 1, keepdims=True), mean)
-        top = np.nanmax(mean, 1) + np.maximum(np.ptp(mean, 1), 1e-3)
-        seen = h.utility[~np.isnan(h.utility)]
-        if np.isin(seen, (0.0, 1.0)).all():  # choice-only feedback: the prototype picks it
-            mean, top = np.zeros_like(mean), np.ones(len(mean))
-        frames, utilities, picks = [], [], []
-        for j, llm in enumerate(self.feats.llms):
-            frames.append(pd.DataFrame({"user_id": f"__prefers__{llm}", "query_id": chosen_q,
-                                        "task": tasks.loc[chosen_q].to_numpy(),
-                                        "split": "prototype"}))
-            util = mean.copy()
-            util[:, j] = top
-            utilities.append(util)
-            picks.append(np.full(len(chosen_q), j))
-        proto = Requests(pd.concat(frames, ignore_index=True), self.feats.llms,
-                         np.concatenate(utilities), np.concatenate(picks))
-        other = copy.deepcopy(self)
-        other.add_user(proto)
-        ids, states = other.user_states()
-        pos = {u: i for i, u in enumerate(ids)}
-        return states[[pos[f"__prefers__{llm}"] for llm in self.feats.llms]]
-
-    @torch.no_grad()
-    def llm_states(self) -> np.ndarray:
-        """The LLMs' states (n_llms, H) that the scorer pairs with each query's state."""
-        self._check_fitted()
-        return self.model.llm(self.llm_x_).cpu().numpy()
 
     def add_llm(self, name: str, description: str, input_usd_per_m: float,
                 output_usd_per_m: float, history: Requests | None = None) -> None:
@@ -549,7 +320,7 @@ class PersonalizedRouterV2(Router):
                               self.config.k, self.config.k_small)
         store.add(history_)  # refuses a (user, query) seen twice before anything changes
         self.feats, self.n_llms, self.history_, self.store_ = feats, len(llms), history_, store
-        self.llm_x_ = feats.llm_x.to(self.device)
+        self._llm_x = feats.llm_x.to(self.device)
 
     def _text_task(self, row: torch.Tensor, task: str | None) -> str:
         if task is None:
@@ -626,9 +397,6 @@ class PersonalizedRouterV2(Router):
         return qid
 
     # -------------------------------------------------------------- persistence
-    def fitted_state(self) -> dict:
-        return {"history_": self.history_, "log_": self.log_}
-
     def _modules(self):
         self._check_fitted()
         return {"model": self.model}

@@ -124,6 +124,8 @@ class OracleRouter(Router):
     name = "Oracle (reads test labels)"
     family = "upper bound"
     reads_labels = True
+    row_names = {"utility": "Oracle (reads realised test utilities)",
+                 "choice": "Oracle (reads hidden persona scores)"}
 
     def _raw_scores(self, requests):
         # the user's own choice wins ties (equal utility): the simulation breaks ties towards

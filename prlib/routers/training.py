@@ -94,10 +94,10 @@ class TorchRouter(Router):
     """
 
     selection = "early stopping (validation-best checkpoint)"
-    fit_cost = 5.0
-    #: the same step budget and early-stopping rule as ours (:class:`TrainConfig`)
+    relative_fit_time = 5.0
     constraints = {"loss": one_of("ce", "mse")}
     tags = frozenset({"torch"})
+    #: the same step budget and early-stopping rule as ours
     defaults = {"steps": 1000, "hidden": 64, "lr": 3e-3, "weight_decay": 1e-4,
                 "batch_size": 512, "eval_every": 25, "patience": 10, "loss": "ce",
                 "device": "auto"}

@@ -15,10 +15,11 @@ from prlib.simulate.bench import (BENCH_LLMS, JUDGE_ARCHETYPES, MULTI_COST_ARCHE
                                   BenchConfig, bench_summary, personaroute_bench)
 from prlib.simulate.judge import (ALL_PERSONAS, DEFAULT_TEMPERATURE, PERSONA_WEIGHTS,
                                   STAND_IN_NOTE, STYLE_FEATURES, STYLE_SIGNATURES, TERMS,
-                                  JudgeScores, QualityGate, agreement_matrix, chosen_profile,
-                                  judge_choices, judge_preferences, judge_scores,
-                                  judge_validation, persona_checks, pick_shares,
-                                  preferences_from_verdicts, simulate_judge, style_features)
+                                  JudgeScores, QualityGate, judge_choices, judge_preferences,
+                                  judge_scores, preferences_from_verdicts, simulate_judge,
+                                  style_features)
+from prlib.simulate.judge_checks import (agreement_matrix, chosen_profile, judge_validation,
+                                         persona_checks, pick_shares)
 from prlib.simulate.multicost import (COST_NOTE, PAPER_PS, best_llm_diversity, check_p,
                                       multi_cost_preferences, multi_cost_reward,
                                       normalized_cost, scorable_queries, simulate_multi_cost)
@@ -29,7 +30,8 @@ __all__ = [
     "ALL_PERSONAS", "BENCH_LLMS", "COST_NOTE", "DEFAULT_TEMPERATURE", "JUDGE_ARCHETYPES",
     "MULTI_COST_ARCHETYPES", "PAPER_PS", "PERSONA_WEIGHTS", "STAND_IN_NOTE", "STYLE_FEATURES",
     "STYLE_SIGNATURES", "QualityGate", "persona_checks", "pick_shares",
-    "preferences_from_verdicts", "TERMS", "BenchConfig", "JudgeScores", "Preferences", "PreferencesError", "agreement_matrix",
+    "preferences_from_verdicts", "TERMS", "BenchConfig", "JudgeScores", "Preferences",
+    "PreferencesError", "agreement_matrix",
     "bench_summary", "best_llm_diversity", "check_p", "choose", "chosen_profile",
     "judge_choices", "judge_preferences", "judge_scores", "judge_validation",
     "multi_cost_preferences", "multi_cost_reward", "normalized_cost", "personaroute_bench",

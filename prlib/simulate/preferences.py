@@ -1,4 +1,5 @@
-"""The :class:`Preferences` contract: simulated users, their per-(user, query) utilities and choices.
+"""The :class:`Preferences` contract: simulated users, their utilities and choices per (user,
+query).
 
 Every router reads simulated users only through this class. Utilities are per (user, query, LLM)
 for the *candidate* LLMs of the query (those with a usable row in the bank); exactly one row per

@@ -1,0 +1,28 @@
+"""Notebook 50's protocol as one call (prlib.comparison.compare), on a bank of your own."""
+
+import pytest
+
+from prlib import routers as R
+from prlib.bank import Bank
+from prlib.comparison import compare
+from prlib.experiment import Setting
+from prlib.simulate import simulate_multi_cost
+from test_experiment import LLM_TABLE, logged_frame
+
+
+def test_compare_tunes_runs_writes_and_compares(tmp_path):
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    setting = Setting("multi-cost · my-logs", bank, simulate_multi_cost(bank))
+    out = compare(setting, "77_table_mine", seeds=[100, 101], tune_seeds=[0],
+                  routers=[R.CheapestRouter, R.KNNRouter, R.OracleRouter], ours="kNN (pooled)",
+                  progress=False, folder=tmp_path)
+    assert (tmp_path / "77_table_mine.csv").is_file() and (tmp_path / "77_table_mine.md").is_file()
+    assert (tmp_path / "77_tuning_table_mine.csv").is_file()
+    assert set(out.tuning.frame["class"]) == {"KNNRouter"}  # the only one with a grid
+    assert set(out.results["seed"]) == {100, 101} and len(out.table) == 3
+    assert out.improvement["strongest_baseline"] == "Cheapest LLM"  # the oracle is no baseline
+    assert "kNN (pooled)" in out.describe()
+    with pytest.raises(ValueError, match="a notebook number first"):
+        compare(setting, "table_mine", seeds=[100], folder=tmp_path)
+    with pytest.raises(ValueError, match="give the report seeds"):
+        compare(setting, "77_x", folder=tmp_path)
