@@ -51,14 +51,22 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return super()._get_help_string(action)
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def _positive_float(text: str) -> float:
@@ -122,8 +130,7 @@ def _train_with(args) -> int:
     from prlib import provenance
     from prlib.metrics import routing_metrics
 
-    provenance.check_fit(router, train, val, "prlib train", setting.feedback)
-    provenance.check_scored(router, test, "prlib train")
+    provenance.check_fitted_and_scored(router, train, val, test, "prlib train", setting.feedback)
 
     reward = routing_metrics(test, router.route(test))["reward"]
     out = save_for_serving(router, args.out)
@@ -268,10 +275,10 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds to connect to an upstream (then: unreachable)")
     s.add_argument("--read-timeout", type=_positive_float, default=120.0,
                    help="seconds an upstream may take to answer (then: 504)")
-    s.add_argument("--retries", type=int, default=2,
+    s.add_argument("--retries", type=_non_negative_int, default=2,
                    help="further connection attempts to an upstream that cannot be reached "
                         "(a request that reached it is never retried)")
-    s.add_argument("--fallbacks", type=int, default=2,
+    s.add_argument("--fallbacks", type=_non_negative_int, default=2,
                    help="next-best LLMs tried when the chosen one cannot be reached")
     s.add_argument("--remember", type=_positive_int, default=100_000,
                    help="routed requests kept for feedback (the oldest are forgotten)")

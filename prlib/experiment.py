@@ -186,9 +186,9 @@ def fit_checked(router_cls: type[Router] | str, setting: Setting, seed: int,
     train, val, test = setting_views(setting, seed)
     router = _new_router(cls, setting, seed, dict(params or {}))
     router.fit(train, val, progress=progress)
-    where = f"{cls.__name__} on {setting.name}, seed {seed}"
-    provenance.check_fit(router, train, val, where, setting.feedback)
-    provenance.check_scored(router, test, where)
+    provenance.check_fitted_and_scored(router, train, val, test,
+                                       f"{cls.__name__} on {setting.name}, seed {seed}",
+                                       setting.feedback)
     return router, (train, val, test)
 
 
@@ -356,9 +356,9 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
             t0 = time.perf_counter()
             router.fit(train, val)
             fit_s = time.perf_counter() - t0
-        where = f"{cls.__name__} on {setting.name}, seed {seed}"
-        provenance.check_fit(router, train, val, where, setting.feedback)
-        provenance.check_scored(router, test, where)
+        provenance.check_fitted_and_scored(router, train, val, test,
+                                           f"{cls.__name__} on {setting.name}, seed {seed}",
+                                           setting.feedback)
         picks = router.route(test)
         metrics = routing_metrics(test, picks, router.calls(test, picks))
         if setting.pairwise:

@@ -117,9 +117,7 @@ def scaling_point(n_users: int, bank: Bank, router: str = "PersonalizedRouterV2"
     model = _new_router(cls, setting, seed, dict(params or {}))
     cost = timed_fit(model, train, val)
     where = f"scaling point {n_users} users, seed {seed}"
-    provenance.check_split(train, val, test, where)
-    provenance.check_fit(model, train, val, where, setting.feedback)
-    provenance.check_scored(model, test, where)
+    provenance.check_fitted_and_scored(model, train, val, test, where, setting.feedback)
     speed = routing_speed(model, test, calls=calls)
     metric = routing_metrics(test, model.route(test))[setting.metric]
     return {"router": cls.name, "strategy": strategy, "n_users": n_users,

@@ -33,8 +33,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-#: Router methods whose request arguments are recorded, by the name they are recorded under.
-RECORDED = {"fit": "fit", "fine_tune": "fine_tune", "add_user": "add_user"}
+#: Router methods whose request arguments are recorded.
+RECORDED = ("fit", "fine_tune", "add_user")
 
 
 class ProvenanceError(RuntimeError):
@@ -98,7 +98,7 @@ def record(method):
     """Wrap a router method so that the request sets it receives are recorded in
     ``router.provenance[name]`` (a list, one entry per call; nested calls through ``super()``
     are recorded once). Not fitted state: never saved with the router."""
-    name = RECORDED[method.__name__] if method.__name__ in RECORDED else method.__name__
+    name = method.__name__
 
     @functools.wraps(method)
     def wrapped(self, *args, **kwargs):
@@ -179,6 +179,14 @@ def check_fit(router, train, val, where: str, feedback: str = "utility") -> None
         if feedback == "choice" and not got.choice_only:
             raise ProvenanceError(f"{where}: {type(router).__name__}'s {part} requests carry "
                                   "utilities, not picks only (feedback='choice')")
+
+
+def check_fitted_and_scored(router, train, val, test, where: str,
+                            feedback: str = "utility") -> None:
+    """:func:`check_fit` on ``train`` / ``val``, then :func:`check_scored` on ``test``: what every
+    path that fits one router on a seed's views and scores it on that seed's test checks."""
+    check_fit(router, train, val, where, feedback)
+    check_scored(router, test, where)
 
 
 def check_selection(router, val, where: str) -> None:

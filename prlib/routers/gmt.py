@@ -416,7 +416,6 @@ class GMTRouter(Router):
 
     @torch.no_grad()
     def _raw_scores(self, requests: Requests) -> np.ndarray:
-        self._check_fitted()
         self.net.eval()
         with torch_threads(self.params["threads"]):
             g, _ = self.graph_for(requests)

@@ -50,7 +50,6 @@ class BradleyTerryRouter(Router):
         return self
 
     def _raw_scores(self, requests: Requests) -> np.ndarray:
-        self._check_fitted()
         return np.tile(self.theta_, (len(requests), 1))
 
 
@@ -78,7 +77,6 @@ class PerUserBradleyTerryRouter(BradleyTerryRouter):
             self.user_theta_[u] = bradley_terry(own, self.params["C"])
 
     def _raw_scores(self, requests: Requests) -> np.ndarray:
-        self._check_fitted()
         zero = np.zeros(self.n_llms)
         own = np.stack([self.user_theta_.get(str(u), zero) for u in requests.frame["user_id"]]) \
             if len(requests) else np.zeros((0, self.n_llms))
@@ -108,7 +106,6 @@ class PreviousTurnRouter(Router):
         return self
 
     def _raw_scores(self, requests: Requests) -> np.ndarray:
-        self._check_fitted()
         base = np.stack([self.user_mean_.get(str(u), self.theta_)
                          for u in requests.frame["user_id"]]) if len(requests) \
             else np.zeros((0, self.n_llms))

@@ -175,7 +175,6 @@ class TorchRouter(Router):
 
     @torch.no_grad()
     def _raw_scores(self, requests):
-        self._check_fitted()
         self.net.eval()
         with self._device_scope():
             return self._forward(requests).double().cpu().numpy()
