@@ -54,7 +54,7 @@ def compare(setting: Setting, name: str, cfg: RunConfig | None = None,
     display name, default ours) with the strongest other router on the setting's metric.
     ``params``: hyper-parameters per class name under the grid (e.g. the step budget);
     ``metrics``: the table's columns (default :data:`METRICS` of the feedback kind)."""
-    from prlib.routers import PersonalizedRouterV2
+    from prlib.routers import registered
 
     if seeds is None:
         if cfg is None:
@@ -71,5 +71,6 @@ def compare(setting: Setting, name: str, cfg: RunConfig | None = None,
     table = report.results_table(results, list(metrics or METRICS[setting.feedback]),
                                  fmt=FORMATS, mark=setting.metric)
     report.save_table(table, name, cfg, folder=folder)
-    imp = report.improvement(results, setting.metric, ours or PersonalizedRouterV2.name)
+    (default,) = registered("ours")  # exactly one router is ours
+    imp = report.improvement(results, setting.metric, ours or default.name)
     return Comparison(setting, tuning, results, table, imp)

@@ -45,7 +45,7 @@ class PersonalizedRouterV2(Router):
     queries and the user's own requests: no graph of the whole history is rebuilt."""
 
     name = "PersonalizedRouter v2 (ours)"
-    family = "ours"
+    family = ABLATION  # superseded by v3 (personalized_v3): an ablation row of ours
     selection = "early stopping (validation-best checkpoint)"
     relative_fit_time = 20.0
     defaults = {f.name: f.default for f in fields(V2Config)}
