@@ -42,10 +42,10 @@ from prlib.routers.base import (Router, non_negative, one_of, positive, register
 
 #: Base attributes of a (query, LLM): quality, cost / the task's cost span, log cost.
 BASE = ("quality", "relative cost", "log cost")
-#: Prior variance floor (standardised feature units) and the weak prior of the first fits.
-TAU2_FLOOR = 1e-4
-WEAK_PREC = 1.0
-EM_ITERS = 8
+#: Floor of the prior variance over users (standardised feature units): a population whose
+#: users all agree still lets a user who disagrees move, after tens of picks, not one.
+TAU2_FLOOR = 0.1
+EM_ITERS = 4
 
 
 def _row_attributes(quality: np.ndarray, cost: np.ndarray, span: np.ndarray) -> np.ndarray:
@@ -66,13 +66,14 @@ class PersonalizedRouterV3(Router):
 
     name = "PersonalizedRouter v3 (ours)"
     family = "ours"
-    selection = "prior strength and feature set (grid); prior learned by empirical Bayes"
+    selection = ("the starting prior of the empirical-Bayes EM and the feature set (grid); the "
+                 "prior itself is learned by EM")
     defaults = {"loss": "utility", "prior_scale": 1.0, "features": "core+llm", "shrink": 5.0,
-                "newton_iters": 12}
+                "newton_iters": 12, "start_prec": 0.01}
     constraints = {"loss": one_of("utility", "choice"), "prior_scale": positive(float),
                    "features": one_of("core", "core+llm"), "shrink": non_negative(),
-                   "newton_iters": positive()}
-    grid = {"prior_scale": [0.25, 1.0], "features": ["core", "core+llm"]}
+                   "newton_iters": positive(), "start_prec": positive(float)}
+    grid = {"start_prec": [0.01, 1.0], "features": ["core", "core+llm"]}
     tags = frozenset({"online"})
 
     @classmethod
@@ -180,8 +181,21 @@ class PersonalizedRouterV3(Router):
         pos = {u: i for i, u in enumerate(users)}
         uid = np.array([pos.get(u, -1) for u in req.frame["user_id"]], np.int64)
         keep = uid >= 0
-        req, uid = req.select(keep), uid[keep]
+        order = np.flatnonzero(keep)[np.argsort(uid[keep], kind="stable")]
+        req, uid = req.select(order), uid[order]
         U = len(users)
+        bounds = np.searchsorted(uid, np.arange(U + 1))
+        segs = [slice(bounds[u], bounds[u + 1]) for u in range(U)]
+
+        def seg_sum(v: np.ndarray) -> np.ndarray:
+            """Per-user sums (U, ...) of per-row values (n, ...)."""
+            return np.stack([v[sl].sum(0) for sl in segs]) if U else np.zeros((0,) + v.shape[1:])
+
+        def seg_gram(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+            """Per-user sum over rows and candidates of outer products: (U, d, d) from
+            A, B (n, M, d) (one BLAS product per user)."""
+            return np.stack([A[sl].reshape(-1, d).T @ B[sl].reshape(-1, d) for sl in segs]) \
+                if U else np.zeros((0, d, d))
         X = self._expand(self._standardised(req))  # (n, M, d)
         cand = req.candidates
         cf = cand.astype(float)
@@ -192,10 +206,8 @@ class PersonalizedRouterV3(Router):
             Xc = (X - (X * cf[..., None]).sum(1, keepdims=True) / ncand[..., None]) * cf[..., None]
             y = np.nan_to_num(req.utility)
             yc = (y - (y * cf).sum(1, keepdims=True) / ncand) * cf
-            H = np.zeros((U, d, d))
-            g = np.zeros((U, d))
-            np.add.at(H, uid, np.einsum("nmd,nme->nde", Xc, Xc) / s2)
-            np.add.at(g, uid, np.einsum("nmd,nm->nd", Xc, yc) / s2)
+            H = seg_gram(Xc, Xc) / s2
+            g = seg_sum(np.einsum("nmd,nm->nd", Xc, yc)) / s2
             P = prior_p + H
             cov = np.linalg.inv(P)
             mean = np.einsum("ude,ue->ud", cov, g + prec0 * mu0)
@@ -214,9 +226,7 @@ class PersonalizedRouterV3(Router):
             z = np.where(cand, np.einsum("nmd,nd->nm", X, w[uid]), -np.inf)
             top = z.max(1)
             lse = top + np.log(np.exp(z - top[:, None]).sum(1))
-            ll = np.zeros(U)
-            np.add.at(ll, uid, z[rows, chosen] - lse)
-            return ll - 0.5 * (prec0 * (w - mu0) ** 2).sum(1)
+            return seg_sum(z[rows, chosen] - lse) - 0.5 * (prec0 * (w - mu0) ** 2).sum(1)
 
         obj = objective(w)
         for _ in range(int(self.params["newton_iters"])):
@@ -225,12 +235,9 @@ class PersonalizedRouterV3(Router):
             p = np.exp(z - z.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
             xbar = np.einsum("nm,nmd->nd", p, X)
-            g = np.zeros((U, d))
-            np.add.at(g, uid, x_ch - xbar)
+            g = seg_sum(x_ch - xbar)
             g -= prec0 * (w - mu0)
-            H = np.zeros((U, d, d))
-            np.add.at(H, uid, np.einsum("nm,nmd,nme->nde", p, X, X)
-                      - np.einsum("nd,ne->nde", xbar, xbar))
+            H = seg_gram(p[..., None] * X, X) - seg_gram(xbar[:, None], xbar[:, None])
             step = np.linalg.solve(H + prior_p, g[..., None])[..., 0]
             # backtracking per user: halve the step until the log posterior does not drop
             size = np.ones(U)
@@ -250,30 +257,39 @@ class PersonalizedRouterV3(Router):
         p = np.exp(z - z.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         xbar = np.einsum("nm,nmd->nd", p, X)
-        H = np.zeros((U, d, d))
-        np.add.at(H, uid, np.einsum("nm,nmd,nme->nde", p, X, X)
-                  - np.einsum("nd,ne->nde", xbar, xbar))
+        H = seg_gram(p[..., None] * X, X) - seg_gram(xbar[:, None], xbar[:, None])
         return w, np.linalg.inv(H + prior_p), 0.0, 0.0
 
     def _empirical_bayes(self, history: Requests) -> None:
         """The prior N(mu0_, diag tau2_) over users' weights (and the noise variance of the
-        regression) by EM over all users' posteriors; then every user's posterior mean."""
+        regression), learned from all users; then every user's posterior mean.
+
+        ``mu0``: the pooled fit (every user's feedback as one user's) under the starting prior
+        N(0, 1 / start_prec). ``tau2``: the moment estimate from each user's own fit around
+        ``mu0`` (spread of the fits minus their own uncertainty, floored: a direction the users'
+        data do not tell apart keeps everyone at the population's value), then refined by a few
+        EM steps over the users' (Laplace) posteriors."""
         users = sorted(set(history.frame["user_id"]))
         d = self._d
-        mu0 = np.zeros(d)
-        prec = np.full(d, WEAK_PREC)
-        if self.params["loss"] == "utility":
+        start = np.full(d, float(self.params["start_prec"]))
+        utility = self.params["loss"] == "utility"
+        if utility:
             self.sigma2_ = 1.0
-        w = None
-        for it in range(EM_ITERS):
-            mean, cov, sse, n_rows = self._posteriors(history, users, mu0, prec, w)
-            if self.params["loss"] == "utility" and n_rows > 0:
+        (mu0,), *_ = self._posteriors(history.renamed("(all)"), ["(all)"], np.zeros(d), start)
+        mean, cov, sse, n_rows = self._posteriors(history, users, mu0, start)
+        if utility and n_rows > 0:
+            self.sigma2_ = max(sse / n_rows, 1e-8)
+            mean, cov, *_ = self._posteriors(history, users, mu0, start)
+        var = np.diagonal(cov, axis1=1, axis2=2)
+        tau2 = np.maximum(((mean - mu0) ** 2).mean(0) - var.mean(0), TAU2_FLOOR)
+        for _ in range(EM_ITERS):
+            mean, cov, sse, n_rows = self._posteriors(history, users, mu0, 1.0 / tau2, mean)
+            if utility and n_rows > 0:
                 self.sigma2_ = max(sse / n_rows, 1e-8)
             mu0 = mean.mean(0)
-            tau2 = ((mean - mu0) ** 2 + np.diagonal(cov, axis1=1, axis2=2)).mean(0)
-            prec = 1.0 / np.maximum(tau2, TAU2_FLOOR)
-            w = mean
-        self.mu0_, self.tau2_ = mu0, np.maximum(tau2, TAU2_FLOOR)
+            tau2 = np.maximum(((mean - mu0) ** 2 + np.diagonal(cov, axis1=1, axis2=2)).mean(0),
+                              TAU2_FLOOR)
+        self.mu0_, self.tau2_ = mu0, tau2
         self._refresh(history, users)
 
     def _prior_prec(self) -> np.ndarray:
