@@ -44,7 +44,7 @@ from prlib.routers.base import (Router, non_negative, one_of, positive, register
 BASE = ("quality", "relative cost", "log cost")
 #: Floor of the prior variance over users (standardised feature units): a population whose
 #: users all agree still lets a user who disagrees move, after tens of picks, not one.
-TAU2_FLOOR = 0.1
+TAU2_FLOOR = 0.01
 EM_ITERS = 4
 
 
@@ -281,14 +281,16 @@ class PersonalizedRouterV3(Router):
             self.sigma2_ = max(sse / n_rows, 1e-8)
             mean, cov, *_ = self._posteriors(history, users, mu0, start)
         var = np.diagonal(cov, axis1=1, axis2=2)
-        tau2 = np.maximum(((mean - mu0) ** 2).mean(0) - var.mean(0), TAU2_FLOOR)
+        floor = TAU2_FLOOR * float(np.mean(mu0[:len(BASE)] ** 2))
+        self.tau2_floor_ = floor
+        tau2 = np.maximum(((mean - mu0) ** 2).mean(0) - var.mean(0), floor)
         for _ in range(EM_ITERS):
             mean, cov, sse, n_rows = self._posteriors(history, users, mu0, 1.0 / tau2, mean)
             if utility and n_rows > 0:
                 self.sigma2_ = max(sse / n_rows, 1e-8)
             mu0 = mean.mean(0)
             tau2 = np.maximum(((mean - mu0) ** 2 + np.diagonal(cov, axis1=1, axis2=2)).mean(0),
-                              TAU2_FLOOR)
+                              floor)
         self.mu0_, self.tau2_ = mu0, tau2
         self._refresh(history, users)
 
