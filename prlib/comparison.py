@@ -39,6 +39,16 @@ class Comparison:
         """One sentence: ours against the strongest baseline, with its CI and verdict."""
         return report.describe_improvement(self.improvement)
 
+    @property
+    def separation(self) -> dict:
+        """Whether this table can tell routers apart (:func:`~prlib.report.separation`)."""
+        return report.separation(self.results, self.setting.metric, self.improvement["ours"])
+
+    def title(self, title: str) -> str:
+        """``title``, with "cannot separate routers" appended when the table lacks the power
+        (:attr:`separation`)."""
+        return title if self.separation["separates"] else f"{title} (cannot separate routers)"
+
 
 def compare(setting: Setting, name: str, cfg: RunConfig | None = None,
             params: Mapping[str, dict] | None = None, ours: str | None = None,

@@ -34,6 +34,7 @@ from prlib.requests import (SPLITS, build_requests, choice_only, sample_per_user
                             split_queries, with_previous_turn)
 from prlib.routers import Router, get_router, registered
 from prlib.routers.base import grid_points, reward_of
+from prlib.routers.reference import CeilingRouter
 from prlib.routers.simple import OracleRouter
 from prlib.simulate.preferences import Preferences
 
@@ -95,7 +96,13 @@ class Setting:
     @property
     def oracle_name(self) -> str:
         """The oracle's row name here: what it reads (:data:`ORACLE_READS`)."""
-        return ORACLE_READS[self.feedback]
+        return OracleRouter.row_name(self.feedback, self.preferences.strategy)
+
+    @property
+    def ceiling_name(self) -> str:
+        """The decide-before-answers ceiling's row name here
+        (:class:`~prlib.routers.reference.CeilingRouter`)."""
+        return CeilingRouter.row_name(self.feedback, self.preferences.strategy)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -274,7 +281,8 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
     if set(seeds) & set(REPORT_SEEDS):
         raise ValueError(f"tuning seeds {sorted(set(seeds) & set(REPORT_SEEDS))} are report "
                          f"seeds; tune on development seeds {DEVELOPMENT_SEEDS}")
-    tuned = [c for c in classes if c.grid and not c.unavailable(setting.feats)]
+    tuned = [c for c in classes
+             if c.grid and not c.unavailable_on(setting.feats, setting.preferences.strategy)]
     tasks = [(seed, cls, point) for seed in seeds for cls in tuned for point in grid_points(cls)]
     shared = Shared(setting)
     _views = _views_by_seed(shared)
@@ -339,7 +347,8 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
     params = _check_params(classes, params)
     all_classes = classes
-    reasons = {c.name: c.unavailable(setting.feats) for c in classes}
+    reasons = {c.name: c.unavailable_on(setting.feats, setting.preferences.strategy)
+               for c in classes}
     not_run = {name: why for name, why in reasons.items() if why}
     classes = [c for c in classes if c.name not in not_run]
     tasks = [(seed, cls) for seed in seeds for cls in classes]
@@ -364,7 +373,7 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
         if setting.pairwise:
             metrics.update(pairwise_metrics(test, router.scores(test)))
         row = {"setting": setting.name,
-               "router": setting.oracle_name if cls.reads_labels else cls.name,
+               "router": cls.row_name(setting.feedback, setting.preferences.strategy),
                "family": cls.family, "seed": seed, **metrics,
                "cost_per_1k": 1000 * metrics.get("cost_usd", np.nan),
                "picks_vary": picks_vary_share(test, picks),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 def pareto_front(quality, cost) -> np.ndarray:
@@ -18,6 +19,18 @@ def pareto_front(quality, cost) -> np.ndarray:
     return front
 
 
+def ceiling_utilities(requests) -> np.ndarray:
+    """(n, n_llms): for each request, every LLM's mean utility over the requests of the same
+    (user, task) in ``requests`` (NaN where the LLM was never a candidate there). Routing each
+    request to the argmax is the decide-before-answers ceiling
+    (:class:`prlib.routers.reference.CeilingRouter`): each user's best LLM per task, chosen on
+    the requests themselves."""
+    keys = [requests.frame["user_id"].astype(str).to_numpy(),
+            requests.frame["task"].astype(str).to_numpy()]
+    return pd.DataFrame(np.asarray(requests.utility, dtype=float)).groupby(
+        keys, sort=False).transform("mean").to_numpy()
+
+
 def routing_metrics(requests, picks, calls=None) -> dict[str, float]:
     """Metrics of routing ``requests`` (a :class:`prlib.requests.Requests`) to LLM indices
     ``picks`` (n,); ``calls`` (n, n_llms) bool: every LLM called per request (a cascade's
@@ -27,9 +40,12 @@ def routing_metrics(requests, picks, calls=None) -> dict[str, float]:
     hidden persona score in the judge setting) minus the ``requests.call_cost`` of every other
     LLM called (what the user paid for answers that were thrown away); oracle_reward: mean of the
     per-request best utility; random_reward: mean over requests of the candidates' mean utility (the
-    expected reward of a uniformly random pick); **score**: the one normalised score of every table,
-    ``100 * (reward - random_reward) / (oracle_reward - random_reward)``, so that random routing
-    scores 0 and the oracle 100 in every setting; pct_oracle: reward / oracle_reward (the
+    expected reward of a uniformly random pick); ceiling_reward: the reward of the
+    decide-before-answers ceiling (:func:`ceiling_utilities`); **score**: the one normalised
+    score of every table, ``100 * (reward - random_reward) / (ceiling_reward - random_reward)``,
+    so that random routing scores 0 and the ceiling (what a router that decides before the
+    answers exist can reach) 100 in every setting; the oracle scores above 100;
+    score_oracle: the same with the oracle at 100; pct_oracle: reward / oracle_reward (the
     paper's "% of oracle", meaningful for multi-cost rewards only); accuracy: share of picks equal
     to the user's choice; performance: mean bank quality of the picks; cost_usd: mean USD cost of
     every LLM called; calls: mean number of LLMs called per request.
@@ -58,8 +74,15 @@ def routing_metrics(requests, picks, calls=None) -> dict[str, float]:
     oracle = float(np.nanmax(requests.utility, axis=1).mean())
     random = float(np.nanmean(requests.utility, axis=1).mean())
     span = oracle - random
+    means = ceiling_utilities(requests)
+    best = np.where(np.isnan(requests.utility), -np.inf, np.nan_to_num(means, nan=-np.inf))
+    ceiling = float(requests.utility[rows, best.argmax(1)].mean()) if len(rows) else float("nan")
+    ceiling_span = ceiling - random
     out = {"reward": reward, "oracle_reward": oracle, "random_reward": random,
-           "score": 100.0 * (reward - random) / span if span > 0 else float("nan"),
+           "ceiling_reward": ceiling,
+           "score": (100.0 * (reward - random) / ceiling_span if ceiling_span > 0
+                     else float("nan")),
+           "score_oracle": 100.0 * (reward - random) / span if span > 0 else float("nan"),
            "pct_oracle": 100.0 * reward / oracle if oracle else float("nan"),
            "accuracy": float((picks == requests.chosen).mean()),
            "calls": float(calls.sum(1).mean())}

@@ -133,8 +133,11 @@ if __name__ == "__main__":
 
 
 # ------------------------------------------------------------------ results tables and prose
-#: The family of oracles and other upper bounds (left out of "strongest" and "best").
+#: The family of oracles and ceilings (they read test labels).
 UPPER_BOUND = "upper bound"
+#: Families left out of "strongest" and "best": upper bounds and references told the
+#: simulator's form (:data:`prlib.routers.base.NOT_COMPETING`).
+NOT_COMPETING = (UPPER_BOUND, "reference")
 
 
 def ci_verdict(d: dict) -> str:
@@ -191,9 +194,9 @@ def same_picks(results: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def strongest(results: pd.DataFrame, metric: str, exclude: Sequence[str] = ()) -> str:
-    """The router with the highest mean ``metric`` over seeds; upper bounds (oracles) and
-    ``exclude`` left out."""
-    keep = ~results["router"].isin(exclude) & (results["family"] != UPPER_BOUND)
+    """The router with the highest mean ``metric`` over seeds; upper bounds (oracles, ceilings),
+    references and ``exclude`` left out."""
+    keep = ~results["router"].isin(exclude) & ~results["family"].isin(NOT_COMPETING)
     means = results[keep].groupby("router")[metric].mean()
     if means.empty:
         raise ValueError("no router left to compare after excluding upper bounds and "
@@ -219,6 +222,22 @@ def improvement(results: pd.DataFrame, metric: str, ours: str) -> dict:
             "diff_pct_ci_high": d["ci_high"] * scale, "seeds": d["n"],
             "per_seed_diff": (a - b).to_dict(), "verdict": verdict,
             "ours_wins": verdict == "ours wins"}
+
+
+def separation(results: pd.DataFrame, metric: str, ours: str) -> dict:
+    """Whether a table has the power to tell routers apart: the half-width of the 95 % CI of
+    ours minus the strongest baseline (paired per seed) against the span a router could move,
+    the decide-before-answers ceiling minus the best single LLM. ``separates`` when the
+    half-width is below a third of that span (NaN half-width, one seed: False)."""
+    imp = improvement(results, metric, ours)
+    half = (imp["diff_ci_high"] - imp["diff_ci_low"]) / 2
+    means = results.groupby("router")[metric].mean()
+    ceiling = results.loc[results["router"].str.startswith("Ceiling"), metric].mean()
+    single = means.get("Best single LLM", np.nan)
+    span = float(ceiling - single)
+    return {"metric": metric, "ci_half_width": float(half), "ceiling": float(ceiling),
+            "best_single": float(single), "span": span,
+            "separates": bool(np.isfinite(half) and span > 0 and half < span / 3)}
 
 
 def improvement_row(name: str, imp: dict, fmt: str = ".3f") -> dict:
@@ -295,7 +314,7 @@ def main_results_figure(comparisons: Mapping, ours: str):
         for (name, fam), row in m.iterrows():
             axes[0].errorbar(row["cost_per_1k"], row["reward"], yerr=s.loc[(name, fam), "reward"],
                              fmt=marker, color=colour.get(fam, "grey"), ms=6, capsize=2)
-            if name in label_these or fam == UPPER_BOUND:
+            if name in label_these or fam in NOT_COMPETING:
                 axes[0].annotate(name.split(" (")[0], (row["cost_per_1k"], row["reward"]),
                                  fontsize=7, xytext=(4, 4), textcoords="offset points")
     shapes = ", ".join(f"{n} = {t}" for t, n in zip(multi, ("circles", "squares", "diamonds")))
@@ -304,7 +323,7 @@ def main_results_figure(comparisons: Mapping, ours: str):
     rows = []
     for title, comp in judge.items():
         for (name, fam), acc in comp.results.groupby(["router", "family"], sort=False)["accuracy"]:
-            if fam == UPPER_BOUND:
+            if fam in NOT_COMPETING:
                 continue
             ci = mean_ci(acc)
             rows.append({"table": title, "router": name, "mean": ci["mean"],

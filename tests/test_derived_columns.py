@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from prlib import routers as R
 from prlib.bank import Bank
 from prlib.experiment import Setting, run_setting, setting_views
 from prlib.metrics import pairwise_metrics, picks_vary_share, routing_metrics
@@ -37,6 +38,8 @@ def test_routing_metrics_equal_the_hand_computation():
     assert m["reward"] == pytest.approx(reward)
     assert m["oracle_reward"] == pytest.approx(oracle)
     assert m["random_reward"] == pytest.approx(random)
+    # each (user, task) has one request here, so the ceiling is the oracle
+    assert m["ceiling_reward"] == pytest.approx(oracle)
     assert m["score"] == pytest.approx(100 * (reward - random) / (oracle - random))
     assert m["pct_oracle"] == pytest.approx(100 * reward / oracle)
     assert m["accuracy"] == pytest.approx(0.5)  # request 1 picked what its user chose
@@ -46,6 +49,22 @@ def test_routing_metrics_equal_the_hand_computation():
     plain = routing_metrics(req, picks)
     assert plain["reward"] == pytest.approx((0.2 + 0.4) / 2) and plain["calls"] == 1.0
     assert plain["cost_usd"] == pytest.approx(0.02)
+
+
+def test_the_ceiling_and_the_score_equal_the_hand_computation():
+    """One user, one task, two queries: the ceiling routes both to the LLM with the best mean
+    utility over the two (y: 0.4 against x: 0.3); the score runs random 0 .. ceiling 100."""
+    frame = pd.DataFrame({"user_id": ["a", "a"], "query_id": ["q1", "q2"], "task": ["t", "t"],
+                          "split": ["test", "test"]})
+    req = Requests(frame, ["x", "y"], utility=np.array([[0.5, 0.2], [0.1, 0.6]]),
+                   chosen=np.array([0, 1]))
+    m = routing_metrics(req, np.array([0, 0]))
+    ceiling, oracle, random, reward = (0.2 + 0.6) / 2, (0.5 + 0.6) / 2, 0.35, 0.3
+    assert m["ceiling_reward"] == pytest.approx(ceiling)
+    assert m["score"] == pytest.approx(100 * (reward - random) / (ceiling - random))
+    assert m["score_oracle"] == pytest.approx(100 * (reward - random) / (oracle - random))
+    ceiling_router = R.CeilingRouter.__new__(R.CeilingRouter)
+    assert ceiling_router._raw_scores(req).argmax(1).tolist() == [1, 1]
 
 
 def test_picks_vary_share_counts_queries_whose_picks_differ_across_users():

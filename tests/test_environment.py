@@ -38,10 +38,10 @@ def test_readme_tables_match_the_figures():
     from prlib.report import readme_tables
 
     tables = readme_tables(ROOT / "README.md")
-    shown = {"40_multicost_llmrouter", "40_judge_arena_bench", "50_table1_multicost_llmrouter",
-             "50_table2_judge_arena_bench", "50_table3a_multicost_arena_bench",
-             "50_table3b_judge_arena_hard", "50_improvement_summary", "40_findings",
-             "50_findings", "40_router_benchmark", "40_ablations", "60_findings",
+    shown = {"40_multicost_llmrouter", "40_judge_arena_bench", "55_table1_multicost_llmrouter",
+             "55_table2_judge_arena_bench", "55_table3a_multicost_arena_bench",
+             "55_table3b_judge_arena_hard", "55_improvement_summary", "40_findings",
+             "55_findings", "40_router_benchmark", "40_ablations", "60_findings",
              "70_findings", "80_findings", "90_improvement_summary", "90_findings",
              "90_multi_turn", "90_single_turn", "90_turn_chain_ablation", "85_findings",
              "85_known_people", "85_permutation"}

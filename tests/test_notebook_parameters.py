@@ -12,7 +12,8 @@ from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb"))
 #: Library calls that fit or score routers: a notebook that makes any of them reports results.
 EVALUATES = ("run_setting", "tune_and_run", "tune_setting", "few_shot_users", "few_shot_llms",
-             "layer_sweep", "sparsity_sweep", "compare(", "scaling_study", "fit_checked",
+             "layer_sweep", "sparsity_sweep", "headroom.sweep", "compare(", "scaling_study",
+             "fit_checked",
              ".fit(")
 
 
@@ -52,7 +53,7 @@ def test_full_runs_report_on_report_seeds_and_tune_on_development_seeds(path):
 def test_the_reader_finds_evaluating_notebooks():
     """The check above is not vacuous: the comparison notebooks are recognised as evaluating."""
     evaluating = {p.stem[:2] for p in NOTEBOOKS if any(c in code(p) for c in EVALUATES)}
-    assert {"40", "50", "60", "70", "90", "95"} <= evaluating
+    assert {"40", "50", "55", "60", "70", "90", "95"} <= evaluating
     assert not {"00", "10", "20", "30"} & evaluating
 
 

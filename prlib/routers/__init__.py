@@ -32,6 +32,7 @@ from prlib.routers.training import TorchRouter, train_module
 
 # importing the family modules registers their routers, in table order
 from prlib.routers import simple, neighbours, neural, graph, contrastive, cascade  # noqa: E402,F401,I001
+from prlib.routers import reference  # noqa: E402,F401
 from prlib.routers import personalized, personalized_v2, personalized_v3, gmt, pairwise  # noqa: E402,F401,I001
 from prlib.routers.cascade import FrugalGPTRouter, HybridLLMRouter  # noqa: E402
 from prlib.routers.contrastive import RouterDC  # noqa: E402
@@ -45,6 +46,8 @@ from prlib.routers.personalized import PersonalizedRouter  # noqa: E402
 from prlib.routers.personalized_v2 import (ABLATIONS, PersonalizedRouterV2,  # noqa: E402
                                            V2Config)
 from prlib.routers.personalized_v3 import PersonalizedRouterV3  # noqa: E402
+from prlib.routers.reference import (REFERENCE, CeilingRouter,  # noqa: E402
+                                     StructuredReferenceRouter)
 from prlib.routers.simple import (BestPerUserRouter, BestPerUserTaskRouter,  # noqa: E402
                                   BestSingleRouter, CheapestRouter, MostExpensiveRouter,
                                   OracleRouter, RandomRouter)
@@ -58,5 +61,6 @@ __all__ = [
     "HybridLLMRouter", "FrugalGPTRouter", "PersonalizedRouter",
     "PersonalizedRouterV2", "PersonalizedRouterV3", "V2Config", "ABLATIONS", "ABLATION",
     "PAIRWISE", "GMTRouter",
-    "BradleyTerryRouter", "PerUserBradleyTerryRouter", "PreviousTurnRouter",
+    "BradleyTerryRouter", "PerUserBradleyTerryRouter", "PreviousTurnRouter", "CeilingRouter",
+    "StructuredReferenceRouter", "REFERENCE",
 ]

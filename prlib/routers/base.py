@@ -32,8 +32,8 @@ from prlib.routers.params import COMMON_PARAMS, Param, non_negative, one_of, pos
 from prlib.requests import Requests
 
 #: Router families, in table order.
-FAMILIES = ("simple", "non-personalised", "personalised", "released design", "upper bound", "ours",
-            "ablation", "pairwise (notebook 90)")
+FAMILIES = ("simple", "non-personalised", "personalised", "released design", "upper bound",
+            "reference", "ours", "ablation", "pairwise (notebook 90)")
 #: The family of ours with a part removed (notebook 40): registered, but not among the routers
 #: of the comparison tables.
 ABLATION = "ablation"
@@ -297,10 +297,16 @@ class Router:
     #: What a router needs or offers beyond the base contract, for generic checks and
     #: experiments: ``"pairwise"`` (learns from / is scored on preference pairs),
     #: ``"needs_answers"`` (needs answer texts), ``"online"`` (``add_user`` without retraining),
-    #: ``"reads_labels"`` (an upper bound), ``"torch"`` (trained with the one trainer).
+    #: ``"reads_labels"`` (an upper bound), ``"reads_batch"`` (an upper bound whose scores of a
+    #: request read the labels of the whole batch: the ceiling), ``"torch"`` (trained with the
+    #: one trainer).
     tags: ClassVar[frozenset] = frozenset()
-    #: Row names of this router in tables where it is not named ``name``, by feedback kind.
+    #: Row names of this router in tables where it is not named ``name``, by user strategy
+    #: (``Preferences.strategy``) or, failing that, by feedback kind.
     row_names: ClassVar[dict] = {}
+    #: The user strategies (``Preferences.strategy``: ``"multi_cost"``, ``"judge"``) this router
+    #: applies to; ``None``: every one. Experiments list it as not run on other users.
+    strategies: ClassVar[tuple[str, ...] | None] = None
     #: Fitted attributes that :meth:`_rebuild` derives from the saved ones (not saved).
     derived_state: ClassVar[tuple] = ()
 
@@ -340,6 +346,21 @@ class Router:
         have), or ``None`` when it can. Experiments list such a router as "not run" with this
         reason instead of fitting it."""
         return None
+
+    @classmethod
+    def row_name(cls, feedback: str, strategy: str | None = None) -> str:
+        """This router's row name in a table of ``strategy`` users with ``feedback``."""
+        return cls.row_names.get(strategy, cls.row_names.get(feedback, cls.name))
+
+    @classmethod
+    def unavailable_on(cls, feats: NodeFeatures, strategy: str | None) -> str | None:
+        """:meth:`unavailable`, plus a reason when users of ``strategy`` are not among
+        :attr:`strategies`."""
+        why = cls.unavailable(feats)
+        if why is None and cls.strategies is not None and strategy not in cls.strategies:
+            why = (f"it applies to {' / '.join(cls.strategies)} users only; these are "
+                   f"{strategy} users")
+        return why
 
     @classmethod
     def params_for(cls, feedback: str) -> dict:

@@ -125,7 +125,9 @@ class OracleRouter(Router):
     family = "upper bound"
     reads_labels = True
     row_names = {"utility": "Oracle (reads realised test utilities)",
-                 "choice": "Oracle (reads hidden persona scores)"}
+                 "choice": "Oracle (reads hidden persona scores)",
+                 "multi_cost": "Oracle (reads realised test utilities)",
+                 "judge": "Oracle (reads hidden persona scores)"}
 
     def _raw_scores(self, requests):
         # the user's own choice wins ties (equal utility): the simulation breaks ties towards

@@ -1,0 +1,152 @@
+"""What a router can gain: every router against requests per user, beside the references.
+
+The main result of notebook 50: a sweep over the number of training requests per user
+(``Setting.train_per_user``; validation and test unchanged, so every level is scored on the
+same test requests), every level tuned on development seeds like any table
+(:func:`~prlib.experiment.tune_and_run`), with the decide-before-answers ceiling, the oracle and
+(for multi-cost users) the structured reference as rows (:mod:`prlib.routers.reference`). Two
+feedback kinds: revealed utilities, and **choice-only** feedback (the user only picks, by
+utility with noise: what a product observes), for which multi-cost users pick by a softmax of
+their reward at :data:`CHOICE_TEMPERATURE`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from prlib.experiment import Setting, tune_and_run
+from prlib.metrics import paired_difference
+from prlib.report import NOT_COMPETING, strongest
+from prlib.routers import Router
+
+#: Training requests per user of the sweep; ``None`` is every training request (the dense
+#: table, the rightmost point).
+LEVELS: tuple[int | None, ...] = (1, 3, 5, 10, 20, None)
+#: Temperature of the paper's multi-cost users' noisy picks under choice-only feedback
+#: (softmax of reward / temperature; rewards span about [-1, 1]). Simulated.
+CHOICE_TEMPERATURE = 0.05
+#: The label of the dense level in frames and figures.
+ALL = "all"
+
+
+def level_label(level: int | None) -> str:
+    """``"1"``, ``"20"``, ... or :data:`ALL`."""
+    return ALL if level is None else str(int(level))
+
+
+def sweep(setting: Setting, levels: Sequence[int | None], seeds: Sequence[int],
+          routers: Sequence[type[Router] | str], params: Mapping[str, dict] | None = None,
+          tune_seeds: Sequence[int] = (0,), progress: bool = False,
+          jobs: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tune and run ``routers`` at each level of training requests per user.
+
+    Returns ``(results, tuning)``: the :func:`~prlib.experiment.run_setting` rows of every
+    level with ``train_per_user`` (a label, :func:`level_label`) and ``feedback`` columns, and
+    every level's tuning rows likewise. ``params``: fixed hyper-parameters per router class
+    (e.g. step budgets); each level chooses its own grid point on ``tune_seeds``."""
+    if not levels:
+        raise ValueError("levels is empty: give the training requests per user to sweep, e.g. "
+                         f"{list(LEVELS)} (None: all)")
+    names = {r if isinstance(r, str) else r.__name__ for r in routers}
+    params = {k: v for k, v in (params or {}).items() if k in names}
+    results, tunings, not_run = [], [], {}
+    for level in tqdm(list(levels), desc=f"sweep · {setting.name}", disable=not progress):
+        cell = replace(setting, train_per_user=level)
+        tuning, res = tune_and_run(cell, seeds, params, tune_seeds, routers, progress=False,
+                                   jobs=jobs)
+        label = level_label(level)
+        results.append(res.assign(train_per_user=label, feedback=setting.feedback))
+        tunings.append(tuning.frame.assign(train_per_user=label, feedback=setting.feedback))
+        not_run.update(res.attrs.get("not_run", {}))
+    out = pd.concat(results, ignore_index=True)
+    out.attrs["not_run"] = not_run
+    return out, pd.concat(tunings, ignore_index=True)
+
+
+def _paired(results: pd.DataFrame, metric: str, a: str, b: str) -> dict:
+    """``a - b`` on ``metric``, paired per seed, with its 95 % CI."""
+    x = results[results["router"] == a].set_index("seed")[metric]
+    y = results[results["router"] == b].set_index("seed")[metric].reindex(x.index)
+    return paired_difference(x.to_numpy(), y.to_numpy())
+
+
+def headroom_table(results: pd.DataFrame, metric: str, ours: str,
+                   reference: str | None = None) -> pd.DataFrame:
+    """One row per (setting, feedback, level): the strongest baseline (references, ceilings and
+    oracles excluded), ours minus it and, where the table has it, the structured reference
+    minus it, each paired per seed with a 95 % CI; the ceiling and the oracle beside them."""
+    rows = []
+    keys = ["setting", "feedback", "train_per_user"]
+    for key, cell in results.groupby(keys, sort=False):
+        base = strongest(cell, metric, exclude=(ours,))
+        means = cell.groupby("router")[metric].mean()
+        upper = cell[cell["family"] == "upper bound"].groupby("router")[metric].mean()
+        row = dict(zip(keys, key), metric=metric, strongest_baseline=base,
+                   baseline=means[base], ours=means.get(ours, np.nan))
+        d = _paired(cell, metric, ours, base)
+        row.update(ours_minus_baseline=d["mean"], ours_ci_low=d["ci_low"],
+                   ours_ci_high=d["ci_high"])
+        if reference is not None and reference in means:
+            r = _paired(cell, metric, reference, base)
+            row.update(reference=means[reference], reference_minus_baseline=r["mean"],
+                       reference_ci_low=r["ci_low"], reference_ci_high=r["ci_high"])
+        for name, value in upper.items():
+            row["ceiling" if name.startswith("Ceiling") else "oracle"] = value
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweep_figure(results: pd.DataFrame, metric: str, ours: str, panels: Sequence[tuple],
+                 highlight: Sequence[str] = ()):
+    """The main figure: one panel per ``(title, setting name, feedback)``, ``metric`` (mean
+    over seeds, 95 % CI band for ours, the strongest baseline per level and the references)
+    against training requests per user; the ceiling dashed, the oracle dotted. Returns the
+    figure."""
+    import matplotlib.pyplot as plt
+
+    from prlib.metrics import mean_ci
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    for ax, (title, setting_name, feedback) in zip(axes[0], panels):
+        part = results[(results["setting"] == setting_name) & (results["feedback"] == feedback)]
+        labels = list(dict.fromkeys(part["train_per_user"]))
+        x = np.arange(len(labels))
+        best = [strongest(part[part["train_per_user"] == lab], metric, exclude=(ours,))
+                for lab in labels]
+        curves = {ours: ("ours", "C3", "-", 2.4)}
+        palette = iter(["C0", "C1", "C4", "C5", "C6", "C8", "C9", "C2"])
+        for name in dict.fromkeys([*highlight, *best]):
+            curves.setdefault(name, (None, next(palette, "grey"), "-", 1.0))
+        for name, fam in part.groupby("router", sort=False)["family"].first().items():
+            if fam in NOT_COMPETING:
+                style = ("--", 1.6) if name.startswith("Ceiling") else (":", 1.4) if (
+                    fam == "upper bound") else ("-.", 1.6)
+                curves[name] = (fam, "black" if fam == "upper bound" else "C7", *style)
+        for name, (_, colour, ls, lw) in curves.items():
+            g = part[part["router"] == name]
+            if g.empty:
+                continue
+            ci = pd.DataFrame([mean_ci(g[g["train_per_user"] == lab][metric]) for lab in labels])
+            line, = ax.plot(x, ci["mean"], ls=ls, lw=lw, marker="o", ms=3, label=name,
+                            color=colour)
+            if name == ours or name in highlight:
+                ax.fill_between(x, ci["ci_low"], ci["ci_high"], alpha=0.15,
+                                color=line.get_color())
+        ax.set_xticks(x, labels)
+        ax.set(title=title, xlabel="training requests per user",
+               ylabel=f"test {metric} (mean over seeds; band: 95 % CI)")
+    handles, names = [], []
+    for ax in axes[0]:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8,
+               bbox_to_anchor=(0.5, -0.02 - 0.035 * (len(names) // 3)))
+    fig.tight_layout()
+    return fig

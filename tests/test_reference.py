@@ -1,0 +1,92 @@
+"""The reference rows: the decide-before-answers ceiling and the structured reference."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prlib import routers as R
+from prlib.bank import Bank
+from prlib.experiment import Setting, run_setting, setting_views
+from prlib.report import strongest
+from prlib.simulate import simulate_multi_cost
+
+LLMS = pd.DataFrame({"llm": ["small", "mid", "large"], "input_usd_per_m": [0.1, 1.0, 10.0],
+                     "output_usd_per_m": [0.2, 2.0, 30.0],
+                     "description": ["A small model.", "A medium model.", "A large model."]})
+#: P(correct) per task and LLM: which LLM is best depends on the user's p and the task, and
+#: nothing about a query predicts its correctness (drawn independently): a per-user, per-task
+#: lookup table is the best a router can do.
+P_CORRECT = {"math": (0.1, 0.5, 0.9), "prose": (0.7, 0.8, 0.9)}
+PS = (0.3, 0.6, 0.9)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    rng = np.random.default_rng(11)
+    rows = [{"query": f"{task} question {i}", "llm": m, "task": task,
+             "quality": float(rng.random() < P_CORRECT[task][j]), "input_tokens": 100,
+             "output_tokens": 100 + 50 * j}
+            for i in range(300) for task in P_CORRECT for j, m in enumerate(LLMS["llm"])]
+    bank = Bank.from_frame("lookup-optimal", pd.DataFrame(rows), LLMS)
+    return Setting("lookup-optimal", bank, simulate_multi_cost(bank, ps=PS))
+
+
+ROUTERS = [R.RandomRouter, R.BestPerUserTaskRouter, R.CeilingRouter, R.OracleRouter,
+           R.StructuredReferenceRouter]
+
+
+def test_where_the_lookup_table_is_optimal_the_ceiling_equals_it(setting):
+    res = run_setting(setting, ROUTERS, seeds=[0, 1])
+    means = res.groupby("router")[["reward", "score"]].mean()
+    lookup = means.loc[R.BestPerUserTaskRouter.name]
+    ceiling, oracle = means.loc[setting.ceiling_name], means.loc[setting.oracle_name]
+    assert abs(lookup["reward"] - ceiling["reward"]) < 0.003, (lookup, ceiling)
+    assert oracle["reward"] > ceiling["reward"] + 0.05  # per-query correctness: unpredictable
+    assert ceiling["score"] == pytest.approx(100.0)  # the score runs random 0 .. ceiling 100
+    assert oracle["score"] > 100
+
+
+def test_references_and_upper_bounds_are_never_the_strongest_baseline(setting):
+    res = run_setting(setting, ROUTERS, seeds=[0])
+    assert res.set_index("router").loc[R.StructuredReferenceRouter.name, "family"] == "reference"
+    # the reference and the ceiling made the best, by hand: still not the strongest baseline
+    res.loc[res["family"].isin(["reference", "upper bound"]), "reward"] += 10.0
+    assert strongest(res, "reward") == R.BestPerUserTaskRouter.name
+
+
+def test_the_structured_reference_learns_p_from_utilities_and_from_picks(setting):
+    train, val, _ = setting_views(setting, 0)
+    ref = R.StructuredReferenceRouter(setting.feats).fit(train, val)
+    users = setting.preferences.users.set_index("user_id")["p"]
+    for user, p in users.items():  # revealed utilities pin p down (cost normalised on train)
+        assert ref.user_p_[user] == pytest.approx(p, abs=0.03)
+    noisy = dataclasses.replace(setting, feedback="choice", preferences=simulate_multi_cost(
+        setting.bank, ps=PS, temperature=0.05, seed=0))
+    train, val, _ = setting_views(noisy, 0)
+    assert set(np.unique(train.utility[~np.isnan(train.utility)])) == {0.0, 1.0}  # picks only
+    ref = R.StructuredReferenceRouter(setting.feats).fit(train, val)
+    learned = np.array([ref.user_p_[u] for u in users.index])
+    assert np.abs(learned - users.to_numpy()).max() < 0.15, learned
+    assert np.all(np.diff(learned) > 0)  # the users' order of p is recovered from picks
+
+
+def test_a_user_with_one_pick_is_shrunk_towards_the_population(setting):
+    noisy = dataclasses.replace(setting, feedback="choice", train_per_user=1,
+                                preferences=simulate_multi_cost(setting.bank, ps=PS,
+                                                                temperature=0.05, seed=0))
+    train, val, _ = setting_views(noisy, 0)
+    ref = R.StructuredReferenceRouter(setting.feats).fit(train, val)
+    learned = np.array(list(ref.user_p_.values()))
+    # one pick each says little: every user's p sits nearer the population's than the truth's
+    # spread (0.3 .. 0.9) would put it
+    assert np.abs(learned - ref.population_p_).max() < 0.25, (learned, ref.population_p_)
+
+
+def test_the_structured_reference_runs_on_multi_cost_users_only(setting):
+    judge = dataclasses.replace(setting, preferences=dataclasses.replace(
+        setting.preferences, strategy="judge"), feedback="choice", metric="accuracy")
+    res = run_setting(judge, [R.RandomRouter, R.StructuredReferenceRouter], seeds=[0])
+    assert R.StructuredReferenceRouter.name not in set(res["router"])
+    assert "multi_cost users only" in res.attrs["not_run"][R.StructuredReferenceRouter.name]
