@@ -63,12 +63,15 @@ def summarise(res: pd.DataFrame, refs: list[str]) -> dict:
     ours = PersonalizedRouterV3.name
     means = res.groupby("router")["reward"].mean()
     base_names = [r for r in means.index if r not in ref_names | NOT_BASELINES | {ours}
-                  and not r.startswith("Oracle")]
+                  and not r.startswith(("Oracle", "Ceiling"))]
     best = means[base_names].idxmax()
     per_seed = res.pivot_table(index="seed", columns="router", values="reward")
     d = paired_difference(per_seed[ours].to_numpy(), per_seed[best].to_numpy())
     row = {"ours": means[ours], "best_baseline": best, "baseline": means[best],
            "ours_minus_best": d["mean"], "ci_low": d["ci_low"], "ci_high": d["ci_high"]}
+    ceiling = [r for r in means.index if r.startswith("Ceiling")]
+    if ceiling:
+        row["ceiling"] = means[ceiling[0]]
     for r in ref_names:
         dr = paired_difference(per_seed[r].to_numpy(), per_seed[best].to_numpy())
         row.update({"reference": means[r], "ref_minus_best": dr["mean"],
@@ -92,7 +95,7 @@ def main() -> None:
         raise SystemExit(f"report seeds {sorted(set(args.seeds) & set(REPORT_SEEDS))} are not "
                          "for design: use development seeds")
     refs = reference_classes()
-    fast = [OURS, *FAST, *refs]
+    fast = [OURS, *FAST, *refs, "CeilingRouter"]
     sets = settings(args.queries)
     frames, summary = [], []
     for fb in args.feedback:

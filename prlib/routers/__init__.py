@@ -45,7 +45,7 @@ from prlib.routers.neural import MFRouter, MLPRouter, UserMLPRouter  # noqa: E40
 from prlib.routers.personalized import PersonalizedRouter  # noqa: E402
 from prlib.routers.personalized_v2 import (ABLATIONS, PersonalizedRouterV2,  # noqa: E402
                                            V2Config)
-from prlib.routers.personalized_v3 import PersonalizedRouterV3  # noqa: E402
+from prlib.routers.personalized_v3 import V3_ABLATIONS, PersonalizedRouterV3  # noqa: E402
 from prlib.routers.reference import (REFERENCE, CeilingRouter,  # noqa: E402
                                      StructuredReferenceRouter)
 from prlib.routers.simple import (BestPerUserRouter, BestPerUserTaskRouter,  # noqa: E402
@@ -59,7 +59,8 @@ __all__ = [
     "BestPerUserTaskRouter", "OracleRouter", "KNNRouter", "PerUserKNNRouter", "MLPRouter",
     "UserMLPRouter", "MFRouter", "GraphRouterGNN", "ReferenceDesignRouter", "RouterDC",
     "HybridLLMRouter", "FrugalGPTRouter", "PersonalizedRouter",
-    "PersonalizedRouterV2", "PersonalizedRouterV3", "V2Config", "ABLATIONS", "ABLATION",
+    "PersonalizedRouterV2", "PersonalizedRouterV3", "V3_ABLATIONS", "V2Config", "ABLATIONS",
+    "ABLATION",
     "PAIRWISE", "GMTRouter",
     "BradleyTerryRouter", "PerUserBradleyTerryRouter", "PreviousTurnRouter", "CeilingRouter",
     "StructuredReferenceRouter", "REFERENCE",

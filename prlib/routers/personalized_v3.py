@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from prlib.features import query_row
 from prlib.requests import Requests, concat_requests
-from prlib.routers.base import (Router, non_negative, one_of, positive, register,
+from prlib.routers.base import (ABLATION, Router, non_negative, one_of, positive, register,
                                 reward_of)
 
 #: Base attributes of a (query, LLM): quality, cost / the task's cost span, log cost.
@@ -470,3 +470,29 @@ class PersonalizedRouterV3(Router):
     def _rebuild(self) -> None:
         self._upos = {u: i for i, u in enumerate(self.user_ids_)}
         self.n_llms = len(self.llms_)
+
+
+@register
+class V3PopulationOnly(PersonalizedRouterV3):
+    """Ours without per-user weights: every user is routed with the population's (the prior
+    mean learned from all users), so it shows what personalisation buys."""
+
+    name = "ours without per-user weights (population only)"
+    family = ABLATION
+
+    def _weights(self, user_ids) -> np.ndarray:
+        return np.broadcast_to(self.mu0_, (len(user_ids), len(self.mu0_)))
+
+
+@register
+class V3WithoutShrinkage(PersonalizedRouterV3):
+    """Ours without the learned prior: each user's weights from their own feedback alone (a
+    vague prior, 10,000 times the learned variance), so it shows what shrinkage buys."""
+
+    name = "ours without shrinkage (each user alone)"
+    family = ABLATION
+    defaults = {**PersonalizedRouterV3.defaults, "prior_scale": 1e4}
+
+
+#: What each half of ours buys (notebook 40).
+V3_ABLATIONS = (V3PopulationOnly, V3WithoutShrinkage)
