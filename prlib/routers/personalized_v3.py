@@ -88,7 +88,9 @@ class PersonalizedRouterV3(Router):
 
     def _task_index(self, tasks) -> np.ndarray:
         """Row of each task in the attribute table (unknown tasks: the last, LLM-level row)."""
-        pos = {t: i for i, t in enumerate(self.tasks_)}
+        pos = getattr(self, "_tpos", None)
+        if pos is None or len(pos) != len(self.tasks_):
+            pos = self._tpos = {t: i for i, t in enumerate(self.tasks_)}
         return np.array([pos.get(t, len(self.tasks_)) for t in tasks], np.int64)
 
     def _expand(self, base: np.ndarray) -> np.ndarray:
@@ -309,7 +311,13 @@ class PersonalizedRouterV3(Router):
             self.W_ = np.vstack([self.W_, np.zeros((len(new), self._d))])
             pos = {u: i for i, u in enumerate(self.user_ids_)}
         self.W_[[pos[u] for u in users]] = mean
-        self._upos = pos
+        self._sync()
+
+    def _sync(self) -> None:
+        """Routing caches: each user's row, and the weights with the prior mean last (unknown
+        users), so that routing one request reads one row."""
+        self._upos = {u: i for i, u in enumerate(self.user_ids_)}
+        self._w_all = np.vstack([self.W_, self.mu0_[None]])
 
     # -------------------------------------------------------------- fit
     def fit(self, train: Requests, val: Requests, *, progress: bool = False):
@@ -339,6 +347,7 @@ class PersonalizedRouterV3(Router):
             self.mu0_, self.tau2_, self.W_, sigma2 = saved
             if sigma2 is not None:
                 self.sigma2_ = sigma2
+            self._sync()
         return self
 
     # -------------------------------------------------------------- online
@@ -400,14 +409,14 @@ class PersonalizedRouterV3(Router):
                 k = float(self.params["shrink"])
                 self.table_[t, -1] = (z[m].sum(0) + k * self.table_[t, -1]) / (m.sum() + k)
             self._add(history)
+        self._sync()
 
     # -------------------------------------------------------------- routing
     def _weights(self, user_ids) -> np.ndarray:
         """(n, d) posterior means of the users (the prior mean for unknown users)."""
         pos = self._upos
         idx = np.array([pos.get(u, -1) for u in user_ids], np.int64)
-        W = np.vstack([self.W_, self.mu0_[None]])
-        return W[idx]  # -1 -> the last row, the prior mean
+        return self._w_all[idx]  # -1 -> the last row, the prior mean
 
     def _raw_scores(self, requests: Requests) -> np.ndarray:
         """Expected utility (n, n_llms) of each LLM for each request's user."""
@@ -468,8 +477,8 @@ class PersonalizedRouterV3(Router):
 
     # -------------------------------------------------------------- persistence
     def _rebuild(self) -> None:
-        self._upos = {u: i for i, u in enumerate(self.user_ids_)}
         self.n_llms = len(self.llms_)
+        self._sync()
 
 
 @register
