@@ -93,23 +93,29 @@ def test_learns_the_trade_off_from_picks_not_pick_frequencies(data):
 
 
 def test_evidence_moves_a_user_from_the_population_to_themselves(data):
-    """A frugal user with one pick is routed like the population (the prior mean: most users
-    value quality); the frugal user with every pick, like themselves."""
+    """A frugal user's scores start at the population's (the prior mean: most users value
+    quality) and move towards their own as their picks grow: 1 pick moves them less than half
+    the way that all their picks do, and every further pick moves them further."""
     f, train, val, test = data
     req = requests({**USERS, "q4": 0.95, "q5": 0.95, "newbie": 0.3})
-    tr = choice_only(req.split("train"))
-    keep = (tr.frame["user_id"] != "newbie").to_numpy().copy()
-    keep[np.flatnonzero(~keep)[0]] = True  # newbie: one pick
-    v3 = fit_v3(f, tr.select(keep), choice_only(req.split("val")))
-    te = req.split("test")
-    population = v3.route(te.renamed("nobody-yet"))
-    by_user = pd.DataFrame({"user": te.frame["user_id"], "pick": v3.route(te),
-                            "population": population})
-    newbie = by_user[by_user["user"] == "newbie"]
-    frugal = by_user[by_user["user"] == "frugal"]
-    assert (newbie["pick"] == newbie["population"]).mean() > 0.9
-    assert (frugal["pick"] == 0).mean() > 0.9
-    assert (frugal["pick"] != frugal["population"]).mean() > 0.9
+    tr, te = choice_only(req.split("train")), req.split("test")
+    v3 = fit_v3(f, tr.select((tr.frame["user_id"] != "newbie").to_numpy()),
+                choice_only(req.split("val")))
+    newbie = of_user(tr, "newbie")
+    asked = of_user(te, "newbie")
+
+    def centred(s):
+        return s - s.mean(1, keepdims=True)
+
+    population = centred(v3.scores(asked.renamed("nobody-yet")))
+    away, seen = [], 0
+    for n in (1, 10, 40, len(newbie)):
+        v3.add_user(newbie.select(np.arange(seen, n)))
+        seen = n
+        away.append(np.abs(centred(v3.scores(asked)) - population).mean())
+    assert away[0] < away[-1] / 2 and np.all(np.diff(away) > 0), away
+    assert (v3.route(asked) == 0).mean() > 0.9  # all picks: their own trade-off
+    assert (v3.route(asked.renamed("nobody-yet")) != 0).mean() > 0.9  # not the population's
 
 
 def test_add_user_and_record_feedback_update_routes_without_retraining(data):
@@ -122,7 +128,7 @@ def test_add_user_and_record_feedback_update_routes_without_retraining(data):
     v3.add_user(of_user(train, "frugal", 1).renamed("newcomer"))
     one = v3.scores(new_test)
     assert (one.argmax(1) == 2).mean() > 0.9  # one pick: still near the population
-    v3.record_feedback(of_user(train, "frugal").select(np.arange(1, 60)).renamed("newcomer"))
+    v3.record_feedback(of_user(train, "frugal").select(np.arange(1, 180)).renamed("newcomer"))
     assert (v3.route(new_test) == 0).mean() > 0.9  # enough picks: their own trade-off
     for a, b in zip(prior, (v3.mu0_, v3.tau2_, v3.table_)):
         np.testing.assert_array_equal(a, b)  # the shared parts were not retrained

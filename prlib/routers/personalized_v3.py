@@ -69,11 +69,11 @@ class PersonalizedRouterV3(Router):
     selection = ("the starting prior of the empirical-Bayes EM and the feature set (grid); the "
                  "prior itself is learned by EM")
     defaults = {"loss": "utility", "prior_scale": 1.0, "features": "core+llm", "shrink": 5.0,
-                "newton_iters": 12, "start_prec": 0.01}
+                "newton_iters": 12, "start_prec": 1.0}
     constraints = {"loss": one_of("utility", "choice"), "prior_scale": positive(float),
                    "features": one_of("core", "core+llm"), "shrink": non_negative(),
                    "newton_iters": positive(), "start_prec": positive(float)}
-    grid = {"start_prec": [0.01, 1.0], "features": ["core", "core+llm"]}
+    grid = {"start_prec": [1.0, 10.0], "features": ["core", "core+llm"]}
     tags = frozenset({"online"})
 
     @classmethod
@@ -177,8 +177,9 @@ class PersonalizedRouterV3(Router):
     def _posteriors(self, req: Requests, users: list[str], mu0: np.ndarray, prec0: np.ndarray,
                     w0: np.ndarray | None = None, sigma2: float | None = None):
         """Posterior means (U, d) and covariances (U, d, d) of ``users``' weights from their
-        requests in ``req`` under the prior N(mu0, diag 1/prec0); also the summed squared
-        residual and row count (regression only, for the noise variance)."""
+        requests in ``req`` under the prior N(mu0, diag 1/prec0); regression: also the summed
+        squared residual and row count (for the noise variance); choice: each user's log
+        posterior at the mode (U,) and 0."""
         d = self._d
         pos = {u: i for i, u in enumerate(users)}
         uid = np.array([pos.get(u, -1) for u in req.frame["user_id"]], np.int64)
@@ -260,7 +261,7 @@ class PersonalizedRouterV3(Router):
         p /= p.sum(1, keepdims=True)
         xbar = np.einsum("nm,nmd->nd", p, X)
         H = seg_gram(p[..., None] * X, X) - seg_gram(xbar[:, None], xbar[:, None])
-        return w, np.linalg.inv(H + prior_p), 0.0, 0.0
+        return w, np.linalg.inv(H + prior_p), objective(w), 0.0
 
     def _empirical_bayes(self, history: Requests) -> None:
         """The prior N(mu0_, diag tau2_) over users' weights (and the noise variance of the
