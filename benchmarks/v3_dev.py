@@ -47,12 +47,12 @@ def reference_classes() -> list[str]:
     return sorted(set(out))
 
 
-def settings(n_queries: int) -> dict[str, Setting]:
+def settings(n_queries: int, temperature: float = 0.05) -> dict[str, Setting]:
     bank = load_bank("llmrouter").sample_queries(n_queries, seed=0)
     util = Setting("multi-cost utilities", bank, simulate.simulate_multi_cost(bank))
     feats = util.feats
     choice = Setting("multi-cost choices", bank,
-                     simulate.simulate_multi_cost(bank, temperature=0.05, seed=0),
+                     simulate.simulate_multi_cost(bank, temperature=temperature, seed=0),
                      feedback="choice", metric="reward", features=feats)
     return {"utility": replace(util, features=feats), "choice": choice}
 
@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--slow", action="store_true", help="also v2 and the released design "
                     "(default parameters)")
     ap.add_argument("--queries", type=int, default=3000)
+    ap.add_argument("--temperature", type=float, default=0.05,
+                    help="softmax temperature of the choice-only users' picks (0: argmax)")
     ap.add_argument("--out", type=Path, default=Path("v3_dev.csv"))
     args = ap.parse_args()
     if set(args.seeds) & set(REPORT_SEEDS):
@@ -96,7 +98,7 @@ def main() -> None:
                          "for design: use development seeds")
     refs = reference_classes()
     fast = [OURS, *FAST, *refs, "CeilingRouter"]
-    sets = settings(args.queries)
+    sets = settings(args.queries, args.temperature)
     frames, summary = [], []
     for fb in args.feedback:
         for n in args.n:
