@@ -134,7 +134,7 @@ def test_a_setting_refuses_mismatched_inputs():
 
 def test_smoke_numbers_are_pinned(llmrouter_bank):
     """Regression pins of the smoke setting (400 LLMRouter queries, seed 0, one torch thread):
-    the deterministic routers to 1e-4, ours (v2) and v1 (30 steps each) to 0.01 reward. A change
+    the deterministic routers to 1e-4, v2 and v1 (30 steps each) to 0.01 reward. A change
     that moves them must say why in its commit and update the pins."""
     from prlib import routers as R
 
@@ -152,7 +152,7 @@ def test_smoke_numbers_are_pinned(llmrouter_bank):
     assert res.loc[setting.oracle_name, "score"] == pytest.approx(100.0)
     assert abs(res.loc["Random", "score"]) < 5  # random routing scores about 0 by definition
     assert reward[R.PersonalizedRouter.name] == pytest.approx(0.331965, abs=0.01)  # v1
-    assert reward[R.PersonalizedRouterV2.name] == pytest.approx(0.368140, abs=0.01)  # ours
+    assert reward[R.PersonalizedRouterV2.name] == pytest.approx(0.368140, abs=0.01)  # v2
 
 
 def test_routers_that_route_identically_are_marked():

@@ -247,7 +247,9 @@ def test_registry_lists_every_router_once_in_table_order():
     assert len({c.name for c in classes}) == len(classes)
     fams = [B.FAMILIES.index(c.family) for c in classes]
     assert fams == sorted(fams)
-    assert B.PersonalizedRouterV2 in classes and B.get_router("kNN per user") is B.PerUserKNNRouter
+    assert B.PersonalizedRouterV3 in classes and B.get_router("kNN per user") is B.PerUserKNNRouter
+    assert B.PersonalizedRouterV2 not in classes  # v2: an ablation row of ours since v3
+    assert B.PersonalizedRouterV2 in B.registered("ablation")
     assert B.PersonalizedRouter not in classes  # v1 and the ablations: family "ablation" only
     assert B.PersonalizedRouter in B.registered("ablation")
     with pytest.raises(B.RouterError, match="no registered router"):
