@@ -12,7 +12,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: env run smoke test notebook lab clean
+.PHONY: env run smoke test notebook lab gpu-check clean
 
 env: $(VENV)/.installed
 
@@ -36,6 +36,9 @@ notebook: env  ## one notebook: make notebook NB=00 [SMOKE=1]
 test: env  ## ruff, then pytest + nbval (lax) over the notebooks in smoke mode, TEST_WORKERS at once
 	$(PY) -m ruff check .
 	PRLIB_SMOKE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
+
+gpu-check: env  ## the CUDA path on one GPU in <= 8 min -> figures/gpu_check_cuda.json (SMOKE=1: small)
+	$(PY) benchmarks/gpu_check.py $(if $(SMOKE),--smoke,) $(GPU_CHECK_ARGS)
 
 lab: env  ## JupyterLab on the notebooks (as root it needs --allow-root)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
