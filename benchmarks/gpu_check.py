@@ -15,8 +15,9 @@ On the device it is given (``--device auto``: CUDA when present), in this order:
    memory (``torch.cuda.max_memory_allocated``) or the process's memory increase on CPU,
    batched routing throughput and the test metric.
 3. **cpu reference**: on a GPU, the same fits with ``--device cpu`` run in a second process at
-   the same time (``--cpu-reference run``; or read from an earlier CPU run's JSON, or ``none``),
-   and each fit's test metric is written next to the CPU one.
+   the same time (``--cpu-reference auto``, the default, or ``run``, which a CPU run also
+   accepts; or read from an earlier CPU run's JSON; or ``none``), and each fit's test metric is
+   written next to the CPU one.
 4. **ddp**: with more than one GPU visible, ``benchmarks/ddp_check.py`` on one process and under
    ``torchrun`` on every GPU (NCCL): the same best step and test reward.
 
@@ -39,6 +40,7 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +162,7 @@ def fit_point(setting, router: str, seed: int, params: dict, device: str,
     provenance.check_fitted_and_scored(model, train, val, test,
                                        f"gpu check: {cls.__name__} on {setting.name}",
                                        setting.feedback)
-    speed = routing_speed(model, test, calls=calls, warmup=min(50, calls))
+    speed = routing_speed(model, test, calls=calls, warmup=min(50, max(1, calls // 4)))
     _sync(device)
     return {"router": cls.name, "class": cls.__name__, "device": device,
             "train_requests": len(train), "test_requests": len(test),
@@ -236,9 +238,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="default 1000 (smoke: 30)")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    parser.add_argument("--cpu-reference", default="run",
-                        help="'run' (a CPU process alongside, on a GPU), 'none', or the JSON of "
-                             "an earlier --device cpu run")
+    parser.add_argument("--cpu-reference", default="auto",
+                        help="'auto' (on a GPU: 'run'; on CPU: 'none'), 'run' (the same fits on "
+                             "CPU in a process alongside), 'none', or the JSON of an earlier "
+                             "--device cpu run")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: 2 on a GPU, the cores less 2 for the CPU "
                              "reference, 1 for a CPU run)")
@@ -246,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="processes of the DDP check (default: the GPUs visible; it runs "
                              "when 2 or more)")
     parser.add_argument("--out", default=None, help="JSON path (default: figures folder)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first failing part (default: record it, go on)")
     args = parser.parse_args(argv)
 
     import torch
@@ -261,37 +266,63 @@ def main(argv: list[str] | None = None) -> dict:
     gpu = device.startswith("cuda")
     threads = args.threads or (2 if gpu else 1)
     out_path = Path(args.out) if args.out else cfg.figures_dir / f"gpu_check_{device}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     result: dict = {"what": __doc__.split("\n\n")[0], "mode": "smoke" if cfg.smoke else "full",
                     "router": args.router, "baseline": args.baseline, "seed": args.seed,
                     "sizes": cfg.sizes, "budget_s": BUDGET_S,
-                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
-    result.update(device_info(device), torch_threads=threads)
+                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                    **device_info(device), "torch_threads": threads, "errors": []}
+
+    def save() -> None:
+        """The JSON so far (after every step: a run cut short still leaves what it measured)."""
+        result["wall_s"] = round(time.perf_counter() - wall, 1)
+        result["within_budget"] = result["wall_s"] <= BUDGET_S
+        out_path.write_text(json.dumps(result, indent=1, default=float) + "\n")
+
+    def guarded(what: str, fn, *a, **kw):
+        """``fn(*a, **kw)``; an exception is recorded (the other parts still run) and re-raised
+        with ``--strict``."""
+        try:
+            return fn(*a, **kw)
+        except Exception as e:  # noqa: BLE001 - one broken part must not hide the others
+            if args.strict:
+                raise
+            result["errors"].append({"part": what, "error": repr(e),
+                                     "traceback": traceback.format_exc()[-3000:]})
+            print(f"[gpu_check] {what} FAILED: {e!r}", flush=True)
+            return None
+        finally:
+            save()
+
     if "embed" in args.parts:
         from prlib.data import load_bank
 
         texts = load_bank("llmrouter").sample_queries(cfg["max_queries"], seed=0).queries
-        result["embed"] = embed_check(texts["text"].astype(str).tolist()[:cfg["embed_texts"]],
-                                      device)  # every core: no number depends on it
+        result["embed"] = guarded("embed", embed_check,  # every core: no number depends on it
+                                  texts["text"].astype(str).tolist()[:cfg["embed_texts"]], device)
     reference = None
     if "fits" in args.parts:
         start = time.perf_counter()
         runs = settings(cfg)  # node features embedded with every core, cached on disk
         result["setup_s"] = round(time.perf_counter() - start, 1)
-        if gpu and args.cpu_reference == "run":  # after the setup: it reads the cached features
-            ref_path = out_path.with_name(out_path.stem + "_cpu_reference.json")
-            ref_path.parent.mkdir(parents=True, exist_ok=True)
+        ref_path = out_path.with_name(out_path.stem + "_cpu_reference.json")
+        if args.cpu_reference == "run" or (gpu and args.cpu_reference == "auto"):
+            # started after the setup, so that it reads the node features cached on disk
             ref_threads = max(1, (os.cpu_count() or 2) - threads)
+            ref_log = open(ref_path.with_suffix(".log"), "w")
             reference = subprocess.Popen(_reference_command(args, ref_path, ref_threads),
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         text=True)
+                                         stdout=ref_log, stderr=subprocess.STDOUT)
         params = {"steps": cfg["steps"]}
         result["fits"] = []
         for key, setting in runs.items():
             for router in (args.router, args.baseline):
                 with torch_threads(threads):
-                    row = fit_point(setting, router, args.seed, params, device,
-                                    cfg["efficiency_calls"])
+                    row = guarded(f"fit {router} on {key}", fit_point, setting, router,
+                                  args.seed, params, device, cfg["efficiency_calls"])
+                if row is None:
+                    continue
                 result["fits"].append({"setting": key, **row})
+                save()
                 print(f"[gpu_check] {key} · {row['router']} on {device}: "
                       f"fit {row['fit_s']} s, {row['metric']} {row['test_metric']:.4f}",
                       flush=True)
@@ -299,27 +330,33 @@ def main(argv: list[str] | None = None) -> dict:
         n = args.ddp_processes
         if n is None:
             n = torch.cuda.device_count() if gpu else 0
-        result["ddp"] = (ddp_check(n, queries=cfg["max_queries"] // 10,
-                                   steps=min(cfg["steps"], 100)) if n >= 2 else
+        result["ddp"] = (guarded("ddp", ddp_check, n, queries=cfg["max_queries"] // 10,
+                                 steps=min(cfg["steps"], 100)) if n >= 2 else
                          {"skipped": f"{n} GPU(s) visible: the DDP check needs 2 or more"})
     if "fits" in args.parts:
         if reference is not None:
-            _, err = reference.communicate(timeout=BUDGET_S)
-            if reference.returncode:
-                result["cpu_reference_error"] = err[-2000:]
-            else:
+            try:
+                reference.wait(timeout=max(10, BUDGET_S - (time.perf_counter() - wall)))
+            except subprocess.TimeoutExpired:
+                reference.kill()
+                reference.wait()
+            ref_log.close()
+            if reference.returncode == 0:
                 result["cpu_reference"] = json.loads(ref_path.read_text())
-        elif args.cpu_reference not in ("run", "none"):
+            else:
+                result["errors"].append({
+                    "part": "cpu reference", "error": f"exit {reference.returncode} (killed "
+                    "when it outran the budget)" if reference.returncode < 0 else
+                    f"exit {reference.returncode}",
+                    "traceback": ref_path.with_suffix(".log").read_text()[-3000:]})
+        elif args.cpu_reference not in ("auto", "run", "none"):
             result["cpu_reference"] = json.loads(Path(args.cpu_reference).read_text())
         if "cpu_reference" in result:
             result["fits"] = attach_reference(result["fits"], result["cpu_reference"]["fits"])
-    result["wall_s"] = round(time.perf_counter() - wall, 1)
-    result["within_budget"] = result["wall_s"] <= BUDGET_S
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    print(f"[gpu_check] {result['device_name']}: {result['wall_s']} s -> {out_path}", flush=True)
+    save()
+    print(f"[gpu_check] {result['device_name']}: {result['wall_s']} s, "
+          f"{len(result['errors'])} error(s) -> {out_path}", flush=True)
     return result
 
-
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["errors"] else 0)  # the JSON is written either way
