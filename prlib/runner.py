@@ -84,8 +84,9 @@ def keep_figures(shell, dpi: int = 100) -> None:
     Agg, so later cells may still save it). The notebooks draw with Agg, which shows nothing,
     so without this an executed notebook, and its static page, has no figures."""
     import sys
+    import weakref
 
-    shown: set[int] = set()
+    shown: weakref.WeakSet = weakref.WeakSet()  # (an id could return for a new figure)
 
     def show_new_figures(result=None) -> None:
         if "matplotlib.pyplot" not in sys.modules:
@@ -97,9 +98,9 @@ def keep_figures(shell, dpi: int = 100) -> None:
 
         for num in plt.get_fignums():
             fig = plt.figure(num)
-            if id(fig) in shown:
+            if fig in shown:
                 continue
-            shown.add(id(fig))
+            shown.add(fig)
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
             display(Image(data=buf.getvalue()))
