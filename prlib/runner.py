@@ -103,7 +103,8 @@ def keep_figures(shell, dpi: int = 100) -> None:
             shown.add(fig)
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-            display(Image(data=buf.getvalue()))
+            titles = [t for t in [fig.get_suptitle()] + [a.get_title() for a in fig.axes] if t]
+            display(Image(data=buf.getvalue(), alt="; ".join(titles) or f"figure {num}"))
 
     shell.events.register("post_run_cell", show_new_figures)
 
@@ -117,10 +118,13 @@ def pages_dir(smoke: bool) -> Path:
 def write_page(executed: Path, folder: Path, name: str | None = None) -> Path:
     """The executed notebook ``executed`` as one self-contained HTML page ``folder/NN_slug.html``
     (nbconvert's HTMLExporter, JupyterLab's look): code, text, tables and every figure embedded
-    as a data URI (outputs are, and so are images that Markdown cells link), so the page opens
-    from disk in any browser, no server, no folder of assets. (Only LaTeX, if a cell has any,
-    is typeset by MathJax from its CDN; offline it shows as TeX.) Paths under the repository
-    that outputs print are written relative to it. Returns the page's path."""
+    as a data URI (outputs are, and so are images that Markdown cells link; a figure's titles
+    are its alternative text), so the page opens from disk in any browser, no server, no folder
+    of assets. (Only LaTeX, if a cell has any, is typeset by MathJax from its CDN; offline it
+    shows as TeX.) Paths under the repository that outputs print are written relative to it.
+    Returns the page's path."""
+    import html
+
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -131,9 +135,15 @@ def write_page(executed: Path, folder: Path, name: str | None = None) -> Path:
         for output in cell.get("outputs", []):
             if "text" in output:
                 output["text"] = output["text"].replace(root, "")
-            for kind, value in output.get("data", {}).items():
+            data = output.get("data", {})
+            for kind, value in data.items():
                 if kind.startswith("text/") and isinstance(value, str):
-                    output["data"][kind] = value.replace(root, "")
+                    data[kind] = value.replace(root, "")
+            alt = output.get("metadata", {}).get("image/png", {}).get("alt")
+            if alt and "image/png" in data:  # the template drops a PNG's alt: an <img> keeps it
+                png = data["image/png"].replace("\n", "")
+                data["text/html"] = (f'<img src="data:image/png;base64,{png}" '
+                                     f'alt="{html.escape(alt)}"/>')
     exporter = HTMLExporter(template_name="lab", embed_images=True)
     resources = {"metadata": {"name": name, "path": str(executed.parent)}}
     body, _ = exporter.from_notebook_node(nb, resources=resources)

@@ -23,6 +23,7 @@ def test_a_run_notebook_becomes_a_page_with_its_figure(tmp_path, monkeypatch):
         nbformat.v4.new_code_cell(
             "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
             "fig, ax = plt.subplots(figsize=(2, 2))\nax.plot([0, 1], [1, 0])\n"
+            "ax.set_title('a line')\n"
             "from prlib.config import REPO_ROOT\nprint(REPO_ROOT / 'figures' / 'tiny.png')"),
         nbformat.v4.new_code_cell("ax.set_title('later')  # the same figure: not shown twice")]
     path = tmp_path / "07_tiny.ipynb"
@@ -36,6 +37,7 @@ def test_a_run_notebook_becomes_a_page_with_its_figure(tmp_path, monkeypatch):
     html = page.read_text()
     assert page.name == "07_tiny.html" and "A tiny notebook" in html
     assert f'src="data:image/png;base64,{pngs[0].strip()}' in html  # embedded, no file beside
+    assert 'alt="a line"' in html  # the figure's titles as its alternative text
     assert "figures/tiny.png" in html and str(REPO_ROOT) not in html
 
 
