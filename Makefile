@@ -1,5 +1,6 @@
 # Two commands do everything (each creates the environment on first use):
-#   make run    execute every notebook in order on the full data, regenerating figures/
+#   make run    execute every notebook in order on the full data, regenerating figures/ and
+#               each notebook's static page in docs/notebooks/
 #   make test   pytest over prlib + nbval (lax) over every notebook in smoke mode
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,10 +25,10 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt pyp
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-run: env  ## every notebook, full size, into figures/
+run: env  ## every notebook, full size, into figures/ (+ its HTML page in docs/notebooks/)
 	$(PY) -m prlib.runner all
 
-smoke: env  ## every notebook, smoke size, executed copies under build/
+smoke: env  ## every notebook, smoke size, executed copies and pages under build/
 	$(PY) -m prlib.runner all --smoke
 
 notebook: env  ## one notebook: make notebook NB=00 [SMOKE=1]
