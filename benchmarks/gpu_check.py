@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from prlib.config import resolve_config, torch_threads
+    from prlib.config import REPO_ROOT, resolve_config, torch_threads
 
     wall = time.perf_counter()
     cfg = resolve_config(args.smoke, [args.seed], args.device, max_queries=3000,
@@ -313,7 +313,9 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         runs = settings(cfg)  # node features embedded with every core, cached on disk
         result["setup_s"] = round(time.perf_counter() - start, 1)
-        ref_path = out_path.with_name(out_path.stem + "_cpu_reference.json")
+        # the reference's own JSON and log: a working folder (its numbers go into this JSON)
+        ref_path = REPO_ROOT / "build" / "gpu_check" / f"{out_path.stem}_cpu_reference.json"
+        ref_path.parent.mkdir(parents=True, exist_ok=True)
         if args.cpu_reference == "run" or (gpu and args.cpu_reference == "auto"):
             # started after the setup, so that it reads the node features cached on disk
             ref_threads = max(1, (os.cpu_count() or 2) - threads)
