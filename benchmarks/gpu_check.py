@@ -127,7 +127,8 @@ def embed_check(texts: list[str], device: str, compare: int = 64) -> dict:
 
 def settings(cfg) -> dict:
     """``{"llmrouter": Table 1's setting, "bench": the PersonaRoute-Bench setting}`` at the
-    config's sizes, node features computed (embedded on the config's device, cached on disk)."""
+    config's sizes, node features computed (MiniLM where ``device="auto"`` puts it, cached on
+    disk: a CPU reference started afterwards reads them)."""
     from prlib import simulate
     from prlib.data import load_bank
     from prlib.experiment import Setting
