@@ -53,6 +53,7 @@ SMOKE_SIZES: dict[str, Any] = {
     "permutations": 4,  # person-id shuffles of notebook 85's permutation test
     "new_people": 4,  # persons held out in notebook 85's new-people study
     "people_shots": [0, 3],  # k: votes of each new person (notebook 85)
+    "embed_texts": 4,  # texts embedded uncached by benchmarks/gpu_check.py
 }
 
 

@@ -98,7 +98,7 @@ MUTATIONS = {
           "context.append(rows[:n_t + c.context_per_user])")],
         ["tests/test_personalized.py::test_scores_do_not_depend_on_the_hidden_labels"]),
     "label-on-hidden-edge": (
-        "prlib/graph.py",
+        "prlib/hetero_graph.py",
         [("fb = fb * vis_edge[:, None]  # hidden requests: no feedback at all",
           "fb = fb  # MUTATION")],
         ["tests/test_personalized.py::test_no_label_of_a_hidden_request_reaches_message_passing"]),
