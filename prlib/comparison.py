@@ -154,6 +154,20 @@ def compare_bank(bank, users: Sequence[str] = ("multi-cost",),
     unknown = sorted(set(users) - set(USERS))
     if unknown or not users:
         raise ValueError(f"users must be some of {USERS}, got {list(users)}")
+    chosen = [R.get_router(r) for r in (routers if routers is not None else R.registered())]
+    competing = [c.name for c in chosen if c.family not in report.NOT_COMPETING]
+    if len(competing) < 2:
+        raise ValueError(f"routers: give at least two that compete (not upper bounds or "
+                         f"references), got {competing}: ours is compared with the strongest "
+                         "other")
+    if routers is not None:  # the upper bounds and the references: every table reads against them
+        chosen += [c for c in R.registered() if c.family in report.NOT_COMPETING
+                   and c not in chosen]
+    if ours is None:
+        ours = (R.PersonalizedRouterV2.name if R.PersonalizedRouterV2 in chosen
+                else R.get_router(routers[0]).name)
+    else:
+        ours = R.get_router(ours).name
     if not isinstance(bank, Bank):
         bank = read_bank(bank, llms=llms)
     if max_queries:
@@ -163,15 +177,6 @@ def compare_bank(bank, users: Sequence[str] = ("multi-cost",),
                          "(give a 'response' column), or compare with --users multi-cost")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    chosen = [R.get_router(r) for r in (routers if routers is not None else R.registered())]
-    if routers is not None:  # the upper bounds and the references: every table reads against them
-        chosen += [c for c in R.registered() if c.family in report.NOT_COMPETING
-                   and c not in chosen]
-    if ours is None:
-        ours = (R.PersonalizedRouterV2.name if R.PersonalizedRouterV2 in chosen
-                else R.get_router(routers[0]).name)
-    else:
-        ours = R.get_router(ours).name
     params = {c.__name__: {"steps": steps} for c in chosen if "torch" in c.tags}
     if R.PersonalizedRouterV2 in chosen:
         params["PersonalizedRouterV2"] = {"steps": steps, "device": resolve_device(device)}
