@@ -86,6 +86,32 @@ def test_bank_errors_count_the_rows_name_them_and_give_the_range():
             quality=lambda f: f["quality"].where(f.index != 2, "good")), LLM_TABLE)
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_a_bank_file_reads_with_its_llm_columns_inline_or_an_llms_table(tmp_path, suffix):
+    from prlib.bank import read_bank
+
+    frame = logged_frame(True)
+    expected = Bank.from_frame("my-logs", frame, LLM_TABLE)
+    inline, bare, llms = (tmp_path / f"my-logs{suffix}", tmp_path / f"bare{suffix}",
+                          tmp_path / "llms.csv")
+    write = {".csv": lambda f, p: f.to_csv(p, index=False), ".parquet": pd.DataFrame.to_parquet,
+             ".jsonl": lambda f, p: f.to_json(p, orient="records", lines=True)}[suffix]
+    write(frame.merge(LLM_TABLE, on="llm"), inline)
+    write(frame, bare)
+    LLM_TABLE.to_csv(llms, index=False)
+    for bank in (read_bank(inline), read_bank(bare, llms=llms, name="my-logs"),
+                 read_bank(expected.save(tmp_path / "saved"))):
+        assert bank.name == "my-logs"
+        pd.testing.assert_frame_equal(bank.bank, expected.bank, check_dtype=False)
+        pd.testing.assert_frame_equal(bank.llms, expected.llms, check_dtype=False)
+    with pytest.raises(SchemaError, match="lacks columns .*--llms FILE"):
+        read_bank(bare)
+    write(frame.merge(LLM_TABLE, on="llm").assign(
+        input_usd_per_m=lambda f: f["input_usd_per_m"].where(f.index != 4, 9.0)), inline)
+    with pytest.raises(SchemaError, match=r"differ between rows of the same LLM: \['medium'\]"):
+        read_bank(inline)
+
+
 def test_an_unknown_source_is_named_as_such(tmp_path):
     with pytest.raises(UnknownModelError, match="unknown source 'my-lab'.*Bank.from_frame"):
         resolve_llms("my-lab", ["gpt-x"], tmp_path)
