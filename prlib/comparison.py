@@ -150,6 +150,7 @@ def compare_bank(bank, users: Sequence[str] = ("multi-cost",),
     from prlib import routers as R
     from prlib.bank import Bank, read_bank
     from prlib.config import resolve_device
+    from prlib.features import node_features
 
     unknown = sorted(set(users) - set(USERS))
     if unknown or not users:
@@ -183,17 +184,18 @@ def compare_bank(bank, users: Sequence[str] = ("multi-cost",),
     run = dict(params=params, ours=ours, seeds=list(seeds), tune_seeds=list(tune_seeds),
                routers=chosen, jobs=jobs, progress=progress, folder=folder)
 
-    settings, feats = {}, None
+    # the features every setting shares (what Setting.feats computes), with progress bars
+    feats = node_features(bank, progress=progress, answers=True)
+    settings = {}
     if "multi-cost" in users:
         settings["multi-cost"] = Setting(f"multi-cost · {bank.name}", bank,
                                          simulate.simulate_multi_cost(bank), feedback="utility",
-                                         metric="reward")
-        feats = settings["multi-cost"].feats
-    if "judge" in users:
-        judged = simulate.simulate_judge(bank, temperature=judge_temperature, seed=0)
+                                         metric="reward", features=feats)
+    if "judge" in users:  # simulate_judge's scores, with a progress bar over the answers
+        judged = simulate.simulate_judge(bank, temperature=judge_temperature, seed=0,
+                                         scores=simulate.judge_scores(bank, progress=progress))
         settings["judge"] = Setting(f"judge · {bank.name}", bank, judged, feedback="choice",
                                     metric="accuracy", features=feats)
-        feats = settings["judge"].feats
     comparisons = {}
     for kind, setting in settings.items():
         comparisons[kind] = compare(setting, f"55_{kind.replace('-', '')}", **run)

@@ -278,8 +278,8 @@ class MemoryEmbeddingCache(EmbeddingCache):
 
 _CACHES: dict[str, EmbeddingCache] = {}
 #: texts to embed (not cached yet) from which :func:`embed_texts` shows a progress bar unless
-#: told ``progress=False`` (thousands of answers take minutes with MiniLM on a CPU)
-PROGRESS_FROM = 1000
+#: told ``progress=False`` (MiniLM embeds some tens of answers a second on a busy CPU core)
+PROGRESS_FROM = 256
 
 
 def embed_texts(texts: Iterable[str], batch_size: int = 64, device: str = "auto",

@@ -244,8 +244,8 @@ def test_embeddings_another_process_cached_meanwhile_are_read_not_recomputed(tmp
         embed.embed_texts(["a text nobody embedded"], cache=mine)
 
 
-def test_embedding_thousands_of_new_texts_shows_a_progress_bar(monkeypatch, capsys):
-    """Thousands of answers take minutes with MiniLM on a CPU: from embed.PROGRESS_FROM new
+def test_embedding_many_new_texts_shows_a_progress_bar(monkeypatch, capsys):
+    """Hundreds of answers take minutes with MiniLM on a busy CPU: from embed.PROGRESS_FROM new
     texts on, a line and a bar (unless progress=False); cached texts do not count."""
     from prlib import embed
 
