@@ -39,6 +39,28 @@ DEVELOPMENT_SEEDS = (0, 1, 2, 3, 4)
 SWEEP_LEVELS = ("1", "3", "5", "10", "20", "all")
 #: file types ``prlib compare --bank`` reads (:data:`prlib.bank.BANK_FILE_TYPES`)
 BANK_FILE_TYPES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
+#: the routers ``prlib compare --routers`` can pick, class name -> display name (those of
+#: ``prlib.routers.registered()`` that compete; the upper bounds and references always run; a
+#: test checks they agree)
+ROUTERS = {
+    "RandomRouter": "Random",
+    "CheapestRouter": "Cheapest LLM",
+    "MostExpensiveRouter": "Most expensive LLM",
+    "BestSingleRouter": "Best single LLM",
+    "BestPerUserRouter": "Best LLM per user",
+    "BestPerUserTaskRouter": "Best LLM per user and task",
+    "KNNRouter": "kNN (pooled)",
+    "MLPRouter": "MLP classifier",
+    "MFRouter": "Matrix factorisation (RouteLLM)",
+    "GraphRouterGNN": "GraphRouter (GNN, no users)",
+    "RouterDC": "RouterDC (dual contrastive)",
+    "HybridLLMRouter": "HybridLLM",
+    "FrugalGPTRouter": "FrugalGPT (cascade)",
+    "PerUserKNNRouter": "kNN per user",
+    "UserMLPRouter": "MLP + user embedding",
+    "ReferenceDesignRouter": "Released PersonalizedRouter design",
+    "PersonalizedRouterV2": "PersonalizedRouter v2 (ours)",
+}
 #: columns of a bank file (:data:`prlib.bank.FRAME_REQUIRED`) and of its LLMs
 #: (:data:`prlib.bank.LLM_TABLE_REQUIRED`), checked in a CSV's header before anything loads
 FRAME_REQUIRED = ("query", "llm", "quality")
@@ -239,6 +261,20 @@ def _bank_path(text: str) -> Path:
     return path
 
 
+def _router_name(text: str) -> str:
+    """A router ``prlib compare`` can run: a class name or display name of :data:`ROUTERS`."""
+    if text in ROUTERS or text in ROUTERS.values():
+        return text
+    import difflib
+
+    names = {n.lower(): n for n in list(ROUTERS) + list(ROUTERS.values())}
+    close = [names[n] for n in difflib.get_close_matches(text.lower(), names, n=3, cutoff=0.4)]
+    raise argparse.ArgumentTypeError(
+        f"no router {text!r}" + (f"; closest: {close}" if close else "") + f"; the routers: "
+        f"{', '.join(ROUTERS)} (or their display names; the upper bounds and references "
+        "always run)")
+
+
 def _level(text: str) -> str:
     if text != "all":
         _positive_int(text)
@@ -388,11 +424,11 @@ def parser() -> argparse.ArgumentParser:
                         "on validation)")
     c.add_argument("--max-queries", type=_positive_int, default=None,
                    help="a seeded sample of this many queries (default: all)")
-    c.add_argument("--routers", nargs="+", metavar="ROUTER", default=None,
+    c.add_argument("--routers", nargs="+", metavar="ROUTER", default=None, type=_router_name,
                    help="run only these (class or display names, `python -m prlib.routers` "
                         "lists them; the upper bounds and references always run) (default: "
                         "every registered router)")
-    c.add_argument("--ours", metavar="ROUTER", default=None,
+    c.add_argument("--ours", metavar="ROUTER", default=None, type=_router_name,
                    help="the router compared with the strongest other (default: "
                         "PersonalizedRouterV2 when it runs, else the first of --routers)")
     c.add_argument("--sweep", action="store_true",

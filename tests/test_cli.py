@@ -89,8 +89,11 @@ def test_every_option_has_help_and_shows_its_default():
     (["compare", "--bank", "tests", "--steps", "5"], "a folder without meta.json"),
     (["compare", "--bank", A_CSV, "--users", "robots"], "invalid choice: 'robots'"),
     (["compare", "--bank", A_CSV, "--levels", "0"], "must be at least 1"),
+    (["compare", "--bank", A_CSV, "--routers", "KNNRouter", "GraphRouter"],
+     "no router 'GraphRouter'; closest: ['GraphRouterGNN'"),
 ], ids=["bank", "steps", "route-router", "serve-router", "serve-no-router", "compare-no-file",
-        "compare-file-type", "compare-folder", "compare-users", "compare-levels"])
+        "compare-file-type", "compare-folder", "compare-users", "compare-levels",
+        "compare-routers"])
 def test_a_bad_argument_is_reported_without_loading_anything_heavy(args, says):
     code, _, err, imported = prlib(*args)
     assert code == 2 and says in err, err
@@ -207,6 +210,11 @@ def test_the_banks_and_encoders_the_command_knows_are_the_libraries():
     assert cli.SWEEP_LEVELS == tuple(headroom.level_label(x) for x in headroom.LEVELS)
     assert list(cli.FRAME_REQUIRED) == bank.FRAME_REQUIRED
     assert list(cli.LLM_TABLE_REQUIRED) == bank.LLM_TABLE_REQUIRED
+    from prlib import routers
+    from prlib.report import NOT_COMPETING
+
+    assert cli.ROUTERS == {c.__name__: c.name for c in routers.registered()
+                           if c.family not in NOT_COMPETING}
 
 
 def test_route_prints_the_choice_and_scores_of_a_saved_router(router_folder, capsys):
