@@ -167,6 +167,9 @@ def compare_bank(bank, users: Sequence[str] = ("multi-cost",),
     if ours is None:
         ours = (R.PersonalizedRouterV2.name if R.PersonalizedRouterV2 in chosen
                 else R.get_router(routers[0]).name)
+    elif R.get_router(ours) not in chosen:
+        raise ValueError(f"ours={ours!r} is not among the routers run: "
+                         f"{[c.name for c in chosen]}")
     else:
         ours = R.get_router(ours).name
     if not isinstance(bank, Bank):

@@ -181,6 +181,9 @@ def test_compare_needs_two_routers_that_compete(tmp_path):
     with pytest.raises(ValueError, match="at least two that compete"):
         compare_bank(tmp_path / "unread.csv", routers=["CheapestRouter", "OracleRouter"],
                      folder=tmp_path)
+    with pytest.raises(ValueError, match="is not among the routers run"):
+        compare_bank(tmp_path / "unread.csv", routers=["CheapestRouter", "RandomRouter"],
+                     ours="KNNRouter", folder=tmp_path)
     with pytest.raises(ValueError, match="users must be some of"):
         compare_bank(tmp_path / "unread.csv", users=["robots"], folder=tmp_path)
 
