@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prlib import cli
+from prlib import cli, cli_compare
 from prlib.cli import BANKS, ENCODERS, main, parser
 from prlib.runner import _literal
 
@@ -207,16 +207,17 @@ def test_the_banks_and_encoders_the_command_knows_are_the_libraries():
     from prlib.data import BANK_NAMES
 
     assert BANKS == tuple(BANK_NAMES) and ENCODERS == embed.ENCODERS
-    assert cli.COMPARE_USERS == comparison.USERS and cli.REPORT_SEEDS == config.REPORT_SEEDS
-    assert cli.DEVELOPMENT_SEEDS == config.DEVELOPMENT_SEEDS
-    assert cli.BANK_FILE_TYPES == bank.BANK_FILE_TYPES
-    assert cli.SWEEP_LEVELS == tuple(headroom.level_label(x) for x in headroom.LEVELS)
-    assert list(cli.FRAME_REQUIRED) == bank.FRAME_REQUIRED
-    assert list(cli.LLM_TABLE_REQUIRED) == bank.LLM_TABLE_REQUIRED
+    assert cli_compare.COMPARE_USERS == comparison.USERS
+    assert cli_compare.REPORT_SEEDS == config.REPORT_SEEDS
+    assert cli_compare.DEVELOPMENT_SEEDS == config.DEVELOPMENT_SEEDS
+    assert cli_compare.BANK_FILE_TYPES == bank.BANK_FILE_TYPES
+    assert cli_compare.SWEEP_LEVELS == tuple(headroom.level_label(x) for x in headroom.LEVELS)
+    assert list(cli_compare.FRAME_REQUIRED) == bank.FRAME_REQUIRED
+    assert list(cli_compare.LLM_TABLE_REQUIRED) == bank.LLM_TABLE_REQUIRED
     from prlib import routers
     from prlib.report import NOT_COMPETING
 
-    assert cli.ROUTERS == {c.__name__: c.name for c in routers.registered()
+    assert cli_compare.ROUTERS == {c.__name__: c.name for c in routers.registered()
                            if c.family not in NOT_COMPETING}
 
 
