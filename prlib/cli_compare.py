@@ -111,7 +111,7 @@ def _csv_header(path: Path) -> list[str] | None:
 
     if path.suffix.lower() != ".csv":
         return None
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
         return next(csv.reader(f), [])
 
 
