@@ -208,9 +208,7 @@ def compare_bank(bank, users: Sequence[str] = ("multi-cost",),
               for kind, comp in comparisons.items()}
     summary = pd.DataFrame([report.improvement_row(t, c.improvement) for t, c in titles.items()])
     report.save_table(summary, "55_improvement_summary", folder=folder)
-    per_seed = pd.concat([c.results for c in comparisons.values()], ignore_index=True)
-    per_seed.attrs["not_run"] = {f"{r} ({c.setting.name})": why for c in comparisons.values()
-                                 for r, why in c.results.attrs.get("not_run", {}).items()}
+    per_seed = concat_results([c.results for c in comparisons.values()])
     report.save_table(per_seed, "55_results_per_seed", folder=folder, floatfmt=".5f")
     report.set_style()
     _save_figure(report.main_results_figure(titles, ours), "55_main_results", folder)
@@ -225,17 +223,14 @@ def compare_bank(bank, users: Sequence[str] = ("multi-cost",),
                                              seed=0)  # simulated users, noisy picks
         choice = Setting(utility.name, bank, noisy, feedback="choice", metric="reward",
                          features=utility.feats)
-        parts, tunings, not_run = [], [], {}
+        parts, tunings = [], []
         for setting in (utility, choice):
             res, tun = headroom.sweep(setting, list(levels or headroom.LEVELS), list(seeds),
                                       names, params, list(tune_seeds), progress=progress,
                                       jobs=jobs)
             parts.append(res)
             tunings.append(tun)
-            not_run.update({f"{r} ({setting.feedback} feedback)": why
-                            for r, why in res.attrs.get("not_run", {}).items()})
-        swept = pd.concat(parts, ignore_index=True)
-        swept.attrs["not_run"] = not_run
+        swept = concat_results(parts)
         report.save_table(swept, "50_sweep_per_seed", folder=folder, floatfmt=".5f")
         report.save_table(pd.concat(tunings, ignore_index=True), "50_tuning_sweep",
                           folder=folder, floatfmt=".5f")
@@ -251,6 +246,23 @@ def compare_bank(bank, users: Sequence[str] = ("multi-cost",),
             highlight=[R.BestPerUserTaskRouter.name])
         _save_figure(fig, "50_sweep", folder)
     return BankComparison(bank, comparisons, swept, rows, folder, ours)
+
+
+def concat_results(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """:func:`~prlib.experiment.run_setting` frames (or :func:`~prlib.headroom.sweep`'s) in one,
+    keeping every frame's routers not run: ``pd.concat`` keeps ``attrs`` only where all frames
+    have the same. Each is named "router (setting)" (", feedback" where the frame has a
+    ``feedback`` column), so that :func:`~prlib.report.save_table` writes them all."""
+    out = pd.concat(list(frames), ignore_index=True)
+    for key in ("not_run", "not_run_family"):
+        merged = {}
+        for f in frames:
+            where = ", ".join(str(f[c].iloc[0]) for c in ("setting", "feedback")
+                              if c in f and len(f))
+            merged.update({f"{r} ({where})" if where else r: v
+                           for r, v in f.attrs.get(key, {}).items()})
+        out.attrs[key] = merged
+    return out
 
 
 def _save_figure(fig, name: str, folder: Path) -> None:

@@ -52,3 +52,19 @@ def test_routers_not_run_are_kept_when_results_are_saved(tmp_path):
     res.attrs.clear()
     report.save_table(res, "77_per_seed", folder=tmp_path)
     assert not sidecar.exists() and "Not run" not in csv.with_suffix(".md").read_text()
+
+
+def test_results_concatenated_keep_every_frames_routers_not_run():
+    import pandas as pd
+
+    from prlib.comparison import concat_results
+
+    a = pd.DataFrame({"setting": ["s1"], "router": ["R"], "seed": [0]})
+    a.attrs.update(not_run={"F": "no texts"}, not_run_family={"F": "non-personalised"})
+    b = pd.DataFrame({"setting": ["s2"], "feedback": ["choice"], "router": ["R"], "seed": [0]})
+    b.attrs.update(not_run={"S": "multi-cost only"})
+    assert pd.concat([a, b]).attrs == {}  # what concat alone does
+    out = concat_results([a, b])
+    assert len(out) == 2 and out.attrs == {
+        "not_run": {"F (s1)": "no texts", "S (s2, choice)": "multi-cost only"},
+        "not_run_family": {"F (s1)": "non-personalised"}}
