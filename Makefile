@@ -1,5 +1,6 @@
 # Two commands do everything (each creates the environment on first use):
-#   make run    execute every notebook in order on the full data, regenerating figures/
+#   make run    execute every notebook in order on the full data, regenerating figures/ and
+#               each notebook's static page in docs/notebooks/
 #   make test   pytest over prlib + nbval (lax) over every notebook in smoke mode
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: env run smoke test notebook lab clean
+.PHONY: env run smoke test notebook lab gpu-check clean
 
 env: $(VENV)/.installed
 
@@ -24,10 +25,10 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt pyp
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-run: env  ## every notebook, full size, into figures/
+run: env  ## every notebook, full size, into figures/ (+ its HTML page in docs/notebooks/)
 	$(PY) -m prlib.runner all
 
-smoke: env  ## every notebook, smoke size, executed copies under build/
+smoke: env  ## every notebook, smoke size, executed copies and pages under build/
 	$(PY) -m prlib.runner all --smoke
 
 notebook: env  ## one notebook: make notebook NB=00 [SMOKE=1]
@@ -36,6 +37,9 @@ notebook: env  ## one notebook: make notebook NB=00 [SMOKE=1]
 test: env  ## ruff, then pytest + nbval (lax) over the notebooks in smoke mode, TEST_WORKERS at once
 	$(PY) -m ruff check .
 	PRLIB_SMOKE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
+
+gpu-check: env  ## the CUDA path on one GPU in <= 8 min -> figures/gpu_check_cuda.json (SMOKE=1: small)
+	$(PY) benchmarks/gpu_check.py $(if $(SMOKE),--smoke,) $(GPU_CHECK_ARGS)
 
 lab: env  ## JupyterLab on the notebooks (as root it needs --allow-root)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)

@@ -162,14 +162,24 @@ class Bank:
             frame["output_tokens"] = np.nan
         missing = frame["output_tokens"].isna().to_numpy()
         if missing.any():
-            if not has_response or frame.loc[missing, "response"].isna().any():
-                raise SchemaError(f"bank {name!r}: {int(missing.sum())} rows have neither an "
-                                  "output_tokens count nor a response text")
+            no_text = missing & (frame["response"].isna().to_numpy() if "response" in frame
+                                 else True)
+            if no_text.any():
+                raise SchemaError(f"bank {name!r}: {int(no_text.sum())} of {len(frame)} rows "
+                                  "have neither an output_tokens count nor a response text: "
+                                  f"{_rows(frame, no_text)}; give one or drop the rows")
             frame.loc[missing, "output_tokens"] = count_tokens(frame.loc[missing, "response"])
         if "input_tokens" not in frame:
             frame["input_tokens"] = frame["query"].map(
                 dict(zip(queries["text"], count_tokens(queries["text"]))))
-        frame["quality"] = pd.to_numeric(frame["quality"], errors="coerce").astype(float)
+        quality = pd.to_numeric(frame["quality"], errors="coerce").astype(float)
+        not_number = (quality.isna() & frame["quality"].notna()).to_numpy()
+        if not_number.any():
+            raise SchemaError(f"bank {name!r}: {int(not_number.sum())} of {len(frame)} rows have "
+                              "a quality that is not a number: "
+                              f"{_rows(frame, not_number, 'quality')}; give a number in [0, 1], "
+                              "or leave it empty (unscored)")
+        frame["quality"] = quality
         for col in ("input_tokens", "output_tokens"):
             frame[col] = frame[col].astype(float).round().astype(np.int64) \
                 if frame[col].notna().all() else frame[col]
@@ -213,6 +223,24 @@ def _require(df: pd.DataFrame, columns: list[str], table: str, name: str, hint: 
     if missing:
         raise SchemaError(f"bank {name!r}: table {table!r} lacks columns {missing}; "
                           f"it has {list(df.columns)}; it needs {columns}{hint}")
+
+
+def _rows(frame: pd.DataFrame, mask: np.ndarray, column: str | None = None,
+          shown: int = 3) -> str:
+    """The first ``shown`` rows of ``frame`` where ``mask`` is true, named by their index
+    label, (query_id, llm) and ``column``'s value: "row 4 ('q00001', 'huge', quality 7.0),
+    ... and 9 more"."""
+    picked = frame[np.asarray(mask, dtype=bool)]
+    names = []
+    for label, row in picked.head(shown).iterrows():
+        what = [repr(row[c]) for c in ("query_id", "llm") if c in row.index]
+        if column is not None:
+            v = row[column]
+            what.append(f"{column} {v:g}" if isinstance(v, (float, np.floating)) else
+                        f"{column} {v!r}")
+        names.append(f"row {label} ({', '.join(what)})")
+    more = len(picked) - len(names)
+    return ", ".join(names) + (f" and {more:,} more" if more > 0 else "")
 
 
 def check_llm_names(names: Iterable[str], known: Iterable[str],
@@ -268,8 +296,13 @@ def validate_bank(b: Bank) -> None:
         raise SchemaError(f"bank {b.name!r}: bank rows name LLMs missing from llms: "
                           f"{sorted(unknown_l)[:5]}")
     q = b.bank["quality"].to_numpy(dtype=float)
-    if np.any((q[~np.isnan(q)] < 0) | (q[~np.isnan(q)] > 1)):
-        raise SchemaError(f"bank {b.name!r}: quality outside [0, 1]")
+    outside = ~np.isnan(q) & ((q < 0) | (q > 1))
+    if outside.any():
+        raise SchemaError(
+            f"bank {b.name!r}: quality outside [0, 1] in {int(outside.sum())} of {len(q)} rows "
+            f"(range seen {np.nanmin(q):g} to {np.nanmax(q):g}): "
+            f"{_rows(b.bank, outside, 'quality')}; map your scores into [0, 1] first (e.g. "
+            "(score - lowest) / (highest - lowest) of your scale)")
     for col in ["input_tokens", "output_tokens", "cost_usd"]:
         v = b.bank[col].to_numpy(dtype=float)
         if np.isnan(v).any() or (v < 0).any():
@@ -352,3 +385,56 @@ def turn_bank(bank: Bank) -> Bank:
             "; the conversation so far", "output_tokens": TOKENIZER_NOTE + "; this turn's answer"}
     return Bank(f"{bank.name}-turns", pd.DataFrame(qrows), bank.llms.copy(),
                 frame[BANK_COLUMNS + ["response"]], meta)
+
+
+#: file types :func:`read_bank` reads (a folder written by :meth:`Bank.save` too)
+BANK_FILE_TYPES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A CSV, Parquet, JSON-lines or JSON (records) file as a frame."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if suffix in (".jsonl", ".json"):
+        return pd.read_json(path, lines=suffix == ".jsonl")
+    raise SchemaError(f"{path}: a bank file must be one of {BANK_FILE_TYPES} (or a folder "
+                      "written by Bank.save)")
+
+
+def read_bank(path: str | Path, llms: str | Path | pd.DataFrame | None = None,
+              name: str | None = None,
+              task_descriptions: Mapping[str, str] | None = None) -> Bank:
+    """A bank from a file of your own: a folder written by :meth:`Bank.save`, or a CSV,
+    Parquet, JSON-lines or JSON file with :meth:`Bank.from_frame`'s columns, a row per
+    (query, LLM). The LLM table comes from ``llms`` (a file or frame with
+    :data:`LLM_TABLE_REQUIRED` columns) or, without it, from the same columns in the file
+    (one value per LLM). ``name``: the bank's name (default: the file's stem)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "meta.json").is_file():
+            raise SchemaError(f"{path} is a folder without meta.json: give a bank file "
+                              f"({', '.join(BANK_FILE_TYPES)}) or a folder written by Bank.save")
+        return Bank.load(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"bank file {path} not found")
+    frame = _read_table(path)
+    name = name or path.stem
+    if llms is None:
+        _require(frame, LLM_TABLE_REQUIRED, "file", name,
+                 hint=" (the LLM columns, one value per LLM, or pass an llms table: llms=FILE, "
+                      "--llms FILE)")
+        extra = [c for c in ("family", "size_b") if c in frame]
+        table = frame[LLM_TABLE_REQUIRED + extra].drop_duplicates()
+        twice = table["llm"][table["llm"].duplicated()].unique().tolist()
+        if twice:
+            raise SchemaError(f"bank {name!r}: the LLM columns of {path.name} differ between "
+                              f"rows of the same LLM: {twice[:5]}; give one price and "
+                              "description per LLM (or an llms table)")
+        frame = frame.drop(columns=[c for c in table.columns if c != "llm"])
+    else:
+        table = llms if isinstance(llms, pd.DataFrame) else _read_table(Path(llms))
+    return Bank.from_frame(name, frame, table, task_descriptions=task_descriptions,
+                           meta={"file": str(path)})

@@ -1,4 +1,5 @@
-"""The ``prlib`` command: run notebooks, fetch data, train, route and serve a router.
+"""The ``prlib`` command: run notebooks, fetch data, train, route and serve a router, compare
+every router on your own bank.
 
     prlib run [NB ...] [--smoke]        execute notebooks (papermill), as python -m prlib.runner
     prlib data download|verify          the data files, as python -m prlib.data
@@ -6,6 +7,8 @@
     prlib route --router DIR --user U "query text"
     prlib users --router DIR            the users a saved router knows, with their requests
     prlib serve --router DIR --upstream URL | --map FILE | --local-llm smollm2
+    prlib compare --bank FILE [--users multi-cost judge] [--sweep] --out DIR
+                                        notebooks 55 (and 50) on your own bank
 
 ``prlib`` is installed in the project's environment (``.venv/bin/prlib`` after ``make env``;
 activate it or call it by that path). Arguments are checked before anything heavy is loaded.
@@ -18,6 +21,9 @@ import json
 import sys
 from pathlib import Path
 
+from prlib import cli_compare
+from prlib.cli_args import non_negative_int, positive_float, positive_int
+
 #: users ``prlib train`` can simulate on a bank
 USERS = ("paper", "bench")
 #: the banks ``prlib train`` knows (:data:`prlib.data.BANK_NAMES`, kept here so that a wrong
@@ -27,7 +33,6 @@ BANKS = ("llmrouter", "arena-bench-v1", "arena-hard-v0.1", "mt-bench")
 ENCODERS = ("minilm", "static-minilm-256")
 #: local models ``prlib serve --local-llm`` can start
 LOCAL_LLMS = ("smollm2",)
-
 SERVE_EPILOG = """endpoints:
   POST /v1/chat/completions  OpenAI chat completion; "model": "auto" routes by the "user" field
   POST /v1/feedback          {"request_id", "user", "pick": LLM} or {..., "rating": 0-1}
@@ -49,34 +54,6 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         if action.default in (None, False, []) or action.required:
             return action.help
         return super()._get_help_string(action)
-
-
-def _int_at_least(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _int_at_least(text, 1)
-
-
-def _non_negative_int(text: str) -> int:
-    return _int_at_least(text, 0)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def _router_dir(text: str) -> Path:
@@ -226,11 +203,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--users", choices=USERS, default="paper",
                    help="paper: the nine multi-cost users; bench: PersonaRoute-Bench multi-cost "
                         "users (arena-bench-v1)")
-    t.add_argument("--bench-users", type=_positive_int, default=1000,
+    t.add_argument("--bench-users", type=positive_int, default=1000,
                    help="how many PersonaRoute-Bench users (with --users bench)")
-    t.add_argument("--max-queries", type=_positive_int, default=None,
+    t.add_argument("--max-queries", type=positive_int, default=None,
                    help="a seeded sample of this many queries (default: all)")
-    t.add_argument("--steps", type=_positive_int, default=1000,
+    t.add_argument("--steps", type=positive_int, default=1000,
                    help="training steps of the router")
     t.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
     t.add_argument("--encoder", choices=ENCODERS, default="minilm",
@@ -248,6 +225,7 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--router", required=True, type=_router_dir,
                    help="a folder written by `prlib train`")
     u.add_argument("--json", action="store_true", help="print {user: requests} as JSON")
+    cli_compare.add_parser(add)
     s = add("serve", "an OpenAI-compatible proxy routing by the user field",
             epilog=SERVE_EPILOG)
     s.add_argument("--router", required=True, type=_router_dir,
@@ -269,20 +247,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--admin-key", help="key for /v1/admin/* and /docs")
     s.add_argument("--insecure-no-keys", action="store_true",
                    help="allow a non-loopback --host without keys")
-    s.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000,
+    s.add_argument("--max-body-bytes", type=positive_int, default=1_000_000,
                    help="larger request bodies get 413")
-    s.add_argument("--connect-timeout", type=_positive_float, default=5.0,
+    s.add_argument("--connect-timeout", type=positive_float, default=5.0,
                    help="seconds to connect to an upstream (then: unreachable)")
-    s.add_argument("--read-timeout", type=_positive_float, default=120.0,
+    s.add_argument("--read-timeout", type=positive_float, default=120.0,
                    help="seconds an upstream may take to answer (then: 504)")
-    s.add_argument("--retries", type=_non_negative_int, default=2,
+    s.add_argument("--retries", type=non_negative_int, default=2,
                    help="further connection attempts to an upstream that cannot be reached "
                         "(a request that reached it is never retried)")
-    s.add_argument("--fallbacks", type=_non_negative_int, default=2,
+    s.add_argument("--fallbacks", type=non_negative_int, default=2,
                    help="next-best LLMs tried when the chosen one cannot be reached")
-    s.add_argument("--remember", type=_positive_int, default=100_000,
+    s.add_argument("--remember", type=positive_int, default=100_000,
                    help="routed requests kept for feedback (the oldest are forgotten)")
-    s.add_argument("--remember-mb", type=_positive_float, default=256.0,
+    s.add_argument("--remember-mb", type=positive_float, default=256.0,
                    help="memory bound of the requests kept for feedback")
     s.add_argument("--journal", metavar="FILE", default=None,
                    help="append feedback here (fsynced before it is acknowledged) and replay "
@@ -307,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             from prlib.data import main as data_main
 
             return data_main(args.rest)
-        return {"train": _train, "route": _route, "users": _users,
-                "serve": _serve}[args.cmd](args)
+        return {"train": _train, "route": _route, "users": _users, "serve": _serve,
+                "compare": cli_compare.run}[args.cmd](args)
     except (FileNotFoundError, ValueError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"prlib {args.cmd}: error: {message}", file=sys.stderr)

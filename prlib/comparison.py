@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from prlib import report
-from prlib.config import DEVELOPMENT_SEEDS, RunConfig
+from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS, RunConfig
 from prlib.experiment import Setting, Tuning, tune_and_run
 from prlib.routers import Router
 
@@ -84,3 +84,190 @@ def compare(setting: Setting, name: str, cfg: RunConfig | None = None,
     (default,) = registered("ours")  # exactly one router is ours
     imp = report.improvement(results, setting.metric, ours or default.name)
     return Comparison(setting, tuning, results, table, imp)
+
+
+#: the users :func:`compare_bank` can simulate on a bank (notebook 55's two kinds)
+USERS = ("multi-cost", "judge")
+#: routers the sweep leaves out by default, as notebook 50 does: the two slowest to fit
+SWEEP_SLOW = ("GraphRouterGNN", "ReferenceDesignRouter")
+#: the persona judge's choice temperature of notebook 55 (its ``JUDGE_TEMPERATURE``)
+JUDGE_TEMPERATURE = 0.5
+
+
+@dataclass
+class BankComparison:
+    """What :func:`compare_bank` ran and wrote: one :class:`Comparison` per kind of users,
+    notebook 50's sweep (``None`` without ``sweep``), and the folder."""
+
+    bank: object
+    comparisons: dict
+    sweep: pd.DataFrame | None
+    headroom: pd.DataFrame | None
+    folder: Path
+    ours: str
+
+    def describe(self) -> str:
+        """One line per table: ours against its strongest baseline; the files written."""
+        lines = [f"{k}: {c.describe()}" for k, c in self.comparisons.items()]
+        files = sorted(p.name for p in self.folder.iterdir() if p.suffix in (".csv", ".png"))
+        return "\n".join(lines + [f"written to {self.folder}: {', '.join(files)}"])
+
+
+def compare_bank(bank, users: Sequence[str] = ("multi-cost",),
+                 seeds: Sequence[int] = REPORT_SEEDS,
+                 tune_seeds: Sequence[int] = DEVELOPMENT_SEEDS[:1], steps: int = 1000,
+                 folder: str | Path = "compare", sweep: bool = False,
+                 levels: Sequence[int | None] | None = None,
+                 routers: Sequence[type[Router] | str] | None = None, ours: str | None = None,
+                 llms=None, max_queries: int | None = None,
+                 judge_temperature: float = JUDGE_TEMPERATURE, device: str = "auto",
+                 jobs: int = 1, progress: bool = True) -> BankComparison:
+    """Notebook 55's comparison (and with ``sweep``, notebook 50's) on a bank of your own, in
+    one call; tables and figures are written into ``folder``.
+
+    ``bank``: a :class:`~prlib.bank.Bank`, or a file or folder :func:`~prlib.bank.read_bank`
+    reads (``llms``: its LLM table, when the file lacks the LLM columns). ``users``:
+    ``"multi-cost"`` (the paper's nine users, revealed utilities, reward) and/or ``"judge"``
+    (the offline persona judges, which score answer texts: choice-only feedback, accuracy),
+    simulated as notebook 55 does (:func:`~prlib.simulate.simulate_multi_cost`;
+    :func:`~prlib.simulate.simulate_judge` at ``judge_temperature``, seed 0). For each, the
+    protocol of :func:`compare`: every router's grid tuned on validation of ``tune_seeds``,
+    every torch router (ours included) trained for at most ``steps`` steps with early
+    stopping, the report ``seeds`` run, ours against the strongest baseline (paired 95 % CI).
+    Writes ``55_<users>`` (table), ``55_tuning_<users>``, ``55_results_per_seed`` (+ the
+    routers not run, ``.not_run.json``), ``55_improvement_summary`` and the main figure
+    ``55_main_results``. With ``sweep``: notebook 50's sweep over training requests per user
+    (``levels``, default :data:`prlib.headroom.LEVELS`) with multi-cost users, revealed
+    utilities and choice-only noisy picks (:data:`prlib.headroom.CHOICE_TEMPERATURE`), every
+    router but :data:`SWEEP_SLOW`: ``50_sweep_per_seed``, ``50_tuning_sweep``,
+    ``50_headroom`` and the figure ``50_sweep``.
+
+    ``routers``: run only these (class or display names; the upper bounds and the references
+    always run too: they are never competitors); ``ours``: the router compared with the
+    strongest other (default: ours, PersonalizedRouter v3, when it runs, else the first of
+    ``routers``). ``max_queries``: a seeded sample of the bank's queries. ``jobs``: fits at
+    once, in separate processes (the numbers do not depend on it)."""
+    from prlib import headroom, simulate
+    from prlib import routers as R
+    from prlib.bank import Bank, read_bank
+    from prlib.config import resolve_device
+    from prlib.features import node_features
+
+    unknown = sorted(set(users) - set(USERS))
+    if unknown or not users:
+        raise ValueError(f"users must be some of {USERS}, got {list(users)}")
+    chosen = [R.get_router(r) for r in (routers if routers is not None else R.registered())]
+    competing = [c.name for c in chosen if c.family not in report.NOT_COMPETING]
+    if len(competing) < 2:
+        raise ValueError(f"routers: give at least two that compete (not upper bounds or "
+                         f"references), got {competing}: ours is compared with the strongest "
+                         "other")
+    if routers is not None:  # the upper bounds and the references: every table reads against them
+        chosen += [c for c in R.registered() if c.family in report.NOT_COMPETING
+                   and c not in chosen]
+    if ours is None:
+        (default,) = R.registered("ours")  # exactly one router is ours
+        ours = default.name if default in chosen else R.get_router(routers[0]).name
+    elif R.get_router(ours) not in chosen:
+        raise ValueError(f"ours={ours!r} is not among the routers run: "
+                         f"{[c.name for c in chosen]}")
+    else:
+        ours = R.get_router(ours).name
+    if not isinstance(bank, Bank):
+        bank = read_bank(bank, llms=llms)
+    if max_queries:
+        bank = bank.sample_queries(max_queries, seed=0)
+    if "judge" in users and not bank.has_text:
+        raise ValueError(f"bank {bank.name!r} has no answer texts: the judge users score them "
+                         "(give a 'response' column), or compare with --users multi-cost")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    params = {c.__name__: {"steps": steps} for c in chosen if "torch" in c.tags}
+    if R.PersonalizedRouterV2 in chosen:
+        params["PersonalizedRouterV2"] = {"steps": steps, "device": resolve_device(device)}
+    run = dict(params=params, ours=ours, seeds=list(seeds), tune_seeds=list(tune_seeds),
+               routers=chosen, jobs=jobs, progress=progress, folder=folder)
+
+    # the features every setting shares (what Setting.feats computes), with progress bars
+    feats = node_features(bank, progress=progress, answers=True)
+    settings = {}
+    if "multi-cost" in users:
+        settings["multi-cost"] = Setting(f"multi-cost · {bank.name}", bank,
+                                         simulate.simulate_multi_cost(bank), feedback="utility",
+                                         metric="reward", features=feats)
+    if "judge" in users:  # simulate_judge's scores, with a progress bar over the answers
+        judged = simulate.simulate_judge(bank, temperature=judge_temperature, seed=0,
+                                         scores=simulate.judge_scores(bank, progress=progress))
+        settings["judge"] = Setting(f"judge · {bank.name}", bank, judged, feedback="choice",
+                                    metric="accuracy", features=feats)
+    comparisons = {}
+    for kind, setting in settings.items():
+        comparisons[kind] = compare(setting, f"55_{kind.replace('-', '')}", **run)
+        if progress:
+            print(f"{setting.name}: {comparisons[kind].describe()}", flush=True)
+    titles = {comp.title(f"{kind} users · {bank.name}"): comp
+              for kind, comp in comparisons.items()}
+    summary = pd.DataFrame([report.improvement_row(t, c.improvement) for t, c in titles.items()])
+    report.save_table(summary, "55_improvement_summary", folder=folder)
+    per_seed = concat_results([c.results for c in comparisons.values()])
+    report.save_table(per_seed, "55_results_per_seed", folder=folder, floatfmt=".5f")
+    report.set_style()
+    _save_figure(report.main_results_figure(titles, ours), "55_main_results", folder)
+
+    swept = rows = None
+    if sweep:
+        names = [c for c in chosen if routers is not None or c.__name__ not in SWEEP_SLOW]
+        utility = settings.get("multi-cost") or Setting(
+            f"multi-cost · {bank.name}", bank, simulate.simulate_multi_cost(bank),
+            feedback="utility", metric="reward", features=feats)
+        noisy = simulate.simulate_multi_cost(bank, temperature=headroom.CHOICE_TEMPERATURE,
+                                             seed=0)  # simulated users, noisy picks
+        choice = Setting(utility.name, bank, noisy, feedback="choice", metric="reward",
+                         features=utility.feats)
+        parts, tunings = [], []
+        for setting in (utility, choice):
+            res, tun = headroom.sweep(setting, list(levels or headroom.LEVELS), list(seeds),
+                                      names, params, list(tune_seeds), progress=progress,
+                                      jobs=jobs)
+            parts.append(res)
+            tunings.append(tun)
+        swept = concat_results(parts)
+        report.save_table(swept, "50_sweep_per_seed", folder=folder, floatfmt=".5f")
+        report.save_table(pd.concat(tunings, ignore_index=True), "50_tuning_sweep",
+                          folder=folder, floatfmt=".5f")
+        reference = R.StructuredReferenceRouter.name
+        rows = headroom.headroom_table(swept, "reward", ours,
+                                       reference=reference if reference in set(
+                                           swept["router"]) else None)
+        report.save_table(rows, "50_headroom", folder=folder, floatfmt=".4f")
+        fig = headroom.sweep_figure(
+            swept, "reward", ours,
+            [(f"revealed utilities (nine users, {bank.name})", utility.name, "utility"),
+             (f"choice-only, noisy picks (nine users, {bank.name})", choice.name, "choice")],
+            highlight=[R.BestPerUserTaskRouter.name])
+        _save_figure(fig, "50_sweep", folder)
+    return BankComparison(bank, comparisons, swept, rows, folder, ours)
+
+
+def concat_results(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """:func:`~prlib.experiment.run_setting` frames (or :func:`~prlib.headroom.sweep`'s) in one,
+    keeping every frame's routers not run: ``pd.concat`` keeps ``attrs`` only where all frames
+    have the same. Each is named "router (setting)" (", feedback" where the frame has a
+    ``feedback`` column), so that :func:`~prlib.report.save_table` writes them all."""
+    out = pd.concat(list(frames), ignore_index=True)
+    for key in ("not_run", "not_run_family"):
+        merged = {}
+        for f in frames:
+            where = ", ".join(str(f[c].iloc[0]) for c in ("setting", "feedback")
+                              if c in f and len(f))
+            merged.update({f"{r} ({where})" if where else r: v
+                           for r, v in f.attrs.get(key, {}).items()})
+        out.attrs[key] = merged
+    return out
+
+
+def _save_figure(fig, name: str, folder: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    report.save_figure(fig, name, folder=folder)
+    plt.close(fig)

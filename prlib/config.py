@@ -46,13 +46,14 @@ SMOKE_SIZES: dict[str, Any] = {
     "gmt_steps": 20,  # GMTRouter's optimizer steps (notebook 90)
     "mt_heldout_users": 3,  # users held out in notebook 90's new-user study
     "sparsity_levels": [5, 20],  # interactions per user in training (notebook 95)
-    "sweep_levels": [1, None],  # training requests per user of notebook 50's sweep
+    "sweep_levels": [1, 5],  # training requests per user of notebook 50's sweep (sparse: cheap)
     "scaling_users": [20, 60],  # bench sizes of notebook 95's scaling study
     "efficiency_calls": 20,  # single-request calls timed per router (notebook 95)
     "real_questions": 24,  # questions kept per real-people data set (notebook 85)
     "permutations": 4,  # person-id shuffles of notebook 85's permutation test
     "new_people": 4,  # persons held out in notebook 85's new-people study
     "people_shots": [0, 3],  # k: votes of each new person (notebook 85)
+    "embed_texts": 4,  # texts embedded uncached by benchmarks/gpu_check.py
 }
 
 

@@ -277,14 +277,20 @@ class MemoryEmbeddingCache(EmbeddingCache):
 
 
 _CACHES: dict[str, EmbeddingCache] = {}
+#: texts to embed (not cached yet) from which :func:`embed_texts` shows a progress bar unless
+#: told ``progress=False`` (MiniLM embeds some tens of answers a second on a busy CPU core)
+PROGRESS_FROM = 256
 
 
 def embed_texts(texts: Iterable[str], batch_size: int = 64, device: str = "auto",
-                progress: bool = False, cache: EmbeddingCache | None = None) -> np.ndarray:
+                progress: bool | None = None,
+                cache: EmbeddingCache | None = None) -> np.ndarray:
     """Unit-norm embeddings of ``texts`` by the current encoder (:func:`use_encoder`; MiniLM,
     shape (n, 384), unless told otherwise), float32; cached by text hash, one cache per
     encoder. ``device``: where MiniLM runs (``"auto"``: CUDA when present, else CPU); the
-    cache keeps whatever was computed first, on any device."""
+    cache keeps whatever was computed first, on any device. ``progress``: a line and a
+    progress bar on stderr; ``None`` (default): when :data:`PROGRESS_FROM` or more texts are
+    not cached yet."""
     encoder = current_encoder()
     texts = ["" if t is None else str(t) for t in texts]
     if cache is None:
@@ -298,7 +304,13 @@ def embed_texts(texts: Iterable[str], batch_size: int = 64, device: str = "auto"
             cache.refresh()  # another process may have embedded them while this one waited
             todo = {k: t for k, t in zip(keys, texts) if k not in cache}
             if todo:
-                vectors = _encode(list(todo.values()), encoder, device, batch_size, progress)
+                show = len(todo) >= PROGRESS_FROM if progress is None else progress
+                if show:
+                    import sys
+
+                    print(f"prlib.embed: embedding {len(todo):,} new texts with {encoder} "
+                          "(cached afterwards)", file=sys.stderr, flush=True)
+                vectors = _encode(list(todo.values()), encoder, device, batch_size, show)
                 cache.add(list(todo), vectors)
     if not texts:
         return np.zeros((0, DIM if encoder == MINILM else 256), dtype=np.float32)

@@ -49,9 +49,10 @@ class NodeFeatures:
                        answer_ok=None if self.answer_ok is None else self.answer_ok[:, idx])
 
 
-def node_features(bank: Bank, progress: bool = False, answers: bool = False) -> NodeFeatures:
+def node_features(bank: Bank, progress: bool | None = None, answers: bool = False) -> NodeFeatures:
     """MiniLM embeddings of queries, task descriptions and LLM descriptions (+ token/price logs);
-    with ``answers`` also of the bank's answer texts (when it has any)."""
+    with ``answers`` also of the bank's answer texts (when it has any). ``progress``: a bar per
+    embedding call (``None``: when thousands of texts are new, ``prlib.embed.PROGRESS_FROM``)."""
     q = bank.queries
     q_emb = embed_texts(q["text"].tolist(), progress=progress)
     tokens = bank.bank.groupby("query_id")["input_tokens"].median().reindex(q["query_id"])

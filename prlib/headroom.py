@@ -119,7 +119,7 @@ def sweep_figure(results: pd.DataFrame, metric: str, ours: str, panels: Sequence
         best = [strongest(part[part["train_per_user"] == lab], metric, exclude=(ours,))
                 for lab in labels]
         curves = {ours: ("ours", "C3", "-", 2.4)}
-        palette = iter(["C0", "C1", "C4", "C5", "C6", "C8", "C9", "C2"])
+        palette = iter(["C0", "C1", "C2", "C5", "C9", "C8", "C4", "C6"])
         for name in dict.fromkeys([*highlight, *best]):
             curves.setdefault(name, (None, next(palette, "grey"), "-", 1.0))
         for name, fam in part.groupby("router", sort=False)["family"].first().items():

@@ -55,10 +55,23 @@ def save_figure(fig, name: str, cfg: RunConfig | None = None, *,
 def save_table(df: pd.DataFrame, name: str, cfg: RunConfig | None = None,
                floatfmt: str = ".3f", *, folder: str | Path | None = None) -> Path:
     """Save ``df`` as ``name.csv`` and ``name.md`` (GitHub Markdown) into
-    :func:`output_folder`; returns the CSV path."""
+    :func:`output_folder`; returns the CSV path. Routers not run (``df.attrs["not_run"]``, as
+    :func:`~prlib.experiment.run_setting` leaves them) are kept beside the CSV in
+    ``name.not_run.json`` ({"not_run": {router: reason}, "not_run_family": {router: family}})
+    and listed under the Markdown table."""
+    import json
+
     csv = output_folder(cfg, folder) / f"{name}.csv"
     df.to_csv(csv, index=False)
-    csv.with_suffix(".md").write_text(to_markdown(df, floatfmt) + "\n")
+    not_run = dict(df.attrs.get("not_run") or {})
+    notes = "".join(f"\n\nNot run: {r}: {why}" for r, why in not_run.items())
+    csv.with_suffix(".md").write_text(to_markdown(df, floatfmt) + notes + "\n")
+    sidecar = csv.with_suffix(".not_run.json")
+    if not_run:
+        sidecar.write_text(json.dumps({"not_run": not_run, "not_run_family": dict(
+            df.attrs.get("not_run_family") or {})}, indent=1) + "\n")
+    elif sidecar.exists():  # an earlier save of this name had some
+        sidecar.unlink()
     return csv
 
 

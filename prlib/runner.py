@@ -5,7 +5,10 @@
 parameter (a JSON literal, else a string), e.g. ``python -m prlib.runner 10 -p LOCAL_MODEL
 true``. Executed copies go to the
 git-ignored ``build/notebooks/`` (``build/notebooks-smoke/`` in smoke mode); the stored notebooks
-stay without outputs.
+stay without outputs. Each executed notebook is also written as a static HTML page, its figures
+embedded (:func:`write_page`): into the committed ``docs/notebooks/`` in a full run, so that a
+reader sees the results next to the method without running anything, and into the git-ignored
+``build/smoke-pages/`` in smoke mode.
 """
 
 from __future__ import annotations
@@ -57,8 +60,96 @@ def run_notebook(path: Path, smoke: bool = False, parameters: dict | None = None
     if smoke:
         os.environ["PRLIB_SMOKE"] = "1"
     out = out_dir / path.name
-    pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
-                        kernel_name="python3", progress_bar=False)
+    # figures drawn with Agg leave no output in the notebook: a startup file (IPython runs
+    # $PYTHONSTARTUP in the kernel) registers keep_figures, so each figure is kept as a PNG
+    # output of the cell that made it and reaches the static page
+    startup = out_dir / ".prlib_kernel_startup.py"
+    startup.write_text("import prlib.runner\nprlib.runner.keep_figures(get_ipython())\n")
+    before = os.environ.get("PYTHONSTARTUP")
+    os.environ["PYTHONSTARTUP"] = str(startup)
+    try:
+        pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
+                            kernel_name="python3", progress_bar=False)
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONSTARTUP")
+        else:
+            os.environ["PYTHONSTARTUP"] = before
+    return out
+
+
+def keep_figures(shell, dpi: int = 100) -> None:
+    """In a kernel (``shell``: its IPython shell): after every cell, each matplotlib figure the
+    cell opened is shown as a PNG output of that cell (``dpi``; the figure stays open, as with
+    Agg, so later cells may still save it). The notebooks draw with Agg, which shows nothing,
+    so without this an executed notebook, and its static page, has no figures."""
+    import sys
+    import weakref
+
+    shown: weakref.WeakSet = weakref.WeakSet()  # (an id could return for a new figure)
+
+    def show_new_figures(result=None) -> None:
+        if "matplotlib.pyplot" not in sys.modules:
+            return
+        import io
+
+        import matplotlib.pyplot as plt
+        from IPython.display import Image, display
+
+        for num in plt.get_fignums():
+            fig = plt.figure(num)
+            if fig in shown:
+                continue
+            shown.add(fig)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+            titles = [t for t in [fig.get_suptitle()] + [a.get_title() for a in fig.axes] if t]
+            display(Image(data=buf.getvalue(), alt="; ".join(titles) or f"figure {num}"))
+
+    shell.events.register("post_run_cell", show_new_figures)
+
+
+def pages_dir(smoke: bool) -> Path:
+    """Where the static pages go: ``docs/notebooks/`` (full run, committed) or
+    ``build/smoke-pages/`` (smoke run, git-ignored)."""
+    return REPO_ROOT / "build" / "smoke-pages" if smoke else REPO_ROOT / "docs" / "notebooks"
+
+
+def write_page(executed: Path, folder: Path, name: str | None = None) -> Path:
+    """The executed notebook ``executed`` as one self-contained HTML page ``folder/NN_slug.html``
+    (nbconvert's HTMLExporter, JupyterLab's look): code, text, tables and every figure embedded
+    as a data URI (outputs are, and so are images that Markdown cells link; a figure's titles
+    are its alternative text), so the page opens from disk in any browser, no server, no folder
+    of assets. (Only LaTeX, if a cell has any, is typeset by MathJax from its CDN; offline it
+    shows as TeX.) Paths under the repository that outputs print are written relative to it.
+    Returns the page's path."""
+    import html
+
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    name = name or executed.stem
+    nb = nbformat.read(executed, as_version=4)
+    root = f"{REPO_ROOT}{os.sep}"
+    for cell in nb.cells:  # paths printed in outputs: relative to the repository, not this disk
+        for output in cell.get("outputs", []):
+            if "text" in output:
+                output["text"] = output["text"].replace(root, "")
+            data = output.get("data", {})
+            for kind, value in data.items():
+                if kind.startswith("text/") and isinstance(value, str):
+                    data[kind] = value.replace(root, "")
+            alt = output.get("metadata", {}).get("image/png", {}).get("alt")
+            if alt and "image/png" in data:  # the template drops a PNG's alt: an <img> keeps it
+                png = data["image/png"].replace("\n", "")
+                data["text/html"] = (f'<img src="data:image/png;base64,{png}" '
+                                     f'alt="{html.escape(alt)}"/>')
+    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    resources = {"metadata": {"name": name, "path": str(executed.parent)}}
+    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}.html"
+    out.write_text(body, encoding="utf-8")
     return out
 
 
@@ -121,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         out = run_notebook(path, smoke=smoke, parameters=parameters)
         seconds = time.time() - start
         record_run_time(path, seconds, smoke)
+        page = write_page(out, pages_dir(smoke), path.stem)
         print(f"[prlib.runner] {path.name} done in {seconds:.0f} s -> "
-              f"{out.relative_to(REPO_ROOT)}", flush=True)
+              f"{out.relative_to(REPO_ROOT)}, {page.relative_to(REPO_ROOT)}", flush=True)
     return 0
 
 

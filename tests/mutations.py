@@ -98,7 +98,7 @@ MUTATIONS = {
           "context.append(rows[:n_t + c.context_per_user])")],
         ["tests/test_personalized.py::test_scores_do_not_depend_on_the_hidden_labels"]),
     "label-on-hidden-edge": (
-        "prlib/graph.py",
+        "prlib/hetero_graph.py",
         [("fb = fb * vis_edge[:, None]  # hidden requests: no feedback at all",
           "fb = fb  # MUTATION")],
         ["tests/test_personalized.py::test_no_label_of_a_hidden_request_reaches_message_passing"]),
@@ -297,9 +297,21 @@ MUTATIONS = {
         [DERIVED + "test_multi_cost_utility_call_cost_and_the_run_rows_equal_the_hand_computation"]),
     "score-over-the-oracle": (
         "prlib/metrics.py",
-        [('"score": 100.0 * (reward - random) / span if span > 0',
-          '"score": 100.0 * (reward - random) / oracle if span > 0')],
-        [DERIVED + "test_routing_metrics_equal_the_hand_computation"]),
+        [('"score": (100.0 * (reward - random) / ceiling_span if ceiling_span > 0',
+          '"score": (100.0 * (reward - random) / span if ceiling_span > 0')],
+        [DERIVED + "test_the_ceiling_and_the_score_equal_the_hand_computation"]),
+    "ceiling-is-the-oracle": (
+        "prlib/metrics.py",
+        [('return pd.DataFrame(np.asarray(requests.utility, dtype=float)).groupby(',
+          'return np.asarray(requests.utility, dtype=float); pd.DataFrame(np.asarray('
+          'requests.utility, dtype=float)).groupby(')],
+        ["tests/test_reference.py::test_where_the_lookup_table_is_optimal_the_ceiling_equals_it",
+         DERIVED + "test_the_ceiling_and_the_score_equal_the_hand_computation"]),
+    "references-compete": (
+        "prlib/report.py",
+        [('& ~results["family"].isin(NOT_COMPETING)', '& (results["family"] != UPPER_BOUND)')],
+        ["tests/test_reference.py::test_references_and_upper_bounds_are_never_the_strongest_"
+         "baseline"]),
     "cost-of-the-pick-only": (
         "prlib/metrics.py",
         [("np.where(calls, requests.cost, 0.0).sum(1)",

@@ -3,15 +3,19 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from prlib import cli, cli_compare
 from prlib.cli import BANKS, ENCODERS, main, parser
 from prlib.runner import _literal
 
 #: modules `prlib --help` and a bad argument must not import (seconds of loading)
 HEAVY = ("torch", "pandas", "fastapi", "sentence_transformers", "torch_geometric", "sklearn")
-COMMANDS = ("run", "data", "train", "route", "users", "serve")
+COMMANDS = ("run", "data", "train", "route", "users", "serve", "compare")
+#: a CSV file that exists (for the arguments checked after --bank)
+A_CSV = str(Path(cli.__file__).parent / "resources" / "llm_aliases.csv")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,16 @@ def test_every_option_has_help_and_shows_its_default():
     (["route", "--router", "no-such-folder", "hi"], "no-such-folder is not a folder"),
     (["serve", "--router", "no-such-folder", "--upstream", "http://x/v1"], "is not a folder"),
     (["serve", "--upstream", "http://x/v1"], "--router"),
-], ids=["bank", "steps", "route-router", "serve-router", "serve-no-router"])
+    (["compare", "--bank", "no-such-bank.csv"], "no-such-bank.csv not found"),
+    (["compare", "--bank", "bank.xlsx"], "a bank file is one of .csv"),
+    (["compare", "--bank", "tests", "--steps", "5"], "a folder without meta.json"),
+    (["compare", "--bank", A_CSV, "--users", "robots"], "invalid choice: 'robots'"),
+    (["compare", "--bank", A_CSV, "--levels", "0"], "must be at least 1"),
+    (["compare", "--bank", A_CSV, "--routers", "KNNRouter", "GraphRouter"],
+     "no router 'GraphRouter'; closest: ['GraphRouterGNN'"),
+], ids=["bank", "steps", "route-router", "serve-router", "serve-no-router", "compare-no-file",
+        "compare-file-type", "compare-folder", "compare-users", "compare-levels",
+        "compare-routers"])
 def test_a_bad_argument_is_reported_without_loading_anything_heavy(args, says):
     code, _, err, imported = prlib(*args)
     assert code == 2 and says in err, err
@@ -108,6 +121,73 @@ def test_serve_checks_its_map_keys_and_host_before_loading_the_router(tmp_path):
         assert not imported & set(HEAVY), (args, imported & set(HEAVY))
 
 
+def test_compare_checks_its_bank_file_before_loading_anything(tmp_path):
+    bank = tmp_path / "my-logs.csv"  # no LLM columns, no answer texts
+    bank.write_text("query,llm,quality,output_tokens\nwhat is 2 + 2?,tiny,1.0,4\n")
+    llms = tmp_path / "llms.csv"
+    llms.write_text("llm,input_usd_per_m,output_usd_per_m,description\ntiny,0.1,0.2,A model.\n")
+    for args, says in [
+            ([], "lacks the columns ['input_usd_per_m', 'output_usd_per_m', 'description']"),
+            (["--llms", str(tmp_path / "none.csv")], "none.csv not found"),
+            (["--llms", str(llms), "--users", "judge"], "no 'response' column"),
+            (["--llms", str(llms), "--tune-seeds", "100"], "are report seeds")]:
+        code, _, err, imported = prlib("compare", "--bank", str(bank), *args)
+        assert code == 2 and says in err, (args, err)
+        assert not imported & set(HEAVY), (args, imported & set(HEAVY))
+
+
+def test_compare_runs_notebook_55_and_the_sweep_on_a_bank_file(tmp_path, monkeypatch, capsys):
+    """End to end on a hand-made bank file (10 queries x 3 LLMs, answer texts, the LLM columns
+    inline): both kinds of users, one seed, two routers (+ the upper bounds and references),
+    the sweep at two levels. The figures are built but not rendered (seconds of drawing)."""
+    import pandas as pd
+
+    from prlib import comparison
+    from test_experiment import LLM_TABLE, logged_frame
+
+    bank = tmp_path / "my-logs.csv"
+    logged_frame(True).merge(LLM_TABLE, on="llm").to_csv(bank, index=False)
+    drawn = []
+    monkeypatch.setattr(comparison, "_save_figure", lambda fig, name, folder: drawn.append(
+        (name, len(fig.axes))) or __import__("matplotlib.pyplot").pyplot.close(fig))
+    out = tmp_path / "out"
+    assert main(["compare", "--bank", str(bank), "--users", "multi-cost", "judge", "--seeds",
+                 "100", "--steps", "5", "--routers", "CheapestRouter", "kNN (pooled)",
+                 "--sweep", "--levels", "2", "all", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "Cheapest LLM" in said and f"written to {out}" in said
+    assert [n for n, _ in drawn] == ["55_main_results", "50_sweep"]
+    for name in ("55_multicost", "55_judge", "55_tuning_multicost", "55_improvement_summary",
+                 "55_results_per_seed", "50_sweep_per_seed", "50_tuning_sweep", "50_headroom"):
+        assert (out / f"{name}.csv").is_file() and (out / f"{name}.md").is_file(), name
+    table = pd.read_csv(out / "55_multicost.csv")
+    assert {"Cheapest LLM", "kNN (pooled)"} <= set(table["router"])
+    assert table["family"].isin(["upper bound"]).any()  # every table reads against the oracle
+    per_seed = pd.read_csv(out / "55_results_per_seed.csv")
+    assert set(per_seed["seed"]) == {100}
+    assert set(per_seed["setting"]) == {"multi-cost · my-logs", "judge · my-logs"}
+    not_run = json.loads((out / "55_results_per_seed.not_run.json").read_text())["not_run"]
+    assert any("judge · my-logs" in k for k in not_run)  # the multi-cost reference, for judges
+    sweep = pd.read_csv(out / "50_sweep_per_seed.csv")
+    assert set(sweep["train_per_user"].astype(str)) == {"2", "all"}
+    assert set(sweep["feedback"]) == {"utility", "choice"}
+    assert set(pd.read_csv(out / "50_headroom.csv")["strongest_baseline"]) <= {
+        "Cheapest LLM", "kNN (pooled)"}
+
+
+def test_compare_needs_two_routers_that_compete(tmp_path):
+    from prlib.comparison import compare_bank
+
+    with pytest.raises(ValueError, match="at least two that compete"):
+        compare_bank(tmp_path / "unread.csv", routers=["CheapestRouter", "OracleRouter"],
+                     folder=tmp_path)
+    with pytest.raises(ValueError, match="is not among the routers run"):
+        compare_bank(tmp_path / "unread.csv", routers=["CheapestRouter", "RandomRouter"],
+                     ours="KNNRouter", folder=tmp_path)
+    with pytest.raises(ValueError, match="users must be some of"):
+        compare_bank(tmp_path / "unread.csv", users=["robots"], folder=tmp_path)
+
+
 def test_serve_passes_every_option_on(router_folder, monkeypatch):
     folder, _, _ = router_folder
     seen = {}
@@ -123,10 +203,22 @@ def test_serve_passes_every_option_on(router_folder, monkeypatch):
 
 
 def test_the_banks_and_encoders_the_command_knows_are_the_libraries():
-    from prlib import embed
+    from prlib import bank, comparison, config, embed, headroom
     from prlib.data import BANK_NAMES
 
     assert BANKS == tuple(BANK_NAMES) and ENCODERS == embed.ENCODERS
+    assert cli_compare.COMPARE_USERS == comparison.USERS
+    assert cli_compare.REPORT_SEEDS == config.REPORT_SEEDS
+    assert cli_compare.DEVELOPMENT_SEEDS == config.DEVELOPMENT_SEEDS
+    assert cli_compare.BANK_FILE_TYPES == bank.BANK_FILE_TYPES
+    assert cli_compare.SWEEP_LEVELS == tuple(headroom.level_label(x) for x in headroom.LEVELS)
+    assert list(cli_compare.FRAME_REQUIRED) == bank.FRAME_REQUIRED
+    assert list(cli_compare.LLM_TABLE_REQUIRED) == bank.LLM_TABLE_REQUIRED
+    from prlib import routers
+    from prlib.report import NOT_COMPETING
+
+    assert cli_compare.ROUTERS == {c.__name__: c.name for c in routers.registered()
+                           if c.family not in NOT_COMPETING}
 
 
 def test_route_prints_the_choice_and_scores_of_a_saved_router(router_folder, capsys):

@@ -26,3 +26,45 @@ def test_compare_tunes_runs_writes_and_compares(tmp_path):
         compare(setting, "table_mine", seeds=[100], folder=tmp_path)
     with pytest.raises(ValueError, match="give the report seeds"):
         compare(setting, "77_x", folder=tmp_path)
+
+
+def test_routers_not_run_are_kept_when_results_are_saved(tmp_path):
+    """results.attrs["not_run"] does not survive a CSV: save_table writes it beside the CSV and
+    under the Markdown table, and removes a stale one."""
+    import json
+
+    import pandas as pd
+
+    from prlib import report
+
+    res = pd.DataFrame({"router": ["Cheapest LLM"], "seed": [0], "reward": [0.5]})
+    res.attrs["not_run"] = {"FrugalGPT (cascade)": "the bank has no answer texts"}
+    res.attrs["not_run_family"] = {"FrugalGPT (cascade)": "non-personalised"}
+    csv = report.save_table(res, "77_per_seed", folder=tmp_path)
+    sidecar = tmp_path / "77_per_seed.not_run.json"
+    assert json.loads(sidecar.read_text()) == {
+        "not_run": {"FrugalGPT (cascade)": "the bank has no answer texts"},
+        "not_run_family": {"FrugalGPT (cascade)": "non-personalised"}}
+    assert ("Not run: FrugalGPT (cascade): the bank has no answer texts"
+            in csv.with_suffix(".md").read_text())
+    report.save_table(res.drop(columns="reward").copy(), "77_per_seed", folder=tmp_path)
+    assert sidecar.is_file()  # a copy keeps the attrs
+    res.attrs.clear()
+    report.save_table(res, "77_per_seed", folder=tmp_path)
+    assert not sidecar.exists() and "Not run" not in csv.with_suffix(".md").read_text()
+
+
+def test_results_concatenated_keep_every_frames_routers_not_run():
+    import pandas as pd
+
+    from prlib.comparison import concat_results
+
+    a = pd.DataFrame({"setting": ["s1"], "router": ["R"], "seed": [0]})
+    a.attrs.update(not_run={"F": "no texts"}, not_run_family={"F": "non-personalised"})
+    b = pd.DataFrame({"setting": ["s2"], "feedback": ["choice"], "router": ["R"], "seed": [0]})
+    b.attrs.update(not_run={"S": "multi-cost only"})
+    assert pd.concat([a, b]).attrs == {}  # what concat alone does
+    out = concat_results([a, b])
+    assert len(out) == 2 and out.attrs == {
+        "not_run": {"F (s1)": "no texts", "S (s2, choice)": "multi-cost only"},
+        "not_run_family": {"F (s1)": "non-personalised"}}

@@ -242,3 +242,31 @@ def test_embeddings_another_process_cached_meanwhile_are_read_not_recomputed(tmp
     np.testing.assert_array_equal(embed.embed_texts(texts[::-1], cache=mine), first[::-1])
     with pytest.raises(AssertionError, match="embedded again"):
         embed.embed_texts(["a text nobody embedded"], cache=mine)
+
+
+def test_embedding_many_new_texts_shows_a_progress_bar(monkeypatch, capsys):
+    """Hundreds of answers take minutes with MiniLM on a busy CPU: from embed.PROGRESS_FROM new
+    texts on, a line and a bar (unless progress=False); cached texts do not count."""
+    from prlib import embed
+
+    seen = []
+
+    def fake_encode(texts, encoder, device, batch_size, progress):
+        seen.append((len(texts), progress))
+        return np.ones((len(texts), embed.DIM), np.float32)
+
+    monkeypatch.setattr(embed, "_encode", fake_encode)
+    cache = embed.MemoryEmbeddingCache()
+    many = [f"answer number {i}" for i in range(embed.PROGRESS_FROM)]
+    embed.embed_texts(many[:10], cache=cache)
+    assert seen[-1] == (10, False) and capsys.readouterr().err == ""
+    embed.embed_texts(many, cache=cache)  # 10 of them cached: fewer new texts than the bar needs
+    assert seen[-1] == (embed.PROGRESS_FROM - 10, False)
+    embed.embed_texts(many + ["one more"] * 2 + [f"new {i}" for i in range(10)], cache=cache,
+                      progress=False)
+    assert seen[-1] == (11, False)
+    embed.embed_texts([f"other answer {i}" for i in range(embed.PROGRESS_FROM)], cache=cache)
+    assert seen[-1] == (embed.PROGRESS_FROM, True)
+    assert f"embedding {embed.PROGRESS_FROM:,} new texts" in capsys.readouterr().err
+    embed.embed_texts(["asked for"], cache=cache, progress=True)
+    assert seen[-1] == (1, True)

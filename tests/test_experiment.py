@@ -65,6 +65,53 @@ def test_bank_from_a_frame_says_what_is_wrong():
         Bank.from_frame("x", frame, LLM_TABLE, task_descriptions={"cooking": "..."})
 
 
+def test_bank_errors_count_the_rows_name_them_and_give_the_range():
+    frame = logged_frame(True).assign(output_tokens=50.0)
+    frame.loc[[3, 7, 8, 9], "output_tokens"] = np.nan  # four without a count ...
+    frame.loc[7, "response"] = None  # ... of which one has no text either
+    with pytest.raises(SchemaError, match=r"^bank 'x': 1 of 30 rows have neither an "
+                       r"output_tokens count nor a response text: row 7 \('q00002', 'medium'\);"):
+        Bank.from_frame("x", frame, LLM_TABLE)
+    frame.loc[7, "response"] = "an answer"
+    assert Bank.from_frame("x", frame, LLM_TABLE).bank["output_tokens"].gt(0).all()
+    scores = logged_frame(True).assign(quality=0.5)
+    scores.loc[[4, 11, 12, 20], "quality"] = [7.0, -1.0, 3.0, 9.5]
+    with pytest.raises(SchemaError, match=r"quality outside \[0, 1\] in 4 of 30 rows \(range "
+                       r"seen -1 to 9.5\): row 4 \('q00001', 'medium', quality 7\), row 11 .* "
+                       r"and 1 more; map your scores"):
+        Bank.from_frame("x", scores, LLM_TABLE)
+    with pytest.raises(SchemaError, match=r"1 of 30 rows have a quality that is not a number: "
+                       r"row 2 \('q00000', 'huge', quality 'good'\)"):
+        Bank.from_frame("x", logged_frame(True).astype({"quality": object}).assign(
+            quality=lambda f: f["quality"].where(f.index != 2, "good")), LLM_TABLE)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_a_bank_file_reads_with_its_llm_columns_inline_or_an_llms_table(tmp_path, suffix):
+    from prlib.bank import read_bank
+
+    frame = logged_frame(True)
+    expected = Bank.from_frame("my-logs", frame, LLM_TABLE)
+    inline, bare, llms = (tmp_path / f"my-logs{suffix}", tmp_path / f"bare{suffix}",
+                          tmp_path / "llms.csv")
+    write = {".csv": lambda f, p: f.to_csv(p, index=False), ".parquet": pd.DataFrame.to_parquet,
+             ".jsonl": lambda f, p: f.to_json(p, orient="records", lines=True)}[suffix]
+    write(frame.merge(LLM_TABLE, on="llm"), inline)
+    write(frame, bare)
+    LLM_TABLE.to_csv(llms, index=False)
+    for bank in (read_bank(inline), read_bank(bare, llms=llms, name="my-logs"),
+                 read_bank(expected.save(tmp_path / "saved"))):
+        assert bank.name == "my-logs"
+        pd.testing.assert_frame_equal(bank.bank, expected.bank, check_dtype=False)
+        pd.testing.assert_frame_equal(bank.llms, expected.llms, check_dtype=False)
+    with pytest.raises(SchemaError, match="lacks columns .*--llms FILE"):
+        read_bank(bare)
+    write(frame.merge(LLM_TABLE, on="llm").assign(
+        input_usd_per_m=lambda f: f["input_usd_per_m"].where(f.index != 4, 9.0)), inline)
+    with pytest.raises(SchemaError, match=r"differ between rows of the same LLM: \['medium'\]"):
+        read_bank(inline)
+
+
 def test_an_unknown_source_is_named_as_such(tmp_path):
     with pytest.raises(UnknownModelError, match="unknown source 'my-lab'.*Bank.from_frame"):
         resolve_llms("my-lab", ["gpt-x"], tmp_path)

@@ -77,3 +77,31 @@ def test_the_cycle_finder_finds_a_cycle():
     graph = import_graph()
     assert "prlib.routers.base" in graph["prlib.routers.simple"]  # imports are read
     assert "prlib.experiment" in graph["prlib.studies"]
+
+
+def test_a_cycle_in_a_package_fails(tmp_path):
+    """A package whose modules import each other (relative, lazy inside a function, and under
+    ``TYPE_CHECKING``) is reported as a cycle: the guard would fail on such a change to prlib."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from .. import c\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                              "    from pkg.a import thing\n")
+    (pkg / "d.py").write_text("import pkg.a\n")  # imports into the cycle, is not part of it
+    assert cycles(import_graph(pkg)) == [["pkg.a", "pkg.c", "pkg.sub.b"]]
+    (pkg / "c.py").write_text("")
+    assert cycles(import_graph(pkg)) == []
+
+
+def test_the_library_stages_stay_apart():
+    """The edge the old circle ran over: the data-parallel helper is a leaf (the 1-vs-many
+    check that builds an experiment lives in benchmarks/); v1's HeteroData builder is named for
+    what it builds, apart from GraphRouter's ``prlib.routers.graph``."""
+    graph = import_graph()
+    assert graph["prlib.distributed"] <= {"prlib", "prlib.config"}
+    assert "prlib.experiment" not in graph["prlib.routers.personalized_v2"]
+    assert "prlib.graph" not in graph and "prlib.hetero_graph" in graph
+    assert "prlib.hetero_graph" in graph["prlib.routers.personalized"]

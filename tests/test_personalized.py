@@ -1,4 +1,5 @@
-"""prlib.graph + PersonalizedRouter: personalisation, leakage, checkpoint selection, persistence."""
+"""prlib.hetero_graph + PersonalizedRouter (v1): personalisation, leakage, checkpoint selection,
+persistence."""
 
 import numpy as np
 import pandas as pd
@@ -8,7 +9,7 @@ import torch
 from prlib import data
 from prlib.bank import Bank
 from prlib.features import node_features
-from prlib.graph import build_graph, check_no_label_leak
+from prlib.hetero_graph import build_graph, check_no_label_leak
 from prlib.metrics import picks_vary_share, routing_metrics
 from prlib.requests import (QuerySplit, Requests, RequestsError, build_requests,
                             concat_requests, split_queries)

@@ -90,3 +90,25 @@ def test_the_structured_reference_runs_on_multi_cost_users_only(setting):
     res = run_setting(judge, [R.RandomRouter, R.StructuredReferenceRouter], seeds=[0])
     assert R.StructuredReferenceRouter.name not in set(res["router"])
     assert "multi_cost users only" in res.attrs["not_run"][R.StructuredReferenceRouter.name]
+
+
+def test_the_sweep_tunes_and_runs_every_level_and_the_headroom_table_pairs_by_seed(setting):
+    from prlib import headroom
+
+    routers = [R.RandomRouter, R.CheapestRouter, R.BestPerUserTaskRouter, R.CeilingRouter,
+               R.OracleRouter, R.StructuredReferenceRouter]
+    res, tuning = headroom.sweep(setting, [1, None], [100, 101], routers, tune_seeds=[0])
+    assert set(res["train_per_user"]) == {"1", "all"}
+    assert set(tuning["train_per_user"]) == {"1", "all"}  # each level tunes its own grid
+    n_train = res.groupby("train_per_user")["n_train"].max()
+    assert n_train["1"] == len(PS) < n_train["all"]  # one training request per user
+    table = headroom.headroom_table(res, "reward", R.CheapestRouter.name,
+                                    reference=R.StructuredReferenceRouter.name).set_index(
+        "train_per_user")
+    dense = res[res["train_per_user"] == "all"].pivot(index="seed", columns="router",
+                                                       values="reward")
+    assert table.loc["all", "strongest_baseline"] == R.BestPerUserTaskRouter.name
+    diff = dense[R.CheapestRouter.name] - dense[R.BestPerUserTaskRouter.name]
+    assert table.loc["all", "ours_minus_baseline"] == pytest.approx(diff.mean())
+    assert table.loc["all", "ceiling"] == pytest.approx(dense[setting.ceiling_name].mean())
+    assert table.loc["all", "oracle"] > table.loc["all", "ceiling"]

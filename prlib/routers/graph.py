@@ -70,7 +70,9 @@ class GraphRouterGNN(TorchRouter):
         # the requests' targets
         self._step_positions = self._query_positions(self.train_q_)
         self._step_rows = pd.Index(self.train_q_).get_indexer(train.frame["query_id"])
-        self._step_targets = self._targets(train)
+        # on the router's device: _prepare runs outside the fit's device scope, and each step
+        # indexes the targets with a tensor made inside it (on CPU nothing moves)
+        self._step_targets = tuple(t.to(self.device) for t in self._targets(train))
 
     def fit(self, train, val, *, progress=False):
         super().fit(train, val, progress=progress)

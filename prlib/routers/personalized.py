@@ -1,7 +1,7 @@
 """PersonalizedRouter: a heterogeneous GNN that routes each (user, query) to an LLM.
 
 Architecture (PyG): per-type linear projections to ``hidden``; ``layers`` rounds of
-``HeteroConv`` over :mod:`prlib.graph`'s edge types, with residual connections and LayerNorm:
+``HeteroConv`` over :mod:`prlib.hetero_graph`'s edge types, with residual connections and LayerNorm:
 ``GATConv`` on the structural edges and a :class:`FeedbackConv` (edge-conditioned, so feedback is
 bound to the LLM it is about) on the feedback edges (LLM to request, request to LLM, LLM to
 profile, and with choice-only feedback LLM to user). Node types that receive no messages keep
@@ -35,7 +35,7 @@ from torch_geometric.nn import GATConv, HeteroConv, MessagePassing
 
 from prlib.config import resolve_device, seed_everything
 from prlib.features import NodeFeatures, llm_row, query_row
-from prlib.graph import EDGE_DIM, build_graph, check_no_label_leak
+from prlib.hetero_graph import EDGE_DIM, build_graph, check_no_label_leak
 from prlib.requests import Requests, concat_requests
 from prlib.routers.base import Router, UnknownUserError, one_of, register
 from prlib.routers.training import train_module

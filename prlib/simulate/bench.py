@@ -137,7 +137,7 @@ STRATEGIES = ("multi_cost", "judge")
 
 
 def personaroute_bench(bank: Bank, cfg: BenchConfig | None = None,
-                       scores: JudgeScores | None = None, progress: bool = False,
+                       scores: JudgeScores | None = None, progress: bool | None = None,
                        strategies: tuple[str, ...] = STRATEGIES) -> dict[str, Preferences]:
     """Both strategies of PersonaRoute-Bench on ``bank`` (arena-bench-v1): ``{"multi_cost": ...,
     "judge": ...}`` (or only those in ``strategies``). ``scores`` may pass precomputed judge
@@ -172,7 +172,7 @@ def _bench_multi_cost(sub: Bank, cfg: BenchConfig, base_meta: dict) -> Preferenc
 
 
 def _bench_judge(sub: Bank, cfg: BenchConfig, base_meta: dict, scores: JudgeScores | None,
-                 progress: bool) -> Preferences:
+                 progress: bool | None) -> Preferences:
     # pool = (optionally the first judge_queries) queries with texts
     qids = sub.queries["query_id"].tolist()
     if cfg.judge_queries is not None:

@@ -257,7 +257,7 @@ def adequate_answers(quality: np.ndarray, proxy_z: np.ndarray, cand: np.ndarray,
 
 def judge_scores(bank: Bank, personas=ALL_PERSONAS, weights: pd.DataFrame = PERSONA_WEIGHTS,
                  use_quality: bool = True, query_ids: list[str] | None = None,
-                 progress: bool = False, gate: QualityGate = QualityGate()) -> JudgeScores:
+                 progress: bool | None = None, gate: QualityGate = QualityGate()) -> JudgeScores:
     """Score every response of ``bank`` (or of ``query_ids``) for every persona.
 
     The quality term and the quality gate read the bank's scores only when ``use_quality`` and
