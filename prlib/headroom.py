@@ -42,13 +42,14 @@ def level_label(level: int | None) -> str:
 def sweep(setting: Setting, levels: Sequence[int | None], seeds: Sequence[int],
           routers: Sequence[type[Router] | str], params: Mapping[str, dict] | None = None,
           tune_seeds: Sequence[int] = (0,), progress: bool = False,
-          jobs: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+          jobs: int = 1, max_points: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tune and run ``routers`` at each level of training requests per user.
 
     Returns ``(results, tuning)``: the :func:`~prlib.experiment.run_setting` rows of every
     level with ``train_per_user`` (a label, :func:`level_label`) and ``feedback`` columns, and
     every level's tuning rows likewise. ``params``: fixed hyper-parameters per router class
-    (e.g. step budgets); each level chooses its own grid point on ``tune_seeds``."""
+    (e.g. step budgets); each level chooses its own grid point on ``tune_seeds`` (among the first
+    ``max_points`` of every grid; None: all)."""
     if not levels:
         raise ValueError("levels is empty: give the training requests per user to sweep, e.g. "
                          f"{list(LEVELS)} (None: all)")
@@ -58,7 +59,7 @@ def sweep(setting: Setting, levels: Sequence[int | None], seeds: Sequence[int],
     for level in tqdm(list(levels), desc=f"sweep · {setting.name}", disable=not progress):
         cell = replace(setting, train_per_user=level)
         tuning, res = tune_and_run(cell, seeds, params, tune_seeds, routers, progress=False,
-                                   jobs=jobs)
+                                   jobs=jobs, max_points=max_points)
         label = level_label(level)
         results.append(res.assign(train_per_user=label, feedback=setting.feedback))
         tunings.append(tuning.frame.assign(train_per_user=label, feedback=setting.feedback))

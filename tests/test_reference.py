@@ -112,3 +112,14 @@ def test_the_sweep_tunes_and_runs_every_level_and_the_headroom_table_pairs_by_se
     assert table.loc["all", "ours_minus_baseline"] == pytest.approx(diff.mean())
     assert table.loc["all", "ceiling"] == pytest.approx(dense[setting.ceiling_name].mean())
     assert table.loc["all", "oracle"] > table.loc["all", "ceiling"]
+
+
+def test_smoke_runs_may_tune_fewer_grid_points_and_the_same_for_every_router(setting):
+    from prlib.experiment import tune_setting
+
+    routers = [R.StructuredReferenceRouter, R.PerUserKNNRouter]
+    full = tune_setting(setting, routers, [0]).frame.groupby("class").size()
+    one = tune_setting(setting, routers, [0], max_points=1).frame.groupby("class").size()
+    assert (full == 4).all() and (one == 1).all()
+    with pytest.raises(ValueError, match="max_points must be >= 1"):
+        tune_setting(setting, routers, [0], max_points=0)

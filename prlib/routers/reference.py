@@ -45,8 +45,7 @@ class CeilingRouter(Router):
     tags = frozenset({"reads_batch"})
     row_names = {"utility": "Ceiling: best LLM per user and task on test utilities",
                  "choice": "Ceiling: best LLM per user and task on hidden test scores",
-                 "multi_cost": "Ceiling: best LLM per user and task on test utilities",
-                 "judge": "Ceiling: best LLM per user and task on hidden test scores"}
+                 "multi_cost": "Ceiling: best LLM per user and task on test utilities"}
 
     def _raw_scores(self, requests):
         return ceiling_utilities(requests)
