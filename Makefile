@@ -37,7 +37,7 @@ notebook: env  ## one notebook: make notebook NB=00 [SMOKE=1]
 test: env  ## ruff, then pytest + nbval (lax) over the notebooks in smoke mode, TEST_WORKERS at once
 	$(PY) -m ruff check .
 	PRLIB_SMOKE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 \
-		-m "not local_llm and not static_encoder"
+		-m "not local_llm and not static_encoder and not outside_ci"
 
 test-all: env  ## make test, plus the tests that build real models (SmolLM2, the static encoder)
 	$(PY) -m ruff check .
