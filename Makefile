@@ -13,7 +13,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: env run smoke test notebook lab gpu-check clean
+.PHONY: env run smoke test test-all notebook lab gpu-check clean
 
 env: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ notebook: env  ## one notebook: make notebook NB=00 [SMOKE=1]
 	$(PY) -m prlib.runner $(NB) $(if $(SMOKE),--smoke,)
 
 test: env  ## ruff, then pytest + nbval (lax) over the notebooks in smoke mode, TEST_WORKERS at once
+	$(PY) -m ruff check .
+	PRLIB_SMOKE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 \
+		-m "not local_llm and not static_encoder and not outside_ci"
+
+test-all: env  ## make test, plus the tests that build real models (SmolLM2, the static encoder)
 	$(PY) -m ruff check .
 	PRLIB_SMOKE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
 

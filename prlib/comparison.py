@@ -56,7 +56,8 @@ def compare(setting: Setting, name: str, cfg: RunConfig | None = None,
             tune_seeds: Sequence[int] = DEVELOPMENT_SEEDS[:1],
             routers: Sequence[type[Router] | str] | None = None,
             metrics: Sequence[str] | None = None, fitted: dict | None = None, jobs: int = 1,
-            progress: bool = True, folder: str | Path | None = None) -> Comparison:
+            progress: bool = True, folder: str | Path | None = None,
+            max_points: int | None = None) -> Comparison:
     """Tune and run every router (``routers``, default: every registered one) on ``setting``
     (:func:`~prlib.experiment.tune_and_run`), write ``<name>`` (the table, mean ± std over
     ``seeds``, default ``cfg.seeds``) and ``<NN>_tuning_<rest of name>`` (every grid point
@@ -75,6 +76,7 @@ def compare(setting: Setting, name: str, cfg: RunConfig | None = None,
         raise ValueError(f"name must look like '50_table1_...' (a notebook number first), got "
                          f"{name!r}")
     tuning, results = tune_and_run(setting, seeds, params, tune_seeds, routers=routers,
+                                   max_points=max_points,
                                    progress=progress, fitted=fitted, jobs=jobs)
     report.save_table(tuning.frame, f"{number}_tuning_{rest}", cfg, floatfmt=".5f",
                       folder=folder)

@@ -46,6 +46,7 @@ SMOKE_SIZES: dict[str, Any] = {
     "gmt_steps": 20,  # GMTRouter's optimizer steps (notebook 90)
     "mt_heldout_users": 3,  # users held out in notebook 90's new-user study
     "sparsity_levels": [5, 20],  # interactions per user in training (notebook 95)
+    "grid_points": 1,  # grid points tuned per router (notebooks 50, 55): a pipeline check
     "sweep_levels": [1, 5],  # training requests per user of notebook 50's sweep (sparse: cheap)
     "scaling_users": [20, 60],  # bench sizes of notebook 95's scaling study
     "efficiency_calls": 20,  # single-request calls timed per router (notebook 95)

@@ -264,7 +264,8 @@ def test_metric(setting: Setting, router: Router, test, metric: str | None = Non
 def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None = None,
                  seeds: Sequence[int] = DEVELOPMENT_SEEDS[:1],
                  params: Mapping[str, dict] | None = None, progress: bool = False,
-                 threads: int | None = THREADS, jobs: int = 1) -> Tuning:
+                 threads: int | None = THREADS, jobs: int = 1,
+                 max_points: int | None = None) -> Tuning:
     """Choose each router's hyper-parameters from its declared ``grid`` on validation.
 
     Every router with a grid (the same :data:`~prlib.routers.base.GRID_POINTS` points each,
@@ -274,7 +275,8 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
     first point). ``params`` are fixed hyper-parameters under the grid (e.g. ``steps``).
     Routers without a grid, or that cannot run on the setting, are not fitted here.
     ``jobs``: fits run at once in separate processes (:func:`~prlib.parallel.map_fits`); the chosen
-    points do not depend on it.
+    points do not depend on it. ``max_points``: only the first that many points of every grid
+    (the same cut for every router; smoke runs use 1: a pipeline check, not a selection).
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
     params = _check_params(classes, params)
@@ -283,7 +285,10 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
                          f"seeds; tune on development seeds {DEVELOPMENT_SEEDS}")
     tuned = [c for c in classes
              if c.grid and not c.unavailable_on(setting.feats, setting.preferences.strategy)]
-    tasks = [(seed, cls, point) for seed in seeds for cls in tuned for point in grid_points(cls)]
+    if max_points is not None and max_points < 1:
+        raise ValueError(f"max_points must be >= 1 (or None: every point), got {max_points}")
+    tasks = [(seed, cls, point) for seed in seeds for cls in tuned
+             for point in grid_points(cls)[:max_points]]
     shared = Shared(setting)
     _views = _views_by_seed(shared)
     del setting  # the tasks read the setting through `shared` (sent to a worker once)
@@ -403,10 +408,13 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
 def tune_and_run(setting: Setting, seeds: Sequence[int], params: Mapping[str, dict] | None = None,
                  tune_seeds: Sequence[int] = DEVELOPMENT_SEEDS[:1],
                  routers: Sequence[type[Router] | str] | None = None, progress: bool = False,
-                 fitted: dict | None = None, jobs: int = 1) -> tuple[Tuning, pd.DataFrame]:
-    """:func:`tune_setting` on ``tune_seeds``, then :func:`run_setting` on ``seeds`` with the
-    chosen points: the one protocol of every comparison table."""
-    tuning = tune_setting(setting, routers, tune_seeds, params, progress=progress, jobs=jobs)
+                 fitted: dict | None = None, jobs: int = 1,
+                 max_points: int | None = None) -> tuple[Tuning, pd.DataFrame]:
+    """:func:`tune_setting` on ``tune_seeds`` (``max_points`` of every grid), then
+    :func:`run_setting` on ``seeds`` with the chosen points: the one protocol of every
+    comparison table."""
+    tuning = tune_setting(setting, routers, tune_seeds, params, progress=progress, jobs=jobs,
+                          max_points=max_points)
     results = run_setting(setting, routers, seeds, tuning.params(), progress=progress,
                           fitted=fitted, jobs=jobs)
     return tuning, results

@@ -42,13 +42,14 @@ def level_label(level: int | None) -> str:
 def sweep(setting: Setting, levels: Sequence[int | None], seeds: Sequence[int],
           routers: Sequence[type[Router] | str], params: Mapping[str, dict] | None = None,
           tune_seeds: Sequence[int] = (0,), progress: bool = False,
-          jobs: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+          jobs: int = 1, max_points: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tune and run ``routers`` at each level of training requests per user.
 
     Returns ``(results, tuning)``: the :func:`~prlib.experiment.run_setting` rows of every
     level with ``train_per_user`` (a label, :func:`level_label`) and ``feedback`` columns, and
     every level's tuning rows likewise. ``params``: fixed hyper-parameters per router class
-    (e.g. step budgets); each level chooses its own grid point on ``tune_seeds``."""
+    (e.g. step budgets); each level chooses its own grid point on ``tune_seeds`` (among the first
+    ``max_points`` of every grid; None: all)."""
     if not levels:
         raise ValueError("levels is empty: give the training requests per user to sweep, e.g. "
                          f"{list(LEVELS)} (None: all)")
@@ -58,7 +59,7 @@ def sweep(setting: Setting, levels: Sequence[int | None], seeds: Sequence[int],
     for level in tqdm(list(levels), desc=f"sweep · {setting.name}", disable=not progress):
         cell = replace(setting, train_per_user=level)
         tuning, res = tune_and_run(cell, seeds, params, tune_seeds, routers, progress=False,
-                                   jobs=jobs)
+                                   jobs=jobs, max_points=max_points)
         label = level_label(level)
         results.append(res.assign(train_per_user=label, feedback=setting.feedback))
         tunings.append(tuning.frame.assign(train_per_user=label, feedback=setting.feedback))
@@ -112,16 +113,20 @@ def sweep_figure(results: pd.DataFrame, metric: str, ours: str, panels: Sequence
     from prlib.metrics import mean_ci
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
-    for ax, (title, setting_name, feedback) in zip(axes[0], panels):
-        part = results[(results["setting"] == setting_name) & (results["feedback"] == feedback)]
+    parts = [results[(results["setting"] == name) & (results["feedback"] == feedback)]
+             for _, name, feedback in panels]
+    bests = [[strongest(p[p["train_per_user"] == lab], metric, exclude=(ours,))
+              for lab in dict.fromkeys(p["train_per_user"])] for p in parts]
+    # one colour per router across panels, so that the legend names each line once
+    palette = iter(["C0", "C1", "C2", "C5", "C9", "C8", "#7b3294", "#008837", "C4"])
+    colours = {name: next(palette, "grey")
+               for name in dict.fromkeys([*highlight, *(n for b in bests for n in b)])}
+    for ax, (title, _, _), part, best in zip(axes[0], panels, parts, bests):
         labels = list(dict.fromkeys(part["train_per_user"]))
         x = np.arange(len(labels))
-        best = [strongest(part[part["train_per_user"] == lab], metric, exclude=(ours,))
-                for lab in labels]
         curves = {ours: ("ours", "C3", "-", 2.4)}
-        palette = iter(["C0", "C1", "C2", "C5", "C9", "C8", "C4", "C6"])
         for name in dict.fromkeys([*highlight, *best]):
-            curves.setdefault(name, (None, next(palette, "grey"), "-", 1.0))
+            curves.setdefault(name, (None, colours[name], "-", 1.0))
         for name, fam in part.groupby("router", sort=False)["family"].first().items():
             if fam in NOT_COMPETING:
                 style = ("--", 1.6) if name.startswith("Ceiling") else (":", 1.4) if (

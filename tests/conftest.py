@@ -13,6 +13,21 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread_per_test_process():
+    """Two test workers share two cores with the notebooks' own fit processes: a torch process
+    with several intra-op threads then spins against them (a v1 fit measured 10x slower in a
+    full run than alone). Each test process computes with one thread; the notebooks' kernels
+    keep their own settings (their fits already run on one thread each)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # the serve harness (a background server, the load test) lives with the benchmarks that use it
 sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))
 

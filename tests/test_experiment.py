@@ -128,8 +128,11 @@ def test_every_registered_router_runs_on_a_bank_of_your_own(feedback):
     setting = Setting("own bank", bank, prefs, feedback=feedback,
                       metric="reward" if feedback == "utility" else "accuracy")
     res = run_setting(setting, seeds=[0], params=SMALL)
-    assert res["router"].tolist() == [setting.oracle_name if c.reads_labels else c.name
-                                      for c in R.registered()]
+    assert res["router"].tolist() == [
+        c.row_name(setting.feedback, setting.preferences.strategy) for c in R.registered()
+        if not c.unavailable_on(setting.feats, setting.preferences.strategy)]
+    assert set(res.attrs["not_run"]) == ({R.StructuredReferenceRouter.name}
+                                         if feedback == "choice" else set())
     assert res["reward"].notna().all() and (res["n_test"] > 0).all()
     oracle = res.loc[res["router"] == setting.oracle_name, "reward"].item()
     assert (res["reward"] <= oracle + 1e-9).all()
@@ -188,7 +191,8 @@ def test_smoke_numbers_are_pinned(llmrouter_bank):
     bank = llmrouter_bank.sample_queries(400, seed=0)
     setting = Setting("pin", bank, simulate_multi_cost(bank))
     res = run_setting(setting, [R.BestPerUserTaskRouter, R.PerUserKNNRouter, R.OracleRouter,
-                                R.RandomRouter, R.PersonalizedRouter, R.PersonalizedRouterV2],
+                                R.CeilingRouter, R.RandomRouter, R.PersonalizedRouter,
+                                R.PersonalizedRouterV2],
                       seeds=[0], params={"PersonalizedRouter": {"steps": 30},
                                          "PersonalizedRouterV2": {"steps": 30},
                                          "PerUserKNNRouter": {"k": 10}}).set_index("router")
@@ -196,7 +200,9 @@ def test_smoke_numbers_are_pinned(llmrouter_bank):
     assert reward["Best LLM per user and task"] == pytest.approx(0.361916, abs=1e-4)
     assert reward["kNN per user"] == pytest.approx(0.323018, abs=1e-4)
     assert reward[setting.oracle_name] == pytest.approx(0.449361, abs=1e-4)
-    assert res.loc[setting.oracle_name, "score"] == pytest.approx(100.0)
+    assert reward[setting.ceiling_name] == pytest.approx(0.396978, abs=1e-4)
+    assert res.loc[setting.ceiling_name, "score"] == pytest.approx(100.0)  # the score's top
+    assert res.loc[setting.oracle_name, "score"] > 100.0
     assert abs(res.loc["Random", "score"]) < 5  # random routing scores about 0 by definition
     assert reward[R.PersonalizedRouter.name] == pytest.approx(0.331965, abs=0.01)  # v1
     assert reward[R.PersonalizedRouterV2.name] == pytest.approx(0.368140, abs=0.01)  # v2

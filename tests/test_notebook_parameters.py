@@ -45,6 +45,11 @@ def test_full_runs_report_on_report_seeds_and_tune_on_development_seeds(path):
             f"which are not report seeds {REPORT_SEEDS}")
     else:  # data and simulation notebooks: their seeds only draw data, no router is scored
         assert set(params["SEEDS"]) <= set(DEVELOPMENT_SEEDS) | set(REPORT_SEEDS)
+    from prlib.routers.base import GRID_POINTS
+
+    assert params.get("GRID_POINTS", GRID_POINTS) == GRID_POINTS, (
+        f"{path.name} tunes {params['GRID_POINTS']} points of every grid in full runs; the "
+        f"selection budget is {GRID_POINTS}")
     tune = set(params.get("TUNE_SEEDS", []))
     assert tune <= set(DEVELOPMENT_SEEDS), (
         f"{path.name} tunes on {sorted(tune)}; tune on development seeds {DEVELOPMENT_SEEDS}")

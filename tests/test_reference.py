@@ -66,7 +66,7 @@ def test_the_structured_reference_learns_p_from_utilities_and_from_picks(setting
         setting.bank, ps=PS, temperature=0.05, seed=0))
     train, val, _ = setting_views(noisy, 0)
     assert set(np.unique(train.utility[~np.isnan(train.utility)])) == {0.0, 1.0}  # picks only
-    ref = R.StructuredReferenceRouter(setting.feats).fit(train, val)
+    ref = R.StructuredReferenceRouter(setting.feats, feedback="choice").fit(train, val)
     learned = np.array([ref.user_p_[u] for u in users.index])
     assert np.abs(learned - users.to_numpy()).max() < 0.15, learned
     assert np.all(np.diff(learned) > 0)  # the users' order of p is recovered from picks
@@ -77,7 +77,7 @@ def test_a_user_with_one_pick_is_shrunk_towards_the_population(setting):
                                 preferences=simulate_multi_cost(setting.bank, ps=PS,
                                                                 temperature=0.05, seed=0))
     train, val, _ = setting_views(noisy, 0)
-    ref = R.StructuredReferenceRouter(setting.feats).fit(train, val)
+    ref = R.StructuredReferenceRouter(setting.feats, feedback="choice").fit(train, val)
     learned = np.array(list(ref.user_p_.values()))
     # one pick each says little: every user's p sits nearer the population's than the truth's
     # spread (0.3 .. 0.9) would put it
@@ -112,3 +112,14 @@ def test_the_sweep_tunes_and_runs_every_level_and_the_headroom_table_pairs_by_se
     assert table.loc["all", "ours_minus_baseline"] == pytest.approx(diff.mean())
     assert table.loc["all", "ceiling"] == pytest.approx(dense[setting.ceiling_name].mean())
     assert table.loc["all", "oracle"] > table.loc["all", "ceiling"]
+
+
+def test_smoke_runs_may_tune_fewer_grid_points_and_the_same_for_every_router(setting):
+    from prlib.experiment import tune_setting
+
+    routers = [R.StructuredReferenceRouter, R.PerUserKNNRouter]
+    full = tune_setting(setting, routers, [0]).frame.groupby("class").size()
+    one = tune_setting(setting, routers, [0], max_points=1).frame.groupby("class").size()
+    assert (full == 4).all() and (one == 1).all()
+    with pytest.raises(ValueError, match="max_points must be >= 1"):
+        tune_setting(setting, routers, [0], max_points=0)

@@ -615,6 +615,7 @@ def test_acknowledged_feedback_survives_a_restart_through_the_journal(saved_rout
                                torn.router.text_scores("j-user", probe), atol=1e-6)
 
 
+@pytest.mark.outside_ci
 def test_requests_waiting_for_a_free_upstream_connection_are_not_taken_for_a_dead_upstream(
         saved_router):
     """More concurrent requests than the server's connection pool to one upstream (100): those

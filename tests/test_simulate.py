@@ -237,6 +237,7 @@ def test_quality_gate_lets_style_choose_among_adequate_answers_only():
     assert pick(ungated, "creative_humorous") == "broken"  # the gate is what keeps it away
 
 
+@pytest.mark.outside_ci
 def test_persona_checks_on_real_answers(arena_bench_bank):
     """On 40 real arena-bench questions with all 16 LLMs: no persona picks an answer GPT-4
     scored <= 2/10 where another scored >= 8/10 in more than 2 % of queries, and at least 8 of

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from prlib.metrics import ceiling_utilities
-from prlib.routers.base import Router, candidates, col_nanmean, non_negative, register
+from prlib.routers.base import Router, candidates, col_nanmean, non_negative, one_of, register
 
 #: The family of references that are not competitors (left out of "strongest" and "best").
 REFERENCE = "reference"
@@ -45,8 +45,7 @@ class CeilingRouter(Router):
     tags = frozenset({"reads_batch"})
     row_names = {"utility": "Ceiling: best LLM per user and task on test utilities",
                  "choice": "Ceiling: best LLM per user and task on hidden test scores",
-                 "multi_cost": "Ceiling: best LLM per user and task on test utilities",
-                 "judge": "Ceiling: best LLM per user and task on hidden test scores"}
+                 "multi_cost": "Ceiling: best LLM per user and task on test utilities"}
 
     def _raw_scores(self, requests):
         return ceiling_utilities(requests)
@@ -76,12 +75,17 @@ class StructuredReferenceRouter(Router):
     family = REFERENCE
     selection = "shrinkage of the per-task means"
     strategies = ("multi_cost",)
-    defaults = {"shrink": 5.0}
+    defaults = {"shrink": 5.0, "feedback": "utility"}
     grid = {"shrink": [0.0, 2.0, 10.0, 50.0]}
-    constraints = {"shrink": non_negative(float)}
+    constraints = {"shrink": non_negative(float), "feedback": one_of("utility", "choice")}
     #: p values of the choice likelihood's grid, and the temperatures it chooses among.
     P_GRID = np.linspace(0.0, 1.0, 101)
     TEMPERATURES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+    @classmethod
+    def params_for(cls, feedback: str) -> dict:
+        """Picks only (``"choice"``): the choice likelihood; utilities: least squares."""
+        return {"feedback": feedback}
 
     def fit(self, train, val, *, progress=False):
         if train.quality is None or train.cost is None or np.isnan(train.quality).all():
@@ -120,10 +124,8 @@ class StructuredReferenceRouter(Router):
         view: utility 1 for the pick, 0 otherwise) by the posterior mean under a choice
         likelihood and a population prior."""
         users = train.frame["user_id"].astype(str).to_numpy()
-        picks_only = np.isin(np.nan_to_num(train.utility, nan=0.0), (0.0, 1.0)).all() and (
-            np.nansum(train.utility, 1) == 1).all()
         self.user_p_ = {}
-        if not picks_only:
+        if self.params["feedback"] == "utility":
             a, b = train.utility + cn, q + cn  # u = p q - (1 - p) cn  <=>  u + cn = p (q + cn)
             for user in np.unique(users):
                 rows = users == user

@@ -126,8 +126,7 @@ class OracleRouter(Router):
     reads_labels = True
     row_names = {"utility": "Oracle (reads realised test utilities)",
                  "choice": "Oracle (reads hidden persona scores)",
-                 "multi_cost": "Oracle (reads realised test utilities)",
-                 "judge": "Oracle (reads hidden persona scores)"}
+                 "multi_cost": "Oracle (reads realised test utilities)"}
 
     def _raw_scores(self, requests):
         # the user's own choice wins ties (equal utility): the simulation breaks ties towards
