@@ -30,7 +30,7 @@ from prlib.efficiency import machine, peak_rss_mb, routing_speed
 
 #: Ours and the strongest baselines of notebook 50 (the per-user lookup table, per-user kNN and
 #: the MLP with a user embedding).
-DEFAULT_ROUTERS = ["PersonalizedRouterV2", "BestPerUserTaskRouter", "PerUserKNNRouter",
+DEFAULT_ROUTERS = ["PersonalizedRouterV3", "BestPerUserTaskRouter", "PerUserKNNRouter",
                    "UserMLPRouter"]
 
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
                                        REPO_ROOT / "figures" / "40_efficiency_llmrouter.json")
     out = REPO_ROOT / "figures" / "40_router_benchmark.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
-    ours = next((r for r in rows if r["class"] == "PersonalizedRouterV2"), rows[0])
+    ours = next((r for r in rows if r["class"] == DEFAULT_ROUTERS[0]), rows[0])
     where = "On CPU" if ours["device"] == "cpu" else f"On {ours['device']}"
     out.with_suffix(".md").write_text(  # the README's sentence, from the numbers above
         f"{where} ({result['cpu_model']}, {result['cpu_count']} cores) {ours['router']} trains "

@@ -85,7 +85,7 @@ def _train(args) -> int:
 def _train_with(args) -> int:
     from prlib.data import load_bank
     from prlib.experiment import Setting, setting_views
-    from prlib.routers import PersonalizedRouterV2
+    from prlib.routers import PersonalizedRouterV2, PersonalizedRouterV3
     from prlib.serve import save_for_serving
     from prlib.simulate import BenchConfig, personaroute_bench, simulate_multi_cost
 
@@ -102,7 +102,10 @@ def _train_with(args) -> int:
     print(f"{len(prefs.users)} simulated multi-cost users ({args.users}) on {bank.name}: "
           f"{len(bank.queries)} queries x {len(bank.llms)} LLMs", flush=True)
     train, val, test = setting_views(setting, args.seed)
-    router = PersonalizedRouterV2(setting.feats, seed=args.seed, steps=args.steps)
+    if args.router == "v2":
+        router = PersonalizedRouterV2(setting.feats, seed=args.seed, steps=args.steps)
+    else:
+        router = PersonalizedRouterV3(setting.feats, seed=args.seed)
     router.fit(train, val, progress=True)
     from prlib import provenance
     from prlib.metrics import routing_metrics
@@ -111,8 +114,10 @@ def _train_with(args) -> int:
 
     reward = routing_metrics(test, router.route(test))["reward"]
     out = save_for_serving(router, args.out)
-    print(f"trained on {len(train):,} requests (best step {router.log_.best_step}); test "
-          f"reward {reward:.4f}; saved to {out}")
+    best = getattr(getattr(router, "log_", None), "best_step", None)
+    print(f"trained {router.name} on {len(train):,} requests"
+          + (f" (best step {best})" if best is not None else "")
+          + f"; test reward {reward:.4f}; saved to {out}")
     return 0
 
 
@@ -207,8 +212,10 @@ def parser() -> argparse.ArgumentParser:
                    help="how many PersonaRoute-Bench users (with --users bench)")
     t.add_argument("--max-queries", type=positive_int, default=None,
                    help="a seeded sample of this many queries (default: all)")
+    t.add_argument("--router", choices=("v3", "v2"), default="v3",
+                   help="v3: ours (PersonalizedRouterV3); v2: the graph network, an ablation")
     t.add_argument("--steps", type=positive_int, default=1000,
-                   help="training steps of the router")
+                   help="training steps of the router (v2 only; v3 is not trained by steps)")
     t.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
     t.add_argument("--encoder", choices=ENCODERS, default="minilm",
                    help="text encoder of queries, tasks and LLMs, saved with the router: "

@@ -84,7 +84,7 @@ def sparsity_sweep(setting: Setting, levels: Sequence[int],
     return pd.concat(frames, ignore_index=True)
 
 
-def scaling_point(n_users: int, bank: Bank, router: str = "PersonalizedRouterV2",
+def scaling_point(n_users: int, bank: Bank, router: str = "PersonalizedRouterV3",
                   strategy: str = "multi_cost", queries_per_user: int = 100,
                   train_per_user: int | None = 20, seed: int = 0,
                   params: Mapping | None = None, calls: int = 300,
@@ -130,7 +130,7 @@ def scaling_point(n_users: int, bank: Bank, router: str = "PersonalizedRouterV2"
             "metric": setting.metric, "test_metric": metric, **machine()}
 
 
-def scaling_study(users: Sequence[int], router: str = "PersonalizedRouterV2",
+def scaling_study(users: Sequence[int], router: str = "PersonalizedRouterV3",
                   strategy: str = "multi_cost", queries_per_user: int = 100,
                   train_per_user: int | None = 20, seed: int = 0,
                   params: Mapping | None = None, calls: int = 300, threads: int = 1,
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prlib.personaroute",
                                      description=scaling_point.__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, required=True)
-    parser.add_argument("--router", default="PersonalizedRouterV2")
+    parser.add_argument("--router", default="PersonalizedRouterV3")
     parser.add_argument("--strategy", default="multi_cost", choices=list(STRATEGIES))
     parser.add_argument("--queries-per-user", type=int, default=100)
     parser.add_argument("--train-per-user", type=int, default=None)

@@ -248,7 +248,7 @@ class RoutingService:
                  journal_skip: int = 0):
         if not hasattr(router, "text_scores_batch") or not hasattr(router, "add_text_feedback"):
             raise TypeError(f"{type(router).__name__} cannot route raw texts; serve a "
-                            "PersonalizedRouterV2 (ours)")
+                            "PersonalizedRouterV3 (ours) or PersonalizedRouterV2")
         if remember < 1 or remember_mb <= 0:
             raise ValueError("remember and remember_mb must be positive (they bound the "
                              "requests kept for feedback)")

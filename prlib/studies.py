@@ -28,7 +28,7 @@ from prlib import provenance
 from prlib.experiment import Setting, _new_router, setting_views, test_metric
 from prlib.requests import Requests, RequestsError, choice_only, concat_requests
 from prlib.routers import (BestPerUserRouter, BestPerUserTaskRouter, BestSingleRouter,
-                           PerUserKNNRouter, PersonalizedRouterV2, Router)
+                           PerUserKNNRouter, PersonalizedRouterV3, Router)
 
 #: What a new user's k interactions feed, besides ours: the population's best LLM (ignores
 #: them; the k = 0 prior), the best LLM among the k, the lookup table over the k (per task),
@@ -37,6 +37,8 @@ USER_BASELINES: tuple[type[Router], ...] = (BestSingleRouter, BestPerUserRouter,
                                             BestPerUserTaskRouter, PerUserKNNRouter)
 OURS_NO_RETRAINING = "ours, k interactions added (no retraining)"
 OURS_FINE_TUNED = "ours, k interactions + short fine-tune"
+#: The router the studies call ours (any with ``add_user``, ``add_llm`` and ``fine_tune``).
+OURS_ROUTER: type[Router] = PersonalizedRouterV3
 
 
 def split_users(user_ids, n_heldout: int, seed: int) -> tuple[list[str], list[str]]:
@@ -118,7 +120,7 @@ def check_held_out(router: Router, users=(), llms=()) -> None:
 
 
 def _ours(setting, seed, params, train, val, feats=None,
-          ours: type[Router] = PersonalizedRouterV2) -> Router:
+          ours: type[Router] = OURS_ROUTER) -> Router:
     """Ours fitted on ``train`` (over ``feats``' LLMs when given)."""
     s = setting if feats is None else replace(setting, features=feats)
     return _new_router(ours, s, seed, params).fit(train, val)
@@ -130,7 +132,7 @@ def full_key(ours: type[Router], setting: Setting, seed: int) -> tuple:
     return ("full", ours.__name__, setting.name, seed)
 
 
-def _full(setting, seed, params, cache, ours: type[Router] = PersonalizedRouterV2) -> Router:
+def _full(setting, seed, params, cache, ours: type[Router] = OURS_ROUTER) -> Router:
     """Ours trained on every user and LLM of the seed's training split (kept in ``cache``)."""
     key = full_key(ours, setting, seed)
     if cache is None or key not in cache:
@@ -146,7 +148,7 @@ def _full(setting, seed, params, cache, ours: type[Router] = PersonalizedRouterV
 def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_heldout: int,
                    params: Mapping | None = None, progress: bool = False,
                    cache: dict | None = None, fine_tune_steps: int = 100,
-                   ours: type[Router] = PersonalizedRouterV2,
+                   ours: type[Router] = OURS_ROUTER,
                    baselines: Sequence[type[Router]] = USER_BASELINES,
                    baseline_params: Mapping[str, dict] | None = None,
                    jobs: int = 1) -> pd.DataFrame:
@@ -158,7 +160,7 @@ def few_shot_users(setting: Setting, seeds: Sequence[int], ks: Sequence[int], n_
     ours on the same requests) and ``pct_of_full``. ``cache``: a dict that keeps the fully
     trained routers between studies of the same setting and seeds. With ``fine_tune_steps``
     > 0, ours is also fine-tuned for that many steps on the k interactions (k > 0;
-    ``PersonalizedRouterV2.fine_tune``, checkpoint chosen on the known users' validation
+    ``fine_tune`` of ours, kept or not by the known users' validation on the known users' validation
     requests). ``ours``: the router studied (any with ``add_user``, and ``fine_tune`` when
     ``fine_tune_steps`` > 0; e.g. GMTRouter in notebook 90); ``baselines`` and their
     ``baseline_params`` (per class name, e.g. their tuned points; default: their defaults).
@@ -235,7 +237,8 @@ def _user_rows(setting, seed, k, base, support, tr_known, va_known, test_new, fu
 def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
                   heldout_llms: Sequence[str], params: Mapping | None = None,
                   n_heldout_users: int = 0, progress: bool = False,
-                  cache: dict | None = None, jobs: int = 1) -> pd.DataFrame:
+                  cache: dict | None = None, jobs: int = 1,
+                  ours: type[Router] = OURS_ROUTER) -> pd.DataFrame:
     """New LLMs (and, with ``n_heldout_users > 0``, new users at the same time): per seed, ours
     is trained without ``heldout_llms`` (and without the held-out users); the LLMs are then added
     from their description and prices (``add_llm``), with ``k`` interactions per user: ``k``
@@ -257,12 +260,12 @@ def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
         known, new = (split_users(users, n_heldout_users, seed) if n_heldout_users
                       else (users, []))
         if full_router is None:
-            full_router = _full(setting, seed, params, None)
+            full_router = _full(setting, seed, params, None, ours)
         old = [m for m in train_raw.llms if m not in set(heldout_llms)]
         order = old + heldout_llms  # the LLMs of ours once the held-out ones are added
         tr_old = of_users(seen_by_router(setting, drop_llms(train_raw, heldout_llms)), known)
         va_old = of_users(seen_by_router(setting, drop_llms(val_raw, heldout_llms)), known)
-        base = _ours(setting, seed, params, tr_old, va_old, setting.feats.with_llms(old))
+        base = _ours(setting, seed, params, tr_old, va_old, setting.feats.with_llms(old), ours)
         check_held_out(base, users=new, llms=heldout_llms)
         pool = reorder_llms(seen_by_router(setting, test_raw), order)  # what users reveal
         truth = reorder_llms(test_raw, order)
@@ -277,17 +280,17 @@ def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
             support, rest = pool.select(on_asked), truth.select(~on_asked)
             if new:
                 rest = of_users(rest, new)
-            ours = copy.deepcopy(base)
+            added = copy.deepcopy(base)
             for i, name in enumerate(heldout_llms):  # the known users' interactions come last
                 last = i == len(heldout_llms) - 1
-                ours.add_llm(name, str(prices.loc[name, "description"]),
+                added.add_llm(name, str(prices.loc[name, "description"]),
                              float(prices.loc[name, "input_usd_per_m"]),
                              float(prices.loc[name, "output_usd_per_m"]),
                              history=of_users(support, known) if last and len(support) else None)
             if new and len(support):
-                ours.add_user(of_users(support, new))
+                added.add_user(of_users(support, new))
             full = test_metric(setting, full_router, reorder_llms(rest, train_raw.llms))
-            out = [(OURS_NO_RETRAINING, "ours", test_metric(setting, ours, rest))]
+            out = [(OURS_NO_RETRAINING, "ours", test_metric(setting, added, rest))]
             hist = pad_llms(tr_old, order)
             if len(support):
                 hist = concat_requests(hist, support)
@@ -303,8 +306,7 @@ def few_shot_llms(setting: Setting, seeds: Sequence[int], ks: Sequence[int],
                      for m, fam, v in out]
         return rows, full_router
 
-    return _per_seed(one, PersonalizedRouterV2, setting, seeds, cache, jobs, progress,
-                     "new LLMs: seeds")
+    return _per_seed(one, ours, setting, seeds, cache, jobs, progress, "new LLMs: seeds")
 
 
 def reorder_llms(req: Requests, order: Sequence[str], keep: Sequence[str] | None = None

@@ -76,14 +76,19 @@ def test_sparsity_sweep_runs_each_level_on_the_same_test_requests(bench):
 
 def test_a_scaling_point_measures_ours_on_a_bench_of_that_size(bench):
     bank, _ = bench
-    row = personaroute.scaling_point(20, bank, queries_per_user=16, train_per_user=5,
-                                     params={"steps": 10, "eval_every": 5}, calls=5,
+    row = personaroute.scaling_point(20, bank, queries_per_user=16, train_per_user=5, calls=5,
                                      llms=("a", "b", "c", "d"))
+    assert row["router"] == "PersonalizedRouter v3 (ours)"
     assert row["n_users"] == 20 and row["train_requests"] <= 20 * 5
-    assert row["steps_run"] == 10 and row["s_per_step"] > 0 and row["single_calls"] == 5
+    assert row["fit_s"] > 0 and row["steps_run"] is None  # v3 is not trained by steps
+    assert row["single_calls"] == 5
     assert np.isfinite(row["test_metric"]) and row["metric"] == "reward"
     assert row["process_peak_rss_mb"] >= row["fit_memory_increase_mb"] >= 0
     json.dumps(row)  # one JSON line per point (the subprocess protocol)
+    v2 = personaroute.scaling_point(20, bank, router="PersonalizedRouterV2", queries_per_user=16,
+                                    train_per_user=5, params={"steps": 10, "eval_every": 5},
+                                    calls=5, llms=("a", "b", "c", "d"))
+    assert v2["steps_run"] == 10 and v2["s_per_step"] > 0
 
 
 def test_a_fresh_process_reports_its_own_peak_memory_not_its_parents():

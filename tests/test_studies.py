@@ -38,12 +38,12 @@ def test_the_held_out_check_catches_a_router_trained_on_a_held_out_user_or_llm(s
 
     train, val, _ = raw_views(setting, 0)
     known, held = split_users(train.frame["user_id"], 3, seed=0)
-    router = _ours(setting, 0, {"steps": 5}, train, val)
+    router = _ours(setting, 0, {}, train, val)
     with pytest.raises(AssertionError, match="held-out users"):
         check_held_out(router, users=held)
     with pytest.raises(AssertionError, match="held-out LLMs"):
         check_held_out(router, llms=["huge"])
-    check_held_out(_ours(setting, 0, {"steps": 5}, of_users(train, known), of_users(val, known)),
+    check_held_out(_ours(setting, 0, {}, of_users(train, known), of_users(val, known)),
                    users=held)
 
 
@@ -71,14 +71,14 @@ def test_dropping_an_llm_removes_its_column_and_moves_its_choices_to_the_best_le
 
 
 def test_few_shot_users_and_llms_give_a_finite_share_of_the_full_model_for_every_k(setting):
-    users = few_shot_users(setting, [0], [0, 2], n_heldout=3, params={"steps": 20},
+    users = few_shot_users(setting, [0], [0, 2], n_heldout=3, params={},
                            fine_tune_steps=10)
     assert set(users["method"]) == {OURS_NO_RETRAINING, OURS_FINE_TUNED,
                                     *(c.name for c in USER_BASELINES)}
     assert OURS_FINE_TUNED not in set(users.loc[users["k"] == 0, "method"])  # nothing to tune on
     assert np.isfinite(users["pct_of_full"]).all() and set(users["k"]) == {0, 2}
-    llms = few_shot_llms(setting, [0], [0, 1], ["huge"], params={"steps": 20})
-    both = few_shot_llms(setting, [0], [1], ["huge"], params={"steps": 20}, n_heldout_users=3)
+    llms = few_shot_llms(setting, [0], [0, 1], ["huge"], params={})
+    both = few_shot_llms(setting, [0], [1], ["huge"], params={}, n_heldout_users=3)
     for frame in (llms, both):
         assert np.isfinite(frame["pct_of_full"]).all() and (frame["full"] > 0).all()
 
