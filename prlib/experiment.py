@@ -60,6 +60,10 @@ class Setting:
     and tuned, on preference pairs by its score differences. ``train_per_user``: each user
     keeps at most that many training requests (seeded per split seed,
     :func:`~prlib.requests.sample_per_user`); validation and test are unchanged.
+    ``sparse_users``: only that many users are thinned to ``train_per_user`` (the others keep
+    every training request), chosen by rotation with the split seed (:func:`sparse_users_of`:
+    a different user per seed), and the test split keeps only their requests, so the tables
+    score the sparse users among dense ones.
     """
 
     name: str
@@ -72,11 +76,16 @@ class Setting:
     query_groups: dict[str, str] | None = field(default=None, repr=False)
     previous_query: dict[str, str] | None = field(default=None, repr=False)
     train_per_user: int | None = None
+    sparse_users: int | None = None
 
     def __post_init__(self) -> None:
         if self.train_per_user is not None and self.train_per_user < 1:
             raise ValueError(f"train_per_user must be >= 1 (or None: all), got "
                              f"{self.train_per_user}")
+        n_users = len(self.preferences.users)
+        if self.sparse_users is not None and not 1 <= self.sparse_users < n_users:
+            raise ValueError(f"sparse_users must be between 1 and {n_users - 1} (the others stay "
+                             f"dense) or None (every user thinned), got {self.sparse_users}")
         if self.feedback not in FEEDBACK:
             raise ValueError(f"feedback must be one of {FEEDBACK}, got {self.feedback!r}")
         if self.metric not in MAIN_METRICS:
@@ -107,14 +116,15 @@ class Setting:
     @cached_property
     def fingerprint(self) -> str:
         """A hash of everything the views depend on: interactions, the bank's rows, queries and
-        LLM order, feedback, fractions, groups, previous turns and ``train_per_user``
+        LLM order, feedback, fractions, groups, previous turns, ``train_per_user`` and
+        ``sparse_users``
         (computed once: change a setting with :func:`dataclasses.replace`, not in place)."""
         h = hashlib.sha1()
         for frame in (self.preferences.interactions, self.bank.bank,
                       self.bank.queries[["query_id", "task"]], self.bank.llms[["llm"]]):
             h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
         h.update(json.dumps([self.feedback, list(self.fractions), self.train_per_user,
-                             sorted((self.query_groups or {}).items()),
+                             self.sparse_users, sorted((self.query_groups or {}).items()),
                              sorted((self.previous_query or {}).items())]).encode())
         return h.hexdigest()
 
@@ -124,6 +134,14 @@ class Setting:
         (computed once, embeddings cached on disk)."""
         return (self.features if self.features is not None
                 else node_features(self.bank, answers=True))
+
+
+def sparse_users_of(users, n: int, seed: int) -> list[str]:
+    """The ``n`` users a split seed thins among dense ones: by rotation over the sorted users,
+    starting at ``seed`` modulo their number (seeds 100-104 of nine users: a different one
+    each)."""
+    users = sorted(map(str, users))
+    return [users[(seed + i) % len(users)] for i in range(n)]
 
 
 def setting_views(setting: Setting, seed: int, raw: bool = False):
@@ -138,8 +156,13 @@ def setting_views(setting: Setting, seed: int, raw: bool = False):
         req = with_previous_turn(req, setting.previous_query)
         provenance.check_previous_turn(req, setting.previous_query, where)
     train, val, test = (req.split(s) for s in SPLITS)
+    sparse = (None if setting.sparse_users is None
+              else sparse_users_of(setting.preferences.users["user_id"], setting.sparse_users,
+                                      seed))
     if setting.train_per_user is not None:
-        train = sample_per_user(train, setting.train_per_user, seed=seed)
+        train = sample_per_user(train, setting.train_per_user, seed=seed, users=sparse)
+    if sparse is not None:  # the tables score the sparse users only
+        test = test.select(test.frame["user_id"].isin(sparse).to_numpy())
     provenance.check_split(train, val, test, where)
     if setting.feedback == "choice" and not raw:
         train, val = choice_only(train), choice_only(val)

@@ -8,6 +8,7 @@ val / test shared by all users, so a test query has never been seen with a label
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -181,15 +182,19 @@ def concat_requests(a: Requests, b: Requests) -> Requests:
                     both(a.call_cost, b.call_cost), both(a.previous, b.previous))
 
 
-def sample_per_user(requests: Requests, n: int, seed: int = 0) -> Requests:
+def sample_per_user(requests: Requests, n: int, seed: int = 0,
+                    users: Sequence[str] | None = None) -> Requests:
     """At most ``n`` requests of each user (a seeded draw, original order kept); a user with
     fewer keeps all of theirs. The sparsity knob of PersonaRoute-Bench's sweep: how many
-    interactions per user a router learns from."""
+    interactions per user a router learns from. ``users``: thin only these (the others keep
+    every request; None: everyone)."""
     if n < 1:
         raise RequestsError(f"n must be >= 1 interaction per user, got {n}")
     rng = np.random.default_rng(seed)
-    keep = [rows if len(rows) <= n else rng.choice(rows, n, replace=False)
-            for rows in requests.frame.groupby("user_id", sort=True).indices.values()]
+    thinned = None if users is None else set(map(str, users))
+    keep = [rows if len(rows) <= n or (thinned is not None and str(u) not in thinned)
+            else rng.choice(rows, n, replace=False)
+            for u, rows in requests.frame.groupby("user_id", sort=True).indices.items()]
     return requests.select(np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64))
 
 

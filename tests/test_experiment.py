@@ -357,6 +357,29 @@ def test_train_per_user_thins_each_users_training_requests_and_nothing_else():
         Setting("none", bank, full.preferences, train_per_user=0)
 
 
+def test_one_sparse_user_among_dense_ones_rotates_with_the_seed_and_alone_is_scored():
+    from prlib.experiment import sparse_users_of
+
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    full = Setting("all", bank, simulate_multi_cost(bank))
+    one = Setting("one sparse", bank, full.preferences, train_per_user=2, sparse_users=1)
+    users = sorted(full.preferences.users["user_id"])
+    picked = [sparse_users_of(users, 1, seed)[0] for seed in range(len(users))]
+    assert sorted(picked) == users  # a different user for each of len(users) seeds
+    for seed in (0, 1):
+        (train, _, test), (s_train, _, s_test) = setting_views(full, seed), setting_views(one, seed)
+        [sparse] = sparse_users_of(users, 1, seed)
+        have = train.frame.groupby("user_id").size()
+        kept = s_train.frame.groupby("user_id").size().reindex(have.index, fill_value=0)
+        assert kept[sparse] == min(2, have[sparse]) and have[sparse] > 2
+        assert (kept.drop(sparse) == have.drop(sparse)).all()  # the others stay dense
+        assert set(s_test.frame["user_id"]) == {sparse}  # only the sparse user is scored
+        assert len(s_test) == int((test.frame["user_id"] == sparse).sum())
+    with pytest.raises(ValueError, match="sparse_users must be between 1 and"):
+        Setting("all sparse", bank, full.preferences, train_per_user=2,
+                sparse_users=len(users))
+
+
 def test_a_shared_object_is_written_once_and_read_once_per_process():
     import gc
     import os
