@@ -34,7 +34,7 @@ FAST = ["BestSingleRouter", "CheapestRouter", "BestPerUserTaskRouter", "PerUserK
 SLOW = ["PersonalizedRouterV2", "ReferenceDesignRouter"]
 #: names the structured reference may be registered under (main's prlib/routers/reference.py)
 REFERENCES = ["StructuredReferenceRouter", "StructuredReference", "Structured reference"]
-NOT_BASELINES = {"PersonalizedRouter v2 (ours)"}
+NOT_BASELINES = {"PersonalizedRouter v2 (graph network)"}
 
 
 def reference_classes() -> list[str]:

@@ -103,16 +103,21 @@ def headroom_table(results: pd.DataFrame, metric: str, ours: str,
 
 
 def sweep_figure(results: pd.DataFrame, metric: str, ours: str, panels: Sequence[tuple],
-                 highlight: Sequence[str] = ()):
+                 highlight: Sequence[str] = (), ncols: int = 2):
     """The main figure: one panel per ``(title, setting name, feedback)``, ``metric`` (mean
     over seeds, 95 % CI band for ours, the strongest baseline per level and the references)
-    against training requests per user; the ceiling dashed, the oracle dotted. Returns the
-    figure."""
+    against training requests per user; the ceiling dashed, the oracle dotted; ``ncols``
+    panels per row. Returns the figure."""
     import matplotlib.pyplot as plt
 
     from prlib.metrics import mean_ci
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    ncols = min(ncols, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.6 * nrows), squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    axes = axes.ravel()[None, :len(panels)]
     parts = [results[(results["setting"] == name) & (results["feedback"] == feedback)]
              for _, name, feedback in panels]
     bests = [[strongest(p[p["train_per_user"] == lab], metric, exclude=(ours,))
@@ -152,6 +157,6 @@ def sweep_figure(results: pd.DataFrame, metric: str, ours: str, panels: Sequence
                 handles.append(h)
                 names.append(n)
     fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8,
-               bbox_to_anchor=(0.5, -0.02 - 0.035 * (len(names) // 3)))
+               bbox_to_anchor=(0.5, -0.02 - 0.035 * (len(names) // 3) / nrows))
     fig.tight_layout()
     return fig

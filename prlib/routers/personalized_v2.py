@@ -44,7 +44,7 @@ class PersonalizedRouterV2(Router):
     reads cached sums (constant time) and runs one exact neighbour search over the visible
     queries and the user's own requests: no graph of the whole history is rebuilt."""
 
-    name = "PersonalizedRouter v2 (ours)"
+    name = "PersonalizedRouter v2 (graph network)"
     family = ABLATION  # superseded by v3 (personalized_v3): an ablation row of ours
     selection = "early stopping (validation-best checkpoint)"
     relative_fit_time = 20.0
@@ -414,7 +414,7 @@ class V2WithoutRetrieval(PersonalizedRouterV2):
     """Ours without the retrieved neighbours (neither the user's nor the pooled kNN messages, no
     attention): profile, user and task statistics only."""
 
-    name = "ours without retrieval edges"
+    name = "v2 without retrieval edges"
     family = ABLATION
     defaults = {**PersonalizedRouterV2.defaults, "retrieval": False}
 
@@ -423,7 +423,7 @@ class V2WithoutRetrieval(PersonalizedRouterV2):
 class V2WithoutProfileStats(PersonalizedRouterV2):
     """Ours without the profile, user and task feedback means: retrieved neighbours only."""
 
-    name = "ours without profile statistics"
+    name = "v2 without profile statistics"
     family = ABLATION
     defaults = {**PersonalizedRouterV2.defaults, "profile_stats": False}
 
@@ -433,7 +433,7 @@ class V2WithoutMessages(PersonalizedRouterV2):
     """Ours with no message passing: the scorer reads the query and LLM embeddings only, so it
     cannot tell users apart."""
 
-    name = "ours with 0 layers (no messages)"
+    name = "v2 with 0 layers (no messages)"
     family = ABLATION
     defaults = {**PersonalizedRouterV2.defaults, "layers": 0}
 
