@@ -28,6 +28,7 @@ Routing a request is a row lookup and a (n_llms x d) product: O(1) in the histor
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -131,8 +132,10 @@ class PersonalizedRouterV3(Router):
         self.span_ = span
         raw = _row_attributes(q, c, span[t_idx])  # (nq, n_llms, 3)
         raw = np.where(cand[..., None], raw, np.nan)
-        mu = np.nanmean(raw.reshape(-1, 3), 0) if np.isfinite(raw).any() else np.zeros(3)
-        sd = np.nanstd(raw.reshape(-1, 3), 0) if np.isfinite(raw).any() else np.ones(3)
+        with warnings.catch_warnings():  # an attribute with no value (a bank without costs):
+            warnings.simplefilter("ignore", RuntimeWarning)  # mean 0 and sd 1 below
+            mu = np.nanmean(raw.reshape(-1, 3), 0) if np.isfinite(raw).any() else np.zeros(3)
+            sd = np.nanstd(raw.reshape(-1, 3), 0) if np.isfinite(raw).any() else np.ones(3)
         mu, sd = np.nan_to_num(mu), np.nan_to_num(sd, nan=1.0)
         self.attr_mean_, self.attr_sd_ = mu, np.where(sd > 1e-12, sd, 1.0)
         z = (raw - mu) / self.attr_sd_
