@@ -283,7 +283,7 @@ def test_the_spy_through_the_sparsity_sweep_and_the_new_llm_study(setting, spy):
         want = setting_views(replace(setting, train_per_user=level), seed)
         assert train.digest == ids_of(want[0]).digest and val.digest == ids_of(want[1]).digest
         assert set(train.per_user.values()) == {level}
-    llms = studies.few_shot_llms(setting, [0], [2], ["large"], params={"steps": 5},
+    llms = studies.few_shot_llms(setting, [0], [2], ["large"], params={},
                                  n_heldout_users=2)
     assert np.isfinite(llms["pct_of_full"]).all()
 
