@@ -297,7 +297,9 @@ class RoutingService:
             return folder
 
     def known_user(self, user: str) -> bool:
-        return user in self.router.store_.upos
+        """Whether the router has feedback of ``user`` (v2: its message store; v3: a posterior)."""
+        store = getattr(self.router, "store_", None)
+        return user in (store.upos if store is not None else self.router._upos)
 
     def health(self) -> dict:
         """What is remembered for feedback, against its bounds, and the journal."""

@@ -670,3 +670,39 @@ def test_serve_wires_keys_limits_and_the_journal_across_restarts(saved_router, u
     assert apps[-1][0].state.service.known_user("alice")
     with pytest.raises(ValueError, match="--insecure-no-keys"):
         serve(saved_router, upstream=upstream.url, host="0.0.0.0")
+
+
+def test_ours_v3_is_served_loaded_with_the_same_scores_and_learns_a_users_pick_online(
+        tmp_path, upstream):
+    """`prlib train` saves v3 (ours) by default: it must load for serving, route a chat, and
+    move a new user towards the LLM they keep picking, without retraining."""
+    from prlib.routers import PersonalizedRouterV3
+
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    setting = Setting("serve", bank, simulate_multi_cost(bank))
+    train, val, _ = setting_views(setting, 0)
+    router = PersonalizedRouterV3(setting.feats, seed=0).fit(train, val)
+    before = router.text_scores("mc-00", TEXT)
+    folder = save_for_serving(router, tmp_path / "v3")
+    client, service = client_for(folder, upstream)
+    np.testing.assert_allclose(service.router.text_scores("mc-00", TEXT), before, atol=1e-6)
+    prior = service.router.W_.copy()
+    first = chat(client, "new-user")
+    assert first.status_code == 200, first.text
+    served = first.headers["x-prlib-model"]
+    wanted = next(m for m in service.llms if m != served)
+    a, b = service.llms.index(wanted), service.llms.index(served)
+
+    def margin():  # how much more the router would give `wanted` than `served` to the user
+        scores = service.router.text_scores("new-user", TEXT)
+        return float(scores[a] - scores[b])
+
+    start = margin()
+    for _ in range(10):  # the user keeps picking `wanted`
+        r = chat(client, "new-user")
+        fb = client.post("/v1/feedback", json={"request_id": r.headers["x-prlib-request-id"],
+                                               "user": "new-user", "pick": wanted})
+        assert fb.status_code == 200, fb.text
+    assert service.known_user("new-user") and not service.known_user("other-new-user")
+    assert margin() > start  # the user's posterior moved towards their picks, online
+    np.testing.assert_array_equal(service.router.W_[:len(prior)], prior)  # others untouched
