@@ -246,7 +246,8 @@ class RoutingService:
     def __init__(self, router: Router, upstreams: dict[str, Upstream], remember: int = 100_000,
                  remember_mb: float = 256.0, journal: str | Path | None = None,
                  journal_skip: int = 0):
-        if not hasattr(router, "text_scores_batch") or not hasattr(router, "add_text_feedback"):
+        if not all(hasattr(router, m) for m in ("text_scores_batch", "add_text_feedback",
+                                                "knows_user")):
             raise TypeError(f"{type(router).__name__} cannot route raw texts; serve a "
                             "PersonalizedRouterV3 (ours) or PersonalizedRouterV2")
         if remember < 1 or remember_mb <= 0:
@@ -297,9 +298,8 @@ class RoutingService:
             return folder
 
     def known_user(self, user: str) -> bool:
-        """Whether the router has feedback of ``user`` (v2: its message store; v3: a posterior)."""
-        store = getattr(self.router, "store_", None)
-        return user in (store.upos if store is not None else self.router._upos)
+        """Whether the router has feedback of ``user`` (its ``knows_user``)."""
+        return self.router.knows_user(user)
 
     def health(self) -> dict:
         """What is remembered for feedback, against its bounds, and the journal."""

@@ -288,6 +288,10 @@ class PersonalizedRouterV2(Router):
             check_no_label_leak_v2(st, requests, msg)
             return self._logits(torch.from_numpy(~np.isnan(requests.utility)), msg).cpu().numpy()
 
+    def knows_user(self, user_id: str) -> bool:
+        """Whether feedback of ``user_id`` is visible to the router (served users included)."""
+        return user_id in self.store_.upos
+
     def add_user(self, history: Requests) -> None:
         """Make feedback visible (new users or new requests of known ones), no retraining:
         only the sums of the touched users, profiles, tasks and queries change."""

@@ -360,6 +360,10 @@ class PersonalizedRouterV3(Router):
         self.history_ = concat_requests(self.history_, history)
         self._refresh(self.history_, sorted(set(history.frame["user_id"])))
 
+    def knows_user(self, user_id: str) -> bool:
+        """Whether feedback of ``user_id`` is visible to the router (served users included)."""
+        return user_id in self._upos
+
     def add_user(self, history: Requests) -> None:
         """Make feedback visible (new users or new requests of known ones) and update those
         users' posteriors (their own rows, the prior fixed): no retraining."""
