@@ -14,6 +14,7 @@ cascade reads the answers (it calls an LLM, then reads the answer to decide whet
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -37,6 +38,11 @@ class NodeFeatures:
     llm_x: torch.Tensor  # (n_llms, 386)
     answer_x: torch.Tensor | None = None  # (n_queries, n_llms, 384); None: no answer texts
     answer_ok: torch.Tensor | None = None  # (n_queries, n_llms) bool: an answer text exists
+
+    @functools.cached_property
+    def query_index(self) -> pd.Index:
+        """``query_ids`` as an index (built once): the rows of :attr:`query_x`."""
+        return pd.Index(self.query_ids)
 
     def with_llms(self, llms) -> "NodeFeatures":
         """The features over ``llms`` (a subset of this one's, in any order)."""

@@ -36,6 +36,13 @@ from prlib.simulate.bench import STRATEGIES
 
 #: What each strategy's users reveal and the tables' main metric (as in notebook 50).
 FEEDBACK = {"multi_cost": ("utility", "reward"), "judge": ("choice", "accuracy")}
+#: The routers of the bench's sweeps over training requests per user (notebooks 50 and 95): the
+#: population routers, the per-user lookup and kNN, both MLPs, ours and the reference rows; the
+#: other routers take minutes per fit at 1,000 users and run in notebook 95's main table only.
+SWEEP_ROUTERS: tuple[str, ...] = (
+    "CheapestRouter", "BestSingleRouter", "BestPerUserRouter", "MLPRouter", "PerUserKNNRouter",
+    "UserMLPRouter", "PersonalizedRouterV3", "StructuredReferenceRouter", "CeilingRouter",
+    "OracleRouter")
 
 
 def bench_settings(bank: Bank, cfg: BenchConfig, scores: JudgeScores | None = None,

@@ -9,7 +9,7 @@ val / test shared by all users, so a test query has never been seen with a label
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -86,6 +86,9 @@ class Requests:
     #: history the user has already given, never the label of the request itself. ``None``:
     #: single-turn requests.
     previous: np.ndarray | None = None
+    #: positions memoised by :meth:`lookup`, ``{(column, id(index)): (index, positions)}``;
+    #: carried (sliced) through :meth:`select`, never through ``replace`` (a fresh one there)
+    _lookups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -94,9 +97,23 @@ class Requests:
         """Requests by boolean mask or integer positions, shape (n,) -> a new set."""
         mask = np.asarray(mask)
         pick = lambda a: None if a is None else a[mask]  # noqa: E731
-        return Requests(self.frame.iloc[mask].reset_index(drop=True), self.llms, self.utility[mask],
-                        self.chosen[mask], pick(self.quality), pick(self.cost),
-                        pick(self.call_cost), pick(self.previous))
+        out = Requests(self.frame.iloc[mask].reset_index(drop=True), self.llms,
+                       self.utility[mask], self.chosen[mask], pick(self.quality),
+                       pick(self.cost), pick(self.call_cost), pick(self.previous))
+        out._lookups = {k: (index, pos[mask]) for k, (index, pos) in self._lookups.items()}
+        return out
+
+    def lookup(self, column: str, index: pd.Index) -> np.ndarray:
+        """Positions of each request's ``column`` value in ``index`` (-1: absent), shape (n,).
+
+        Memoised per (column, index object) and sliced by :meth:`select`, so a training loop
+        that draws mini-batches of one set resolves its ids once, not once per batch."""
+        key = (column, id(index))
+        hit = self._lookups.get(key)
+        if hit is None or hit[0] is not index:
+            hit = (index, index.get_indexer(self.frame[column]))
+            self._lookups[key] = hit
+        return hit[1]
 
     def with_llm_columns(self, llms, columns, chosen=None) -> "Requests":
         """The same requests over ``llms``: ``columns`` maps every (n, n_llms) array (utility,

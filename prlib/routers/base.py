@@ -71,7 +71,7 @@ class UnknownUserError(RouterError, KeyError):
 # ------------------------------------------------------------------ shared helpers
 def query_embeddings(feats: NodeFeatures, requests: Requests) -> np.ndarray:
     """Query feature rows of ``requests``, shape (n, query_dim)."""
-    idx = pd.Index(feats.query_ids).get_indexer(requests.frame["query_id"])
+    idx = requests.lookup("query_id", feats.query_index)
     if (idx < 0).any():
         raise KeyError("requests name queries missing from the node features")
     return feats.query_x.numpy()[idx]

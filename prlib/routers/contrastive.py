@@ -36,6 +36,23 @@ class RouterDC(TorchRouter):
         labels = KMeans(k, n_init=3, random_state=self.seed).fit_predict(qx)
         self.cluster_ = {q: int(c) for q, c in zip(qids, labels)}
 
+    def _resolve_ids(self, train):
+        super()._resolve_ids(train)
+        train.lookup("query_id", self._cluster_index())
+
+    def _cluster_index(self) -> pd.Index:
+        """The clustered query ids (``cluster_``'s keys) as an index, built once per fit."""
+        if getattr(self, "_clusters_of", None) is not self.cluster_:
+            self._clusters_of = self.cluster_
+            self._cluster_ids = pd.Index(list(self.cluster_))
+            self._cluster_labels = np.fromiter(self.cluster_.values(), np.int64)
+        return self._cluster_ids
+
+    def _cluster_codes(self) -> np.ndarray:
+        """The cluster of each query of :meth:`_cluster_index`, shape (n_clustered,)."""
+        self._cluster_index()
+        return self._cluster_labels
+
     def _make_net(self):
         h = self.params["hidden"]
         return nn.ModuleDict({"enc": mlp(self.feats.query_x.shape[1], h, h),
@@ -76,7 +93,7 @@ class RouterDC(TorchRouter):
         sample_llm = -(lp * pos).sum() / pos.sum().clamp(min=1)
         sub = batch.select(np.arange(min(len(batch), p["cluster_batch"])))
         h = self._encode(sub)
-        cl = torch.tensor(sub.frame["query_id"].map(self.cluster_).to_numpy(dtype=np.int64))
+        cl = torch.as_tensor(self._cluster_codes()[sub.lookup("query_id", self._cluster_index())])
         eye = torch.eye(len(h), dtype=torch.bool)
         sim = (h @ h.T / p["tau"]).masked_fill(eye, NEG)
         same = (cl[:, None] == cl[None, :]) & ~eye

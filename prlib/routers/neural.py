@@ -46,6 +46,16 @@ class UserMLPRouter(TorchRouter):
     def _prepare(self, train):
         self.users_ = sorted(train.frame["user_id"].unique())
 
+    def _user_index(self) -> pd.Index:
+        """``users_`` as an index, rebuilt only when ``users_`` changes (fit, load)."""
+        if getattr(self, "_user_index_of", None) is not self.users_:
+            self._user_index_of, self._user_ids = self.users_, pd.Index(self.users_)
+        return self._user_ids
+
+    def _resolve_ids(self, train):
+        super()._resolve_ids(train)
+        train.lookup("user_id", self._user_index())
+
     def _make_net(self):
         d = self.params["user_dim"]
         net = nn.ModuleDict({"user": nn.Embedding(len(self.users_) + 1, d),
@@ -56,7 +66,7 @@ class UserMLPRouter(TorchRouter):
         return net
 
     def _forward(self, requests):
-        u = pd.Index(self.users_).get_indexer(requests.frame["user_id"])
+        u = requests.lookup("user_id", self._user_index())
         u = torch.as_tensor(np.where(u < 0, len(self.users_), u))
         return self.net["mlp"](torch.cat([self._qx(requests), self.net["user"](u)], 1))
 

@@ -106,6 +106,11 @@ class TorchRouter(Router):
     def _prepare(self, train: Requests) -> None:
         """Fitted state that the module's shape depends on (default: none)."""
 
+    def _resolve_ids(self, train: Requests) -> None:
+        """Resolve the ids the forward pass looks up (:meth:`Requests.lookup`) on the whole
+        training set once; every mini-batch drawn from it then slices them."""
+        train.lookup("query_id", self.feats.query_index)
+
     def _make_net(self) -> nn.Module:
         raise NotImplementedError
 
@@ -154,6 +159,7 @@ class TorchRouter(Router):
         seed_everything(self.seed)
         rng = np.random.default_rng(self.seed)
         self._prepare(train)
+        self._resolve_ids(train)
         p = self.params
         with self._device_scope():
             self.net = self._make_net().to(self.device)
