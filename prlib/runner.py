@@ -156,10 +156,13 @@ def write_page(executed: Path, folder: Path, name: str | None = None) -> Path:
 RUN_TIMES = "run_times.csv"
 
 
-def record_run_time(path: Path, seconds: float, smoke: bool, folder: Path | None = None) -> Path:
-    """Write the notebook's wall time, mode, date (UTC) and machine into ``run_times.csv`` of
-    the run's figures folder (``figures/`` for a full run), replacing its previous row, so that
-    a slower main job shows in the diff. Returns the CSV's path."""
+def record_run_time(path: Path, seconds: float, smoke: bool, folder: Path | None = None,
+                    load_at_start: float | None = None) -> Path:
+    """Write the notebook's wall time, mode, date (UTC), machine and the machine's 1-minute load
+    average when it started (above 0: other work shared the cores, so the time is an upper
+    bound) into ``run_times.csv`` of the run's figures folder (``figures/`` for a full run),
+    replacing its previous row, so that a slower main job shows in the diff; the same rows as a
+    Markdown table in ``run_times.md`` (the README's notebook times). Returns the CSV's path."""
     import csv
     import datetime
     import platform
@@ -170,19 +173,27 @@ def record_run_time(path: Path, seconds: float, smoke: bool, folder: Path | None
     folder = folder or resolve_config(smoke).figures_dir
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / RUN_TIMES
-    fields = ["notebook", "mode", "wall_s", "date_utc", "cpu", "cores", "python"]
+    fields = ["notebook", "mode", "wall_s", "date_utc", "cpu", "cores", "load_1min_at_start",
+              "python"]
     rows = []
     if out.is_file():
         with open(out, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r["notebook"] != path.stem]
+            rows = [{k: r.get(k) or "" for k in fields} for r in csv.DictReader(f)
+                    if r["notebook"] != path.stem]
     rows.append({"notebook": path.stem, "mode": "smoke" if smoke else "full",
                  "wall_s": f"{seconds:.0f}",
                  "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-                 "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()})
+                 "cpu": cpu_model(), "cores": os.cpu_count(),
+                 "load_1min_at_start": "" if load_at_start is None else f"{load_at_start:.1f}",
+                 "python": platform.python_version()})
+    rows = sorted(rows, key=lambda r: r["notebook"])
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: r["notebook"]))
+        writer.writerows(rows)
+    table = ["| " + " | ".join(fields) + " |", "|" + "|".join("---" for _ in fields) + "|"]
+    table += ["| " + " | ".join(str(r[k]) for k in fields) + " |" for r in rows]
+    (folder / "run_times.md").write_text("\n".join(table) + "\n")
     return out
 
 
@@ -207,11 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     parameters = {name: _literal(value) for name, value in args.parameter}
     smoke = args.smoke or os.environ.get("PRLIB_SMOKE", "") in {"1", "true", "yes"}
     for path in select(args.names):
+        load_at_start = os.getloadavg()[0]
         start = time.time()
         print(f"[prlib.runner] {path.name} ({'smoke' if smoke else 'full'}) ...", flush=True)
         out = run_notebook(path, smoke=smoke, parameters=parameters)
         seconds = time.time() - start
-        record_run_time(path, seconds, smoke)
+        record_run_time(path, seconds, smoke, load_at_start=load_at_start)
         page = write_page(out, pages_dir(smoke), path.stem)
         print(f"[prlib.runner] {path.name} done in {seconds:.0f} s -> "
               f"{out.relative_to(REPO_ROOT)}, {page.relative_to(REPO_ROOT)}", flush=True)

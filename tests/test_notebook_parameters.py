@@ -85,8 +85,11 @@ def test_the_runner_records_each_notebooks_wall_time(tmp_path):
     nb = NOTEBOOKS[0]
     record_run_time(nb, 12.3, smoke=False, folder=tmp_path)
     record_run_time(NOTEBOOKS[1], 5.0, smoke=False, folder=tmp_path)
-    out = record_run_time(nb, 45.6, smoke=False, folder=tmp_path)
+    out = record_run_time(nb, 45.6, smoke=False, folder=tmp_path, load_at_start=1.25)
     table = pd.read_csv(out)
     assert list(table["notebook"]) == [NOTEBOOKS[0].stem, NOTEBOOKS[1].stem]
     assert table.loc[0, "wall_s"] == 46 and table.loc[0, "mode"] == "full"
+    assert table.loc[0, "load_1min_at_start"] == 1.2 and pd.isna(table.loc[1, "load_1min_at_start"])
+    markdown = (tmp_path / "run_times.md").read_text().splitlines()
+    assert len(markdown) == 4 and markdown[2].startswith(f"| {NOTEBOOKS[0].stem} | full | 46 |")
     assert table["cores"].iloc[0] >= 1 and isinstance(table["cpu"].iloc[0], str)
