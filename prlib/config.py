@@ -50,6 +50,7 @@ SMOKE_SIZES: dict[str, Any] = {
     "sweep_levels": [1, 5],  # training requests per user of notebook 50's sweep (sparse: cheap)
     "one_sparse_levels": [5],  # notebook 50's one sparse user among dense ones
     "bench_levels": [5],  # notebook 50's 1,000-user bench panels
+    "encoders": ["minilm"],  # notebook 40's encoder comparison (distilling the static one: ~1 min)
     "scaling_users": [20, 60],  # bench sizes of notebook 95's scaling study
     "efficiency_calls": 20,  # single-request calls timed per router (notebook 95)
     "real_questions": 24,  # questions kept per real-people data set (notebook 85)

@@ -164,3 +164,27 @@ def test_utility_feedback_recovers_each_users_best_and_a_new_llm_gets_population
     assert s.shape == (len(test), 4) and np.isfinite(s).all()
     # a tenth of the small LLM's price, as good on average: the frugal user's new favourite
     assert (pd.Series(s.argmax(1), index=test.frame["user_id"])["frugal"] == 3).mean() > 0.9
+
+
+def test_a_text_without_a_task_gets_the_task_its_training_queries_are_closest_to(data, tmp_path):
+    """The serving path (no task label): the task is inferred from the text's embedding by the
+    closest task centroid of the training queries, so on a bank whose queries cluster by task
+    (and whose task descriptions say nothing) ours scores an unlabelled test query exactly as
+    the labelled one; the centroids survive save/load."""
+    _, train, val, test = data
+    rng = np.random.default_rng(3)
+    centre = rng.normal(size=(2, 4)) * 3
+    task_of = np.array([i % 2 for i in range(N_Q)])
+    f = replace(feats(), query_x=torch.tensor(centre[task_of] + rng.normal(size=(N_Q, 4)),
+                                              dtype=torch.float32))
+    v3 = fit_v3(f, train, val)
+    x = f.query_x[test.lookup("query_id", f.query_index)]
+    truth = test.frame["task"].tolist()
+    inferred = [v3._text_task(x[i:i + 1], None) for i in range(len(test))]
+    assert np.mean(np.array(inferred) == np.array(truth)) > 0.95
+    ok = np.array(inferred) == np.array(truth)
+    users = test.frame["user_id"].tolist()
+    np.testing.assert_allclose(v3.text_scores_batch(users, x)[ok],
+                               v3.text_scores_batch(users, x, truth)[ok])
+    loaded = Router.load(v3.save(tmp_path / "v3_tasks"), f)
+    assert [loaded._text_task(x[i:i + 1], None) for i in range(len(test))] == inferred

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 
 from prlib.features import query_row
 from prlib.requests import Requests, concat_requests
-from prlib.routers.base import (ABLATION, Router, non_negative, one_of, positive, register,
-                                reward_of)
+from prlib.routers.base import (ABLATION, Router, non_negative, one_of, positive,
+                                query_embeddings, register, reward_of)
 
 #: Base attributes of a (query, LLM): quality, cost / the task's cost span, log cost.
 BASE = ("quality", "relative cost", "log cost")
@@ -330,6 +330,7 @@ class PersonalizedRouterV3(Router):
         fit reads ``val``.)"""
         self.llms_ = list(train.llms)
         self._fit_attributes(train)
+        self._fit_task_centroids(train)
         self.history_ = train
         self.user_ids_, self.W_ = [], np.zeros((0, self._d))
         self._empirical_bayes(train)
@@ -438,12 +439,36 @@ class PersonalizedRouterV3(Router):
         return pd.DataFrame(np.vstack([self.W_, self.mu0_]), index=list(self.user_ids_) +
                             ["(prior)"], columns=cols)
 
-    # text routing (the serving path): the task is the closest task description
+    # text routing (the serving path): a text without a task label gets the task whose training
+    # queries it is closest to
+    def _fit_task_centroids(self, train: Requests) -> None:
+        """``task_centroids_`` (n_tasks, text_dim): the mean unit text embedding of each task's
+        distinct training queries (a task without any: its description's embedding), rows in
+        ``tasks_`` order. Only the serving path reads them (the tables take tasks from the
+        bank)."""
+        dim = self.feats.task_x.shape[1]
+        f = train.frame
+        first = ~f.duplicated("query_id").to_numpy()
+        x = query_embeddings(self.feats, train.select(first))[:, :dim]
+        x = F.normalize(torch.as_tensor(x), dim=1).numpy()
+        t_idx = self._task_index(f["task"].to_numpy()[first])
+        described = dict(zip(self.feats.tasks, self.feats.task_x.numpy()))
+        rows = []
+        for t, task in enumerate(self.tasks_):
+            mine = x[t_idx == t]
+            rows.append(mine.mean(0) if len(mine) else described.get(task, np.zeros(dim)))
+        self.task_centroids_ = np.asarray(rows, np.float32)
+
     def _text_task(self, row: torch.Tensor, task: str | None) -> str:
-        if task is None:
+        if task is not None:
+            return task
+        centroids = getattr(self, "task_centroids_", None)
+        if centroids is None:  # a router saved before the centroids: the task descriptions
             sims = F.cosine_similarity(self.feats.task_x, row[:, :self.feats.task_x.shape[1]])
             return self.feats.tasks[int(sims.argmax())]
-        return task
+        sims = F.cosine_similarity(torch.as_tensor(centroids),
+                                   row[:, :centroids.shape[1]].float())
+        return self.tasks_[int(sims.argmax())]
 
     def text_scores_batch(self, user_ids: list[str], query_x: torch.Tensor,
                           tasks: list[str | None] | None = None) -> np.ndarray:
