@@ -156,13 +156,36 @@ def write_page(executed: Path, folder: Path, name: str | None = None) -> Path:
 RUN_TIMES = "run_times.csv"
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds every core of this machine has been busy since boot (``/proc/stat``; None
+    where there is none)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (the kernel of a
+    notebook and its worker processes)."""
+    import resource
+
+    mine = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def record_run_time(path: Path, seconds: float, smoke: bool, folder: Path | None = None,
-                    load_at_start: float | None = None) -> Path:
-    """Write the notebook's wall time, mode, date (UTC), machine and the machine's 1-minute load
-    average when it started (above 0: other work shared the cores, so the time is an upper
-    bound) into ``run_times.csv`` of the run's figures folder (``figures/`` for a full run),
-    replacing its previous row, so that a slower main job shows in the diff; the same rows as a
-    Markdown table in ``run_times.md`` (the README's notebook times). Returns the CSV's path."""
+                    other_load: float | None = None) -> Path:
+    """Write the notebook's wall time, mode, date (UTC), machine and ``other_load``, the cores
+    other work kept busy on average meanwhile (CPU seconds of the machine not spent by this run,
+    per second; about 0: the run had the machine to itself; 1: another job took a whole core,
+    so the time is an upper bound) into ``run_times.csv`` of the run's figures folder
+    (``figures/`` for a full run), replacing its previous row, so that a slower main job shows
+    in the diff; the same rows as a Markdown table in ``run_times.md`` (the README's notebook
+    times). Returns the CSV's path."""
     import csv
     import datetime
     import platform
@@ -173,8 +196,7 @@ def record_run_time(path: Path, seconds: float, smoke: bool, folder: Path | None
     folder = folder or resolve_config(smoke).figures_dir
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / RUN_TIMES
-    fields = ["notebook", "mode", "wall_s", "date_utc", "cpu", "cores", "load_1min_at_start",
-              "python"]
+    fields = ["notebook", "mode", "wall_s", "date_utc", "cpu", "cores", "other_load", "python"]
     rows = []
     if out.is_file():
         with open(out, newline="") as f:
@@ -184,7 +206,7 @@ def record_run_time(path: Path, seconds: float, smoke: bool, folder: Path | None
                  "wall_s": f"{seconds:.0f}",
                  "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
                  "cpu": cpu_model(), "cores": os.cpu_count(),
-                 "load_1min_at_start": "" if load_at_start is None else f"{load_at_start:.1f}",
+                 "other_load": "" if other_load is None else f"{other_load:.2f}",
                  "python": platform.python_version()})
     rows = sorted(rows, key=lambda r: r["notebook"])
     with open(out, "w", newline="") as f:
@@ -218,12 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     parameters = {name: _literal(value) for name, value in args.parameter}
     smoke = args.smoke or os.environ.get("PRLIB_SMOKE", "") in {"1", "true", "yes"}
     for path in select(args.names):
-        load_at_start = os.getloadavg()[0]
+        busy, own = busy_cpu_seconds(), own_cpu_seconds()
         start = time.time()
         print(f"[prlib.runner] {path.name} ({'smoke' if smoke else 'full'}) ...", flush=True)
         out = run_notebook(path, smoke=smoke, parameters=parameters)
         seconds = time.time() - start
-        record_run_time(path, seconds, smoke, load_at_start=load_at_start)
+        other = (None if busy is None else max(
+            0.0, (busy_cpu_seconds() - busy) - (own_cpu_seconds() - own)) / max(seconds, 1e-9))
+        record_run_time(path, seconds, smoke, other_load=other)
         page = write_page(out, pages_dir(smoke), path.stem)
         print(f"[prlib.runner] {path.name} done in {seconds:.0f} s -> "
               f"{out.relative_to(REPO_ROOT)}, {page.relative_to(REPO_ROOT)}", flush=True)

@@ -85,11 +85,31 @@ def test_the_runner_records_each_notebooks_wall_time(tmp_path):
     nb = NOTEBOOKS[0]
     record_run_time(nb, 12.3, smoke=False, folder=tmp_path)
     record_run_time(NOTEBOOKS[1], 5.0, smoke=False, folder=tmp_path)
-    out = record_run_time(nb, 45.6, smoke=False, folder=tmp_path, load_at_start=1.25)
+    out = record_run_time(nb, 45.6, smoke=False, folder=tmp_path, other_load=1.254)
     table = pd.read_csv(out)
     assert list(table["notebook"]) == [NOTEBOOKS[0].stem, NOTEBOOKS[1].stem]
     assert table.loc[0, "wall_s"] == 46 and table.loc[0, "mode"] == "full"
-    assert table.loc[0, "load_1min_at_start"] == 1.2 and pd.isna(table.loc[1, "load_1min_at_start"])
+    assert table.loc[0, "other_load"] == 1.25 and pd.isna(table.loc[1, "other_load"])
     markdown = (tmp_path / "run_times.md").read_text().splitlines()
     assert len(markdown) == 4 and markdown[2].startswith(f"| {NOTEBOOKS[0].stem} | full | 46 |")
     assert table["cores"].iloc[0] >= 1 and isinstance(table["cpu"].iloc[0], str)
+
+
+def test_the_runner_measures_what_other_work_took_of_the_machine():
+    """``other_load``: the machine's busy CPU seconds not spent by this process or its children;
+    a child that burns CPU is the run's own work, not other work."""
+    import subprocess
+    import sys
+    import time
+
+    from prlib.runner import busy_cpu_seconds, own_cpu_seconds
+
+    if busy_cpu_seconds() is None:
+        pytest.skip("no /proc/stat on this system: other_load is left empty there")
+    busy, own, start = busy_cpu_seconds(), own_cpu_seconds(), time.time()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.time()\n"
+                    "while time.time() - t < 1.0: pass"], check=True)
+    spent = own_cpu_seconds() - own
+    assert spent > 0.8  # the child's CPU counts as this run's own
+    assert busy_cpu_seconds() - busy >= 0.8 * spent
+    assert time.time() - start >= 1.0
