@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"what": f"{args.requests} concurrent chat completions from {args.users} users, "
                       "prlib serve in front of a fake upstream on 127.0.0.1",
               "router": type(router).__name__, "encoder": service.encoder.encoder,
-              "router_users": len(router.store_.users),
-              "history_requests": len(router.store_.row_user),
+              "router_users": len(router.user_request_counts()),
+              "history_requests": int(router.user_request_counts().sum()),
               "answered_200": out["statuses"].count(200),
               "statuses": dict(Counter(map(str, out["statuses"]))), "lost": len(lost),
               "duplicated": len(duplicated), "wall_s": round(out["wall_s"], 3),

@@ -147,13 +147,12 @@ def _users(args) -> int:
     from prlib.serve import load_for_serving
 
     router = load_for_serving(args.router)
-    st = router.store_
-    counts = np.bincount(np.asarray(st.row_user, dtype=np.int64), minlength=len(st.users))
-    rows = sorted(zip(st.users, counts.tolist()), key=lambda r: (-r[1], r[0]))
+    counts = router.user_request_counts()  # ours (v3) and v2 keep their visible history
+    rows = sorted(zip(counts.index, counts.tolist()), key=lambda r: (-r[1], r[0]))
     if args.json:
         print(json.dumps({u: n for u, n in rows}, indent=1))
     else:
-        print(f"{len(rows)} users, {int(counts.sum()):,} visible requests")
+        print(f"{len(rows)} users, {int(np.sum(counts)):,} visible requests")
         for user, n in rows:
             print(f"{user}\t{n}")
     return 0

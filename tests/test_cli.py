@@ -258,3 +258,26 @@ def test_errors_say_what_to_do(tmp_path, capsys):
 def test_notebook_parameters_from_the_command_line_are_json_or_text():
     assert _literal("true") is True and _literal("3") == 3 and _literal("[1, 2]") == [1, 2]
     assert _literal("arena-bench-v1") == "arena-bench-v1"
+
+
+def test_users_lists_the_users_of_ours_v3_too(tmp_path, capsys):
+    """`prlib train` saves v3: `prlib users` must list its users (it read v2's store only)."""
+    import numpy as np
+
+    from prlib.bank import Bank
+    from prlib.experiment import Setting, setting_views
+    from prlib.routers import PersonalizedRouterV3
+    from prlib.serve import save_for_serving
+    from prlib.simulate import simulate_multi_cost
+    from test_experiment import LLM_TABLE, logged_frame
+
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    setting = Setting("cli", bank, simulate_multi_cost(bank))
+    train, val, _ = setting_views(setting, 0)
+    router = PersonalizedRouterV3(setting.feats, seed=0).fit(train, val)
+    router.add_user(train.select(np.arange(3)).renamed("late"))
+    folder = save_for_serving(router, tmp_path / "v3")
+    assert main(["users", "--router", str(folder), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = train.frame["user_id"].value_counts().to_dict()
+    assert out == {**expected, "late": 3} and len(out) == 10

@@ -292,6 +292,12 @@ class PersonalizedRouterV2(Router):
         """Whether feedback of ``user_id`` is visible to the router (served users included)."""
         return user_id in self.store_.upos
 
+    def user_request_counts(self) -> pd.Series:
+        """Visible requests per known user (served users included), index: user ids."""
+        st = self.store_
+        counts = np.bincount(np.asarray(st.row_user, dtype=np.int64), minlength=len(st.users))
+        return pd.Series(counts, index=list(st.users), name="requests")
+
     def add_user(self, history: Requests) -> None:
         """Make feedback visible (new users or new requests of known ones), no retraining:
         only the sums of the touched users, profiles, tasks and queries change."""

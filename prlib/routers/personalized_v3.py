@@ -365,6 +365,12 @@ class PersonalizedRouterV3(Router):
         """Whether feedback of ``user_id`` is visible to the router (served users included)."""
         return user_id in self._upos
 
+    def user_request_counts(self) -> pd.Series:
+        """Visible requests per known user (served users included), index: user ids."""
+        counts = self.history_.frame["user_id"].value_counts()
+        return pd.Series([int(counts.get(u, 0)) for u in self.user_ids_],
+                         index=list(self.user_ids_), name="requests")
+
     def add_user(self, history: Requests) -> None:
         """Make feedback visible (new users or new requests of known ones) and update those
         users' posteriors (their own rows, the prior fixed): no retraining."""
