@@ -465,6 +465,17 @@ class PersonalizedRouterV3(Router):
             rows.append(mine.mean(0) if len(mine) else described.get(task, np.zeros(dim)))
         self.task_centroids_ = np.asarray(rows, np.float32)
 
+    def _text_tasks(self, rows: torch.Tensor) -> list[str]:
+        """The inferred task of each text's feature row (n, query_dim), all at once."""
+        if len(rows) == 0:
+            return []
+        centroids = getattr(self, "task_centroids_", None)
+        if centroids is None:  # a router saved before the centroids: the task descriptions
+            return [self._text_task(rows[i:i + 1], None) for i in range(len(rows))]
+        c = F.normalize(torch.as_tensor(centroids), dim=1)
+        x = F.normalize(rows[:, :c.shape[1]].float(), dim=1)
+        return [self.tasks_[int(k)] for k in (x @ c.T).argmax(1)]
+
     def _text_task(self, row: torch.Tensor, task: str | None) -> str:
         if task is not None:
             return task
@@ -481,7 +492,9 @@ class PersonalizedRouterV3(Router):
         """Scores (n, n_llms) for new query texts given their feature rows (n, query_dim)."""
         self._check_fitted()
         tasks = list(tasks) if tasks is not None else [None] * len(user_ids)
-        tasks = [self._text_task(query_x[i:i + 1].cpu(), t) for i, t in enumerate(tasks)]
+        unlabelled = [i for i, t in enumerate(tasks) if t is None]
+        for i, task in zip(unlabelled, self._text_tasks(query_x[unlabelled].cpu())):
+            tasks[i] = task
         X = self._expand(self.table_[self._task_index(tasks)])
         return np.einsum("nmd,nd->nm", X, self._weights(user_ids))
 
