@@ -466,26 +466,22 @@ class PersonalizedRouterV3(Router):
         self.task_centroids_ = np.asarray(rows, np.float32)
 
     def _text_tasks(self, rows: torch.Tensor) -> list[str]:
-        """The inferred task of each text's feature row (n, query_dim), all at once."""
+        """The inferred task of each text's feature row (n, query_dim), all at once: the closest
+        training-query centroid (a router saved before the centroids: task description)."""
         if len(rows) == 0:
             return []
         centroids = getattr(self, "task_centroids_", None)
-        if centroids is None:  # a router saved before the centroids: the task descriptions
-            return [self._text_task(rows[i:i + 1], None) for i in range(len(rows))]
-        c = F.normalize(torch.as_tensor(centroids), dim=1)
+        if centroids is None:
+            names, anchors = self.feats.tasks, self.feats.task_x
+        else:
+            names, anchors = self.tasks_, torch.as_tensor(centroids)
+        c = F.normalize(anchors.float(), dim=1)
         x = F.normalize(rows[:, :c.shape[1]].float(), dim=1)
-        return [self.tasks_[int(k)] for k in (x @ c.T).argmax(1)]
+        return [names[int(k)] for k in (x @ c.T).argmax(1)]
 
     def _text_task(self, row: torch.Tensor, task: str | None) -> str:
-        if task is not None:
-            return task
-        centroids = getattr(self, "task_centroids_", None)
-        if centroids is None:  # a router saved before the centroids: the task descriptions
-            sims = F.cosine_similarity(self.feats.task_x, row[:, :self.feats.task_x.shape[1]])
-            return self.feats.tasks[int(sims.argmax())]
-        sims = F.cosine_similarity(torch.as_tensor(centroids),
-                                   row[:, :centroids.shape[1]].float())
-        return self.tasks_[int(sims.argmax())]
+        """``task`` if given, else the one inferred from ``row`` (1, query_dim)."""
+        return task if task is not None else self._text_tasks(row)[0]
 
     def text_scores_batch(self, user_ids: list[str], query_x: torch.Tensor,
                           tasks: list[str | None] | None = None) -> np.ndarray:
