@@ -17,7 +17,8 @@ from prlib.routers.training import TorchRouter
 
 class QueryGNN(nn.Module):
     """HeteroConv over task -> query, llm <-> query (edge attr [visible, utility]); predicts
-    (n_queries, n_llms) from [h_query, h_llm, h_query * h_llm]."""
+    (n_rows, n_llms) from [h_query, h_llm, h_query * h_llm] for the query nodes ``rows`` (all
+    of them by default: the head, the costliest part, runs only where a score is read)."""
 
     def __init__(self, dims: dict[str, int], hidden: int, layers: int = 2):
         super().__init__()
@@ -33,12 +34,15 @@ class QueryGNN(nn.Module):
                 ("query", "rated", "llm"): gat(2)}, aggr="sum") for _ in range(layers))
         self.out = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-    def forward(self, x: dict, edge_index: dict, edge_attr: dict) -> torch.Tensor:
+    def forward(self, x: dict, edge_index: dict, edge_attr: dict,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         h = {t: self.proj[t](v) for t, v in x.items()}
         for conv in self.convs:
             out = conv(h, edge_index, edge_attr)
             h = {t: F.relu(h[t] + out[t]) if t in out else h[t] for t in h}
         q, m = h["query"], h["llm"]
+        if rows is not None:
+            q = q[rows]
         qq = q[:, None, :].expand(-1, m.shape[0], -1)
         mm = m[None, :, :].expand(q.shape[0], -1, -1)
         return self.out(torch.cat([qq, mm, qq * mm], -1)).squeeze(-1)
@@ -85,10 +89,12 @@ class GraphRouterGNN(TorchRouter):
         return QueryGNN(dims, self.params["hidden"])
 
     def _graph_scores(self, qids: np.ndarray, util: np.ndarray, visible: np.ndarray,
-                      positions: tuple[np.ndarray, np.ndarray] | None = None):
-        """(len(qids), n_llms) predictions; ``util`` rows are the edge labels (NaN = no edge),
-        used only where ``visible``; ``positions``: :meth:`_query_positions` of ``qids`` when
-        the caller has them."""
+                      positions: tuple[np.ndarray, np.ndarray] | None = None,
+                      rows: np.ndarray | None = None):
+        """(len(rows), n_llms) predictions for the queries ``qids[rows]`` (default: every one)
+        on the graph of all ``qids``; ``util`` rows are the edge labels (NaN = no edge), used
+        only where ``visible``; ``positions``: :meth:`_query_positions` of ``qids`` when the
+        caller has them."""
         qpos, tpos = self._query_positions(qids) if positions is None else positions
         n = len(qids)
         r, m = np.nonzero(~np.isnan(util))
@@ -103,7 +109,7 @@ class GraphRouterGNN(TorchRouter):
         x = {"task": self._on_device(self.feats.task_x),
              "query": self._on_device(self._query_x()[qpos]),
              "llm": self._on_device(self.feats.llm_x)}
-        return self.net(x, ei, ea)
+        return self.net(x, ei, ea, None if rows is None else self._on_device(torch.as_tensor(rows)))
 
     def _query_positions(self, qids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Feature rows of ``qids`` and of their tasks."""
@@ -114,11 +120,14 @@ class GraphRouterGNN(TorchRouter):
         hidden = rng.random(len(self.train_q_)) < self.params["hide_share"]
         if not hidden.any():
             hidden[rng.integers(len(hidden))] = True
-        pred = self._graph_scores(self.train_q_, self.train_u_, ~hidden, self._step_positions)
+        hidden_rows = np.flatnonzero(hidden)  # only hidden queries' scores enter the loss
+        pred = self._graph_scores(self.train_q_, self.train_u_, ~hidden, self._step_positions,
+                                  rows=hidden_rows)
         rows = self._step_rows
-        keep = torch.as_tensor(np.flatnonzero(hidden[rows]))
-        return self._loss_of(pred[torch.as_tensor(rows)[keep]],
-                             *(t[keep] for t in self._step_targets))
+        keep = np.flatnonzero(hidden[rows])
+        at = torch.as_tensor(np.searchsorted(hidden_rows, rows[keep]))  # request -> pred row
+        keep = torch.as_tensor(keep)
+        return self._loss_of(pred[at], *(t[keep] for t in self._step_targets))
 
     def _forward(self, requests):
         for q, t in zip(requests.frame["query_id"], requests.frame["task"]):
@@ -129,8 +138,10 @@ class GraphRouterGNN(TorchRouter):
         util = np.vstack([self.train_u_, np.where(by_new > 0, 0.0, np.nan)])
         qids = np.concatenate([self.train_q_, new])
         visible = np.arange(len(qids)) < len(self.train_q_)
-        pred = self._graph_scores(qids, util, visible)
-        return pred[torch.as_tensor(pd.Index(qids).get_indexer(requests.frame["query_id"]))]
+        asked = pd.Index(qids).get_indexer(requests.frame["query_id"])
+        needed, at = np.unique(asked, return_inverse=True)  # the head only for asked queries
+        pred = self._graph_scores(qids, util, visible, rows=needed)
+        return pred[torch.as_tensor(at.reshape(-1))]
 
 
 @register
