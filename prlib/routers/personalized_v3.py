@@ -344,9 +344,10 @@ class PersonalizedRouterV3(Router):
         self._refresh(history, users)
 
     def _prior_prec(self) -> np.ndarray:
-        """The prior's precision: (d,) for a diagonal prior, (d, d) for a full one."""
+        """The prior's precision: (d,) for a diagonal prior, (d, d) for a full one (a router
+        saved before full priors has only ``tau2_``: diagonal)."""
         scale = float(self.params["prior_scale"])
-        if self.params["prior"] == "full":
+        if self.params["prior"] == "full" and getattr(self, "prior_cov_", None) is not None:
             return np.linalg.inv(self.prior_cov_ * scale)
         return 1.0 / (self.tau2_ * scale)
 
@@ -462,7 +463,7 @@ class PersonalizedRouterV3(Router):
         if self._d > old_d:  # a one-hot column for the new LLM: prior mean 0, mean variance
             self.mu0_ = np.append(self.mu0_, 0.0)
             self.tau2_ = np.append(self.tau2_, self.tau2_[len(BASE):].mean())
-            if self.params["prior"] == "full":  # uncorrelated with the other weights
+            if getattr(self, "prior_cov_", None) is not None:  # uncorrelated with the rest
                 cov = np.zeros((old_d + 1, old_d + 1))
                 cov[:old_d, :old_d] = self.prior_cov_
                 cov[-1, -1] = self.tau2_[-1]
