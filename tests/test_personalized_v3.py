@@ -191,12 +191,12 @@ def test_a_text_without_a_task_gets_the_task_its_training_queries_are_closest_to
 
 
 def test_a_full_prior_learns_the_direction_users_differ_in_and_moves_sparse_users_along_it():
-    """Forty users with all their picks and thirty with three each, whose trade-off p spreads
-    over [0.1, 0.95]: a user who values quality more minds cost less, so their weight on quality
-    grows as their (negative) weight on cost shrinks towards 0: the two move together. The full
-    prior learns that (a strong positive correlation over users) and a user with three picks
-    moves along it: the sparse users' test reward beats the diagonal prior's (independent
-    weights), which moves each weight on its own evidence."""
+    """Forty users with all their picks and thirty with two or three each, whose trade-off p
+    spreads over [0.1, 0.95]: a user who values quality more minds cost less, so their weight on
+    quality grows as their (negative) weight on cost shrinks towards 0: the two move together.
+    The full prior learns that (a strong positive correlation over users), and a sparse user
+    moves along it: with two picks, scoring them with the prior's off-diagonals dropped loses
+    reward; with three, the diagonal prior (independent weights, its own EM) loses reward."""
     rng = np.random.default_rng(5)
     dense = {f"d{i}": float(p) for i, p in enumerate(rng.uniform(0.1, 0.95, 40))}
     sparse = {f"s{i}": float(p) for i, p in enumerate(rng.uniform(0.1, 0.95, 30))}
@@ -204,16 +204,27 @@ def test_a_full_prior_learns_the_direction_users_differ_in_and_moves_sparse_user
     train, val, test = choice_only(req.split("train")), choice_only(req.split("val")), \
         req.split("test")
     user = train.frame["user_id"].to_numpy()
-    keep = np.isin(user, list(dense))
-    for s in sparse:
-        keep[np.flatnonzero(user == s)[:3]] = True
-    train = train.select(np.flatnonzero(keep))
     asked = test.select(np.flatnonzero(np.isin(test.frame["user_id"], list(sparse))))
-    fitted = {prior: fit_v3(feats(), train, val, prior=prior, features="core")
-              for prior in ("diagonal", "full")}
-    cov = fitted["full"].prior_cov_  # features: quality, relative cost, log cost
-    corr = cov[0, 1:] / np.sqrt(cov[0, 0] * np.diag(cov)[1:])  # quality vs the cost weights
-    assert corr.max() > 0.8, cov
-    assert np.allclose(fitted["full"].tau2_, np.diag(cov))
-    reward = {k: routing_metrics(asked, r.route(asked))["reward"] for k, r in fitted.items()}
-    assert reward["full"] > reward["diagonal"] + 0.008, reward
+
+    def reward(router):
+        return routing_metrics(asked, router.route(asked))["reward"]
+
+    for picks in (2, 3):
+        keep = np.isin(user, list(dense))
+        for s in sparse:
+            keep[np.flatnonzero(user == s)[:picks]] = True
+        fitted = {prior: fit_v3(feats(), train.select(np.flatnonzero(keep)), val, prior=prior,
+                                features="core") for prior in ("diagonal", "full")}
+        full = fitted["full"]
+        cov = full.prior_cov_  # features: quality, relative cost, log cost
+        corr = cov[0, 1:] / np.sqrt(cov[0, 0] * np.diag(cov)[1:])  # quality vs cost weights
+        assert corr.max() > 0.8, cov
+        assert np.allclose(full.tau2_, np.diag(cov))
+        got = {"full": reward(full), "diagonal": reward(fitted["diagonal"])}
+        full.prior_cov_ = np.diag(np.diag(cov))  # the same variances, no directions
+        full._refresh(full.history_, list(sparse))
+        got["off-diagonals dropped"] = reward(full)
+        if picks == 2:
+            assert got["full"] > got["off-diagonals dropped"] + 0.006, got
+        else:
+            assert got["full"] > got["diagonal"] + 0.008, got

@@ -318,3 +318,38 @@ def test_trainer_refuses_a_validation_that_is_never_finite():
     with pytest.raises(RuntimeError, match="finite"):
         B.train_module(module, lambda: module.weight.sum() ** 2, lambda: float("nan"),
                        steps=5, lr=0.1, eval_every=1, patience=2)
+
+
+def test_graph_router_computes_its_head_only_for_the_rows_it_reads_and_maps_them_back():
+    """GraphRouter's output head runs only for the queries whose scores are read: the hidden
+    training queries of a step and the asked queries when scoring. Each must equal the full
+    graph's prediction at that query, and each request must read its own query's row."""
+    req = make_requests(by_query)
+    router, test, _ = fit_route(B.GraphRouterGNN, req, steps=20)
+    train = req.split("train")
+    router._prepare(train)  # the step's lookups (a fit drops them)
+    seed = 7
+    loss = router._train_loss(train, np.random.default_rng(seed))
+    hidden = np.random.default_rng(seed).random(len(router.train_q_)) < router.params["hide_share"]
+    with torch.no_grad():
+        full = router._graph_scores(router.train_q_, router.train_u_, ~hidden)
+        part = router._graph_scores(router.train_q_, router.train_u_, ~hidden,
+                                    rows=np.flatnonzero(hidden))
+    assert torch.allclose(part, full[torch.as_tensor(np.flatnonzero(hidden))], atol=1e-5)
+    keep = np.flatnonzero(hidden[router._step_rows])
+    want = router._loss_of(full[torch.as_tensor(router._step_rows[keep])],
+                           *(t[torch.as_tensor(keep)] for t in router._step_targets))
+    assert torch.allclose(loss.detach(), want, atol=1e-6), (loss, want)
+    seen = {}
+    original = router._graph_scores
+
+    def full_graph(qids, util, visible, positions=None, rows=None):
+        seen["qids"], seen["full"] = qids, original(qids, util, visible, positions)
+        return seen["full"][torch.as_tensor(rows)]
+
+    router._graph_scores = full_graph
+    test = test.select(np.random.default_rng(0).permutation(len(test)))  # queries interleaved
+    with torch.no_grad():
+        got = router._forward(test)
+    own = pd.Index(seen["qids"]).get_indexer(test.frame["query_id"])
+    assert torch.allclose(got, seen["full"][torch.as_tensor(own)], atol=1e-6)

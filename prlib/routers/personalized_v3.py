@@ -50,8 +50,9 @@ BASE = ("quality", "relative cost", "log cost")
 #: Floor of the prior variance over users (standardised feature units): a population whose
 #: users all agree still lets a user who disagrees move, after tens of picks, not one.
 TAU2_FLOOR = 0.01
-#: EM steps of the prior (on development seeds, 12 steps instead of 4 moved PersonaRoute-Bench's
-#: 5-pick cell by +0.002 and nothing else beyond +-0.001).
+#: EM steps of the prior (development seeds 0-2, full prior: 12 steps instead of 4 moved
+#: PersonaRoute-Bench's 5-pick cell by +0.002; the other cells were compared only for the full
+#: prior with 12 steps against the diagonal one with 4).
 EM_ITERS = 12
 
 
