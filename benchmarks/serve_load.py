@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
         if prlib_main(["train", "--bank", "llmrouter", "--max-queries", "1500", "--encoder",
                        args.encoder, "--out", folder]):
             raise SystemExit("prlib train failed (see above)")
+    import torch
+
+    torch.set_num_threads(1)  # as `prlib serve` runs (prlib.serve.serve)
     router = load_for_serving(folder)
     load_before = os.getloadavg()[0]
     with FakeOpenAIServer() as upstream:

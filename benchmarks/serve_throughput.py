@@ -3,12 +3,14 @@ own process.
 
 ``serve_load.py`` runs the server, the fake upstream and the load generator in one Python
 process (one interpreter lock), which measures the routing overhead well but the throughput
-badly. Here the fake upstream (``tests/fake_openai_server.py``, answers at once) and ``prlib
-serve`` (as a user starts it) run as separate processes on 127.0.0.1, and this process sends
-``--requests`` routed chat completions from ``--users`` users, ``--concurrency`` at a time,
-then reports requests/s, the statuses and the CPU time the server process and the upstream
-process spent per request (on a loaded machine the wall clock measures the other processes too;
-CPU time per request says what one core could serve). Writes ``figures/serve_throughput.json``.
+badly. Here a fake upstream that answers at once (:func:`run_upstream`: aiohttp, keep-alive,
+counting each completion it receives) and ``prlib serve`` (as a user starts it) run as separate
+processes on 127.0.0.1, and this process sends ``--requests`` routed chat completions from
+``--users`` users, ``--concurrency`` at a time (aiohttp), then reports requests/s, the statuses,
+the completions the upstream received (each exactly once) and the CPU time the server process
+and the upstream process spent per request (on a loaded machine the wall clock measures the
+other processes too; CPU time per request says what one core could serve). Writes
+``figures/serve_throughput.json``.
 
 Run: ``python benchmarks/serve_throughput.py --router DIR`` (a folder from ``prlib train``).
 """
@@ -27,9 +29,33 @@ from collections import Counter
 
 from prlib.config import REPO_ROOT
 
-UPSTREAM = ("import sys, time; sys.path.insert(0, {tests!r}); "
-            "from fake_openai_server import FakeOpenAIServer; "
-            "s = FakeOpenAIServer().__enter__(); print(s.url, flush=True); time.sleep(1e9)")
+
+
+def run_upstream(port: int) -> None:
+    """A fake OpenAI upstream that answers every chat completion at once (blocks):
+    ``GET /v1/stats`` says how many completions it received."""
+    from aiohttp import web
+
+    received = {"completions": 0}
+
+    async def chat(request):
+        body = await request.json()
+        received["completions"] += 1
+        text = f"{body['model']} says: {body['messages'][-1]['content']}"
+        return web.json_response({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
+            "model": body["model"], "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                              "total_tokens": 2},
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}]})
+
+    async def stats(_request):
+        return web.json_response(received)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/stats", stats)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
 def _free_port() -> int:
@@ -38,28 +64,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _send(url: str, n: int, users: int, concurrency: int) -> tuple[list[int], float]:
-    import httpx
+async def _send(url: str, n: int, users: int, concurrency: int,
+                start_at: int = 0) -> tuple[list[int], float]:
+    import aiohttp
 
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(c, i):
+    async def one(session, i):
         async with gate:
-            r = await c.post(f"{url}/chat/completions", json={
-                "model": "auto", "user": f"user-{i % users}",
-                "messages": [{"role": "user", "content": f"question {i}: sort {i} numbers"}]})
-            return r.status_code
+            async with session.post(f"{url}/chat/completions", json={
+                    "model": "auto", "user": f"user-{i % users}",
+                    "messages": [{"role": "user",
+                                  "content": f"question {i}: sort {i} numbers"}]}) as r:
+                await r.read()
+                return r.status
 
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120.0, limits=limits) as c:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
         start = time.perf_counter()
-        statuses = await asyncio.gather(*(one(c, i) for i in range(n)))
+        statuses = await asyncio.gather(*(one(session, start_at + i) for i in range(n)))
         return statuses, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
     from prlib.efficiency import machine
 
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--upstream-only":
+        return run_upstream(int(sys.argv[2]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--router", required=True, help="a folder written by `prlib train`")
     parser.add_argument("--requests", type=int, default=1000)
@@ -72,12 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
     import httpx
     import psutil
 
-    upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM.format(
-        tests=str(REPO_ROOT / "tests"))], stdout=subprocess.PIPE, text=True)
-    port = _free_port()
+    upstream_port, port = _free_port(), _free_port()
+    upstream = subprocess.Popen([sys.executable, __file__, "--upstream-only",
+                                 str(upstream_port)])
+    upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     server = None
     try:
-        upstream_url = upstream.stdout.readline().strip()
         server = subprocess.Popen([sys.executable, "-m", "prlib.cli", "serve", "--router",
                                    args.router, "--upstream", upstream_url, "--port", str(port)]
                                   + (["--no-access-log"] if args.no_access_log else []),
@@ -85,21 +117,25 @@ def main(argv: list[str] | None = None) -> dict:
         deadline = time.time() + 300
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                if (httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code
+                        == httpx.get(f"{upstream_url}/stats", timeout=2).status_code == 200):
                     break
             except httpx.HTTPError:
                 pass
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit("prlib serve did not start")
+            if time.time() > deadline or server.poll() is not None or upstream.poll():
+                raise SystemExit("prlib serve or the fake upstream did not start")
             time.sleep(0.5)
         load_before = os.getloadavg()[0]
         url = f"http://127.0.0.1:{port}/v1"
-        asyncio.run(_send(url, 50, args.users, args.concurrency))  # warm-up
+        warm_up = 50
+        asyncio.run(_send(url, warm_up, args.users, args.concurrency))
         procs = {"server": psutil.Process(server.pid), "upstream": psutil.Process(upstream.pid)}
         cpu = lambda: {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}  # noqa: E731
         before = cpu()
-        statuses, wall = asyncio.run(_send(url, args.requests, args.users, args.concurrency))
+        statuses, wall = asyncio.run(_send(url, args.requests, args.users, args.concurrency,
+                                           start_at=warm_up))
         after = cpu()
+        received = httpx.get(f"{upstream_url}/stats").json()["completions"] - warm_up
     finally:
         for p in (server, upstream):
             if p is not None:
@@ -110,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "to a fake upstream (its own process) on 127.0.0.1",
               "access_log": not args.no_access_log,
               "statuses": dict(Counter(map(str, statuses))), "wall_s": round(wall, 3),
+              "upstream_received": received,
               "requests_per_s": round(args.requests / wall, 1),
               **{f"{k}_cpu_ms_per_request": round(1e3 * (after[k] - before[k]) / args.requests,
                                                   3) for k in before},
@@ -121,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"Throughput (`benchmarks/serve_throughput.py`, {result['cpu_model']}, "
         f"{result['cpu_count']} cores, `prlib serve` and the fake upstream each in its own "
         f"process): {args.requests} routed requests from {args.users} users, "
-        f"{args.concurrency} at a time, {result['statuses'].get('200', 0)} answered, at "
+        f"{args.concurrency} at a time, {result['statuses'].get('200', 0)} answered "
+        f"({received} completions received upstream), at "
         f"{result['requests_per_s']:.0f} requests/s (target 1,000); the server process spent "
         f"{result['server_cpu_ms_per_request']:.1f} ms of CPU per request, the upstream "
         f"{result['upstream_cpu_ms_per_request']:.1f} ms; load average "
