@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import pickle
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from prlib.bank import Bank
-from prlib.config import (DEVELOPMENT_SEEDS, REPORT_SEEDS, seed_everything)
+from prlib.config import (DEVELOPMENT_SEEDS, REPORT_SEEDS, cache_dir, seed_everything)
 from prlib.efficiency import PeakMemory
 from prlib.features import NodeFeatures, node_features
 from prlib import provenance
@@ -129,11 +131,115 @@ class Setting:
         return h.hexdigest()
 
     @cached_property
+    def fit_fingerprint(self) -> str:
+        """A hash of everything a fit's result row depends on besides the router, its
+        parameters and the seed: :attr:`fingerprint`, the node features' values, the main metric
+        and the users' strategy (row names), for the fit cache (:func:`cached_fits`)."""
+        h = hashlib.sha1(self.fingerprint.encode())
+        h.update(features_digest(self.feats).encode())
+        h.update(json.dumps([self.metric, self.preferences.strategy]).encode())
+        return h.hexdigest()
+
+    @cached_property
     def feats(self) -> NodeFeatures:
         """The bank's node features with its answer texts' embeddings where it has answers
         (computed once, embeddings cached on disk)."""
         return (self.features if self.features is not None
                 else node_features(self.bank, answers=True))
+
+
+def features_digest(feats: NodeFeatures) -> str:
+    """A hash of node features' ids and values (answer embeddings included)."""
+    h = hashlib.sha1(json.dumps([feats.query_ids, feats.tasks, feats.llms]).encode())
+    for x in (feats.query_x, feats.task_x, feats.llm_x, feats.answer_x, feats.answer_ok):
+        if x is not None:
+            h.update(str(tuple(x.shape)).encode())
+            h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- the fit cache
+#: ``PRLIB_FIT_CACHE=0`` fits everything again (the tests set it: a router they monkeypatch is
+#: not part of a key).
+FIT_CACHE_ENV = "PRLIB_FIT_CACHE"
+
+
+def fit_cache_enabled() -> bool:
+    """Whether result rows of fits are kept and reused (:func:`cached_fits`)."""
+    return os.environ.get(FIT_CACHE_ENV, "1").lower() not in {"0", "false", "no", "off"}
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A digest of the library's source (every ``prlib/**/*.py``) and of what else a fit's
+    numbers depend on: the versions of torch, NumPy, PyG and scikit-learn, the machine's
+    architecture and whether CUDA is visible."""
+    import platform
+    from pathlib import Path
+
+    import sklearn
+    import torch
+    import torch_geometric
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha1()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    h.update(json.dumps([torch.__version__, np.__version__, torch_geometric.__version__,
+                         sklearn.__version__, platform.machine(),
+                         torch.cuda.is_available()]).encode())
+    return h.hexdigest()
+
+
+def fit_key(kind: str, setting: Setting, seed: int, cls: type[Router], params: Mapping,
+            threads: int | None) -> str:
+    """The fit cache's key of one fit: ``kind`` (``"tune"`` or ``"run"``), the library's code
+    (:func:`code_version`), the setting's data, features, metric and users
+    (:attr:`Setting.fit_fingerprint`), the router class, its parameters, the seed and the torch
+    threads. Any change to one of them is another key."""
+    return hashlib.sha1(json.dumps(
+        [kind, code_version(), setting.fit_fingerprint, cls.__module__, cls.__name__,
+         sorted((str(k), repr(v)) for k, v in dict(params).items()), int(seed), threads]
+    ).encode()).hexdigest()
+
+
+def _fit_cache_path(key: str):
+    return cache_dir() / "fits" / key[:2] / f"{key}.pkl"
+
+
+def cached_fits(fn, tasks: Sequence[tuple], keys: Sequence[str | None], jobs: int,
+                threads: int | None, progress: bool, desc: str, label=None, cost=None) -> list:
+    """:func:`~prlib.parallel.map_fits` of ``fn`` over ``tasks``, except that a task whose key
+    (:func:`fit_key`; ``None``: never cached) has a stored result is not run: its result (a
+    fit's row, stored after the fit) is read back. Results in task order. Notebooks that fit
+    the same router on the same data with the same parameters and seed (notebook 55's Table 1
+    and notebook 50's dense cell, notebook 40's tuning of ours) fit it once per machine and
+    code version."""
+    enabled = fit_cache_enabled()
+    results: list = [None] * len(tasks)
+    todo = []
+    for i, key in enumerate(keys):
+        path = None if key is None or not enabled else _fit_cache_path(key)
+        if path is not None and path.is_file():
+            with open(path, "rb") as f:
+                results[i] = pickle.load(f)
+        else:
+            todo.append(i)
+    if progress and len(todo) < len(tasks):
+        print(f"{desc}: {len(tasks) - len(todo)} of {len(tasks)} fits read from the fit cache "
+              f"({FIT_CACHE_ENV}=0 fits them again)", flush=True)
+    run = map_fits(fn, [tasks[i] for i in todo], jobs, threads, progress, desc, label, cost)
+    for i, result in zip(todo, run):
+        results[i] = result
+        if enabled and keys[i] is not None:
+            path = _fit_cache_path(keys[i])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)  # atomic: a reader sees a whole file or none
+    return results
 
 
 def sparse_users_of(users, n: int, seed: int) -> list[str]:
@@ -300,6 +406,8 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
     ``jobs``: fits run at once in separate processes (:func:`~prlib.parallel.map_fits`); the chosen
     points do not depend on it. ``max_points``: only the first that many points of every grid
     (the same cut for every router; smoke runs use 1: a pipeline check, not a selection).
+    A fit done before with the same code, data, router, parameters and seed is read back from
+    the fit cache (:func:`cached_fits`).
     """
     classes = [get_router(r) for r in (registered() if routers is None else routers)]
     params = _check_params(classes, params)
@@ -329,9 +437,12 @@ def tune_setting(setting: Setting, routers: Sequence[type[Router] | str] | None 
                 "point": json.dumps(point), "seed": seed,
                 "val_metric": validation_metric(setting, router, val), "fit_s": fit_s}
 
-    rows = list(map_fits(tune_one, tasks, jobs, threads, progress, f"tuning · {shared.obj.name}",
-                         lambda seed, cls, point: f"seed {seed} {cls.name} {point}",
-                         cost=lambda seed, cls, point: cls.relative_fit_time))
+    keys = [fit_key("tune", shared.obj, seed, cls, {**params.get(cls.__name__, {}), **point},
+                    threads) for seed, cls, point in tasks]
+    rows = [{**row, "setting": shared.obj.name} for row in cached_fits(
+        tune_one, tasks, keys, jobs, threads, progress, f"tuning · {shared.obj.name}",
+        lambda seed, cls, point: f"seed {seed} {cls.name} {point}",
+        cost=lambda seed, cls, point: cls.relative_fit_time)]
     frame = pd.DataFrame(rows, columns=["setting", "router", "class", "point", "seed",
                                         "val_metric", "fit_s"])
     chosen = {}
@@ -357,6 +468,8 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
     deterministic, the same number on every machine of one kind; ``None`` leaves them as they
     are). ``jobs``: fits run at once in separate processes, each with ``threads`` threads
     (:func:`~prlib.parallel.map_fits`); the frame does not depend on it but for ``fit_s``.
+    Without ``fitted``, a fit done before with the same code, data, router, parameters and seed
+    is read back from the fit cache (:func:`cached_fits`; its ``fit_s`` is the stored fit's).
 
     A router that cannot run on the setting (:meth:`~prlib.routers.Router.unavailable`, e.g.
     a cascade on a bank without answer texts) is not fitted; the frame's
@@ -411,12 +524,16 @@ def run_setting(setting: Setting, routers: Sequence[type[Router] | str] | None =
                "split": provenance.split_digest(test)}
         return row, (router if keep else None)
 
+    # fitted routers asked for: every fit runs (the cache keeps rows, not routers)
+    keys = [None if keep else fit_key("run", shared.obj, seed, cls,
+                                      params.get(cls.__name__, {}), threads)
+            for seed, cls in tasks]
     rows = []
-    for (seed, cls), (row, router) in zip(tasks, map_fits(
-            run_one, tasks, jobs, threads, progress, shared.obj.name,
+    for (seed, cls), (row, router) in zip(tasks, cached_fits(
+            run_one, tasks, keys, jobs, threads, progress, shared.obj.name,
             lambda seed, cls: f"seed {seed} {cls.name}",
             cost=lambda seed, cls: cls.relative_fit_time)):
-        rows.append(row)
+        rows.append({**row, "setting": shared.obj.name})
         if fitted is not None:
             fitted[(cls.__name__, seed)] = router
     out = pd.DataFrame(rows)

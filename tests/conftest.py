@@ -28,6 +28,14 @@ def one_torch_thread_per_test_process():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def fits_are_not_read_from_the_fit_cache(monkeypatch):
+    """Every test fits its routers (``PRLIB_FIT_CACHE=0``): a router a test monkeypatches is
+    not part of a fit cache key, so a stored row could hide the bug the test plants. (The
+    notebooks' smoke runs keep the cache; tests/test_experiment.py tests it.)"""
+    monkeypatch.setenv("PRLIB_FIT_CACHE", "0")
+
+
 # the serve harness (a background server, the load test) lives with the benchmarks that use it
 sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))
 

@@ -435,3 +435,55 @@ def test_parallel_fits_start_the_costliest_first_and_return_in_task_order():
     out = list(map_fits(_sleep_and_report, tasks, jobs=2, cost=lambda s: s))
     assert [o[0] for o in out] == [t[0] for t in tasks]
     assert max(o[1] for o in out[4:]) < min(o[1] for o in out[:4])
+
+
+# ------------------------------------------------------------------ the fit cache across notebooks
+def test_the_fit_cache_reuses_a_fit_only_when_nothing_it_depends_on_changed(monkeypatch,
+                                                                            tmp_path):
+    """With the cache on, a second identical tune-and-run reads every row back without fitting
+    (the same frames); another seed, other parameters, other users or other features fit
+    again; fitted routers asked for are always fitted; with the cache off every fit runs."""
+    from dataclasses import replace
+
+    from prlib.experiment import tune_and_run
+
+    monkeypatch.setenv("PRLIB_FIT_CACHE", "1")
+    monkeypatch.setenv("PRLIB_CACHE_DIR", str(tmp_path))
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    setting = Setting("cache", bank, simulate_multi_cost(bank))
+    fits = []
+    fit = R.PerUserKNNRouter.fit
+
+    def counted(self, *args, **kw):
+        fits.append(self.params["k"])
+        return fit(self, *args, **kw)
+
+    monkeypatch.setattr(R.PerUserKNNRouter, "fit", counted)
+    run = dict(routers=[R.PerUserKNNRouter], tune_seeds=[0])
+    tuning, res = tune_and_run(setting, [100], **run)
+    n_grid = len(tuning.frame)
+    assert len(fits) == n_grid + 1 and n_grid >= 2
+    again_tuning, again = tune_and_run(replace(setting, name="renamed"), [100], **run)
+    assert len(fits) == n_grid + 1  # nothing fitted: every row read back
+    pd.testing.assert_frame_equal(again.drop(columns="setting"), res.drop(columns="setting"))
+    pd.testing.assert_frame_equal(again_tuning.frame.drop(columns="setting"),
+                                  tuning.frame.drop(columns="setting"))
+    assert set(again["setting"]) == {"renamed"}  # the row says where it is now
+    tune_and_run(setting, [101], **run)  # another report seed: one more fit
+    assert len(fits) == n_grid + 2
+    k = tuning.chosen["PerUserKNNRouter"]["k"]
+    run_setting(setting, [R.PerUserKNNRouter], [100], {"PerUserKNNRouter": {"k": k + 1}})
+    assert fits[-1] == k + 1 and len(fits) == n_grid + 3  # other parameters: fitted
+    other_users = Setting("cache", bank, simulate_multi_cost(bank, ps=(0.2, 0.9)))
+    tune_and_run(other_users, [100], **run)
+    assert len(fits) == 2 * n_grid + 4  # other users: tuned and run again
+    feats = setting.feats
+    other_feats = replace(setting, features=replace(feats, llm_x=feats.llm_x + 1.0))
+    run_setting(other_feats, [R.PerUserKNNRouter], [100], tuning.params())
+    assert len(fits) == 2 * n_grid + 5  # other features: fitted
+    fitted = {}
+    run_setting(setting, [R.PerUserKNNRouter], [100], tuning.params(), fitted=fitted)
+    assert len(fits) == 2 * n_grid + 6 and fitted  # a fitted router asked for: fitted
+    monkeypatch.setenv("PRLIB_FIT_CACHE", "0")
+    tune_and_run(setting, [100], **run)
+    assert len(fits) == 3 * n_grid + 7  # cache off: everything fitted
