@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -116,13 +117,14 @@ def pages_dir(smoke: bool) -> Path:
 
 
 def write_page(executed: Path, folder: Path, name: str | None = None) -> Path:
-    """The executed notebook ``executed`` as one self-contained HTML page ``folder/NN_slug.html``
+    """The executed notebook ``executed`` as one HTML page ``folder/NN_slug.html``
     (nbconvert's HTMLExporter, JupyterLab's look): code, text, tables and every figure embedded
     as a data URI (outputs are, and so are images that Markdown cells link; a figure's titles
     are its alternative text), so the page opens from disk in any browser, no server, no folder
-    of assets. (Only LaTeX, if a cell has any, is typeset by MathJax from its CDN; offline it
-    shows as TeX.) Paths under the repository that outputs print are written relative to it.
-    Returns the page's path."""
+    of assets but the theme's style sheet that every page of the folder links
+    (:func:`shared_styles`). (Only LaTeX, if a cell has any, is typeset by MathJax from its
+    CDN; offline it shows as TeX.) Paths under the repository that outputs print are written
+    relative to it. Returns the page's path."""
     import html
 
     import nbformat
@@ -149,8 +151,33 @@ def write_page(executed: Path, folder: Path, name: str | None = None) -> Path:
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{name}.html"
-    out.write_text(body, encoding="utf-8")
+    out.write_text(shared_styles(body, folder), encoding="utf-8")
     return out
+
+
+#: The style sheet every page of a folder links (nbconvert's JupyterLab theme, the same for all).
+PAGE_CSS = "notebook.css"
+
+
+def shared_styles(page: str, folder: Path) -> str:
+    """``page`` with the ``<style>`` blocks of its head moved into ``folder/notebook.css``
+    (written when it differs), linked instead: the theme is about half of each page (~260 KB),
+    the same for every notebook, so committed pages carry it once. The page still opens from
+    disk with no server."""
+    head_end = page.find("</head>")
+    if head_end < 0:
+        return page
+    head, rest = page[:head_end], page[head_end:]
+    styles = re.findall(r"<style[^>]*>(.*?)</style>", head, flags=re.S)
+    if not styles:
+        return page
+    css = "\n".join(block.strip() for block in styles) + "\n"
+    sheet = folder / PAGE_CSS
+    if not sheet.is_file() or sheet.read_text(encoding="utf-8") != css:
+        sheet.write_text(css, encoding="utf-8")
+    first = iter([f'\n<link rel="stylesheet" href="{PAGE_CSS}"/>'])  # where the first was
+    head = re.sub(r"\s*<style[^>]*>.*?</style>", lambda _: next(first, ""), head, flags=re.S)
+    return head + rest
 
 
 RUN_TIMES = "run_times.csv"

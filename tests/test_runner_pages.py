@@ -39,6 +39,11 @@ def test_a_run_notebook_becomes_a_page_with_its_figure(tmp_path, monkeypatch):
     assert f'src="data:image/png;base64,{pngs[0].strip()}' in html  # embedded, no file beside
     assert 'alt="a line"' in html  # the figure's titles as its alternative text
     assert "figures/tiny.png" in html and str(REPO_ROOT) not in html
+    # the theme's styles once per folder, linked from the page's head, not copied into it
+    head = html[:html.index("</head>")]
+    css = (tmp_path / "pages" / "notebook.css").read_text()
+    assert '<link rel="stylesheet" href="notebook.css"/>' in head and "<style" not in head
+    assert len(css) > 10_000 and ".jp-Notebook" in css and ".jp-Notebook" not in html
 
 
 def test_full_run_pages_are_committed_and_smoke_pages_are_not():
