@@ -169,27 +169,44 @@ def fit_cache_enabled() -> bool:
     return os.environ.get(FIT_CACHE_ENV, "1").lower() not in {"0", "false", "no", "off"}
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """A digest of the library's source (every ``prlib/**/*.py``) and of what else a fit's
-    numbers depend on: the versions of torch, NumPy, PyG and scikit-learn, the machine's
-    architecture and whether CUDA is visible."""
-    import platform
+def _source_digest() -> str:
+    """A digest of the library's source as it is on disk now (every ``prlib/**/*.py``)."""
     from pathlib import Path
-
-    import sklearn
-    import torch
-    import torch_geometric
 
     root = Path(__file__).resolve().parent
     h = hashlib.sha1()
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
-    h.update(json.dumps([torch.__version__, np.__version__, torch_geometric.__version__,
-                         sklearn.__version__, platform.machine(),
-                         torch.cuda.is_available()]).encode())
     return h.hexdigest()
+
+
+#: The library's source when this process imported it: the code its fits run.
+_IMPORTED_SOURCE = _source_digest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A digest of the library's source when this process imported it and of what else a fit's
+    numbers depend on: the versions of torch, NumPy, pandas, PyG and scikit-learn, the
+    machine's architecture and whether CUDA is visible."""
+    import platform
+
+    import sklearn
+    import torch
+    import torch_geometric
+
+    return hashlib.sha1(json.dumps([
+        _IMPORTED_SOURCE, torch.__version__, np.__version__, pd.__version__,
+        torch_geometric.__version__, sklearn.__version__, platform.machine(),
+        torch.cuda.is_available()]).encode()).hexdigest()
+
+
+def _param_text(value) -> str:
+    """A parameter value as exact text for a key (arrays in full, not numpy's abridged repr)."""
+    if isinstance(value, np.ndarray):
+        return json.dumps([str(value.dtype), value.shape, value.tolist()])
+    return repr(value)
 
 
 def fit_key(kind: str, setting: Setting, seed: int, cls: type[Router], params: Mapping,
@@ -198,10 +215,13 @@ def fit_key(kind: str, setting: Setting, seed: int, cls: type[Router], params: M
     (:func:`code_version`), the setting's data, features, metric and users
     (:attr:`Setting.fit_fingerprint`), the router class, its parameters, the seed and the torch
     threads. Any change to one of them is another key."""
+    import torch
+
+    threads = torch.get_num_threads() if threads is None else threads
     return hashlib.sha1(json.dumps(
         [kind, code_version(), setting.fit_fingerprint, cls.__module__, cls.__name__,
-         sorted((str(k), repr(v)) for k, v in dict(params).items()), int(seed), threads]
-    ).encode()).hexdigest()
+         sorted((str(k), _param_text(v)) for k, v in dict(params).items()), int(seed),
+         threads]).encode()).hexdigest()
 
 
 def _fit_cache_path(key: str):
@@ -217,14 +237,23 @@ def cached_fits(fn, tasks: Sequence[tuple], keys: Sequence[str | None], jobs: in
     and notebook 50's dense cell, notebook 40's tuning of ours) fit it once per machine and
     code version."""
     enabled = fit_cache_enabled()
+    if enabled and _source_digest() != _IMPORTED_SOURCE:
+        print("prlib's source changed since this process imported it: the fits run the code in "
+              "memory, so none is read from or written to the fit cache (restart the kernel)",
+              flush=True)
+        enabled = False
     results: list = [None] * len(tasks)
     todo = []
     for i, key in enumerate(keys):
         path = None if key is None or not enabled else _fit_cache_path(key)
-        if path is not None and path.is_file():
+        if path is None or not path.is_file():
+            todo.append(i)
+            continue
+        try:
             with open(path, "rb") as f:
                 results[i] = pickle.load(f)
-        else:
+        except Exception:  # noqa: BLE001 - unreadable (cut short, another pandas): fit again
+            path.unlink(missing_ok=True)
             todo.append(i)
     if progress and len(todo) < len(tasks):
         print(f"{desc}: {len(tasks) - len(todo)} of {len(tasks)} fits read from the fit cache "

@@ -84,29 +84,51 @@ def _event(message: str) -> bytes:
             "\n\n").encode()
 
 
+def _tls_context():
+    """TLS verified against certifi's CA bundle where it is installed (as httpx and the openai
+    client verify), else the system's."""
+    import ssl
+
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - certifi comes with httpx
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | None = None,
                keys: KeyStore | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               connect_timeout: float = 5.0, read_timeout: float = 120.0, fallbacks: int = 2):
+               connect_timeout: float = 5.0, read_timeout: float = 120.0, fallbacks: int = 2,
+               max_connections: int = 100):
     """The FastAPI app of :mod:`prlib.serve` around ``service``. ``retries``: further tries of
     an upstream that could not be connected to (never of one that may have received the
     request); ``fallbacks``: how many next-best LLMs to try when the chosen one cannot be
     reached; ``keys``: API keys (none: every client is trusted); ``max_body_bytes``: larger
     bodies get 413; ``connect_timeout`` / ``read_timeout`` (seconds): a connection that takes
-    longer counts as unreachable, an answer that takes longer gives 504."""
+    longer counts as unreachable, an answer that takes longer gives 504 (as does waiting longer
+    than ``read_timeout`` for one of the ``max_connections`` connections to an upstream
+    endpoint); sending a request and reading its answer's headers take at most
+    ``connect_timeout`` + 2 x ``read_timeout`` in all (a hung upstream that stops reading a
+    large body), then 504."""
     keys = keys or KeyStore()
     # waiting for a free connection of this server's own pool is not the upstream's fault:
-    # bounded by the read timeout (then 504), never taken for an unreachable upstream
+    # aiohttp bounds the pool wait and the connect together by `connect`; a ConnectionTimeout
+    # after `read_timeout` is that wait (then 504, not retried, no fallback), one before it is
+    # the socket's connect (`sock_connect`: unreachable, retried, then the next-best LLM)
     timeout = aiohttp.ClientTimeout(total=None, connect=read_timeout,
                                     sock_connect=connect_timeout, sock_read=read_timeout)
+    send_bound = connect_timeout + 2 * read_timeout
+    tls = _tls_context()
     clients: dict[str, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]] = {}
 
     @asynccontextmanager
     async def lifespan(_app):
         await asyncio.to_thread(service.encoder.warm_up)  # before the first request is taken
         yield
-        for loop, session in clients.values():
+        for url, (loop, session) in list(clients.items()):
             if loop is asyncio.get_running_loop():
                 await session.close()
+                del clients[url]
         if service.journal is not None:
             service.journal.close()
 
@@ -126,8 +148,12 @@ def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | 
         # a session belongs to the event loop it was made on (a test client may run each
         # request on a new loop): made again on another loop
         if base_url not in clients or clients[base_url][0] is not loop:
+            # keep-alive shorter than the 5 s of uvicorn-based upstreams (vLLM, transformers
+            # serve): a pooled connection is not reused just as the upstream closes it; proxy
+            # settings from the environment, as httpx and the openai client read them
             clients[base_url] = (loop, aiohttp.ClientSession(
-                timeout=timeout, connector=aiohttp.TCPConnector(limit=100)))
+                timeout=timeout, trust_env=True, connector=aiohttp.TCPConnector(
+                    limit=max_connections, keepalive_timeout=4, ssl=tls)))
         return clients[base_url][1]
 
     @app.get("/health")
@@ -163,11 +189,20 @@ def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | 
         headers = {"Authorization": f"Bearer {up.api_key}"} if up.api_key else {}
         last = None
         for attempt in range(retries + 1):
+            start = time.perf_counter()
             try:
-                return await client(up.base_url).post(
-                    up.base_url.rstrip("/") + "/chat/completions",
-                    json={**body, "model": up.model}, headers=headers)
+                async with asyncio.timeout(send_bound):
+                    return await client(up.base_url).post(
+                        up.base_url.rstrip("/") + "/chat/completions",
+                        json={**body, "model": up.model}, headers=headers,
+                        allow_redirects=False)  # a redirect is the upstream's answer
             except _NOT_SENT as e:  # nothing reached the upstream: safe to try again
+                if (isinstance(e, aiohttp.ConnectionTimeoutError)
+                        and time.perf_counter() - start >= read_timeout):
+                    raise UpstreamTimeout(
+                        f"no connection to the upstream of {llm} ({up.base_url}) was free "
+                        f"within {read_timeout:g} s (this server's {max_connections} "
+                        "connections to it were busy); not sent") from None
                 last = f"{type(e).__name__}: {e}"
                 if attempt < retries:
                     await asyncio.sleep(0.05 * 2 ** attempt)
@@ -259,7 +294,7 @@ def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | 
             resp.release()
         try:
             answer = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise UpstreamError(f"the upstream of {llm} answered with a body that is not JSON",
                                 headers) from None
         if resp.status == 200 and isinstance(answer, dict):

@@ -484,6 +484,10 @@ def test_the_fit_cache_reuses_a_fit_only_when_nothing_it_depends_on_changed(monk
     fitted = {}
     run_setting(setting, [R.PerUserKNNRouter], [100], tuning.params(), fitted=fitted)
     assert len(fits) == 2 * n_grid + 6 and fitted  # a fitted router asked for: fitted
+    for stored in (tmp_path / "fits").rglob("*.pkl"):
+        stored.write_bytes(b"cut short")  # unreadable entries: fitted again, not an error
+    tune_and_run(setting, [100], **run)
+    assert len(fits) == 3 * n_grid + 7
     monkeypatch.setenv("PRLIB_FIT_CACHE", "0")
     tune_and_run(setting, [100], **run)
-    assert len(fits) == 3 * n_grid + 7  # cache off: everything fitted
+    assert len(fits) == 4 * n_grid + 8  # cache off: everything fitted

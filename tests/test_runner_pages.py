@@ -58,3 +58,16 @@ def test_the_readme_links_every_notebooks_page():
     missing = [p.stem for p in list_notebooks()
                if f"](docs/notebooks/{p.stem}.html)" not in readme]
     assert not missing, f"README's notebook table links no page for {missing}"
+
+
+def test_every_notebook_has_a_committed_page_that_links_the_shared_style_sheet():
+    from prlib.runner import PAGE_CSS, list_notebooks
+
+    folder = pages_dir(smoke=False)
+    assert (folder / PAGE_CSS).is_file()
+    for nb in list_notebooks():
+        page = folder / f"{nb.stem}.html"
+        assert page.is_file(), f"no static page for {nb.stem}: run it in full (make notebook)"
+        html = page.read_text(encoding="utf-8")
+        head = html[:html.index("</head>")]
+        assert f'href="{PAGE_CSS}"' in head and "<style" not in head, page.name

@@ -706,3 +706,25 @@ def test_ours_v3_is_served_loaded_with_the_same_scores_and_learns_a_users_pick_o
     assert service.known_user("new-user") and not service.known_user("other-new-user")
     assert margin() > start  # the user's posterior moved towards their picks, online
     np.testing.assert_array_equal(service.router.W_[:len(prior)], prior)  # others untouched
+
+
+def test_a_request_that_waits_too_long_for_a_free_upstream_connection_gets_504_unsent(
+        saved_router):
+    """With one connection per upstream and answers taking 0.7 s, the third of three concurrent
+    requests waits longer than the read timeout (1 s) for the connection: 504 that says so,
+    never sent, no fallback to another LLM of the same endpoint; the other two are answered,
+    each completion received once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with FakeOpenAIServer(latency=0.7) as slow:
+        service = service_for(saved_router, slow)
+        app = create_app(service, read_timeout=1.0, connect_timeout=0.5, max_connections=1)
+        with TestClient(app) as client, ThreadPoolExecutor(3) as pool:
+            replies = list(pool.map(lambda i: chat(client, f"mc-0{i}", text=f"{TEXT} {i}"),
+                                    range(3)))
+    statuses = sorted(r.status_code for r in replies)
+    assert statuses == [200, 200, 504], statuses
+    late = next(r for r in replies if r.status_code == 504)
+    assert "was free within 1 s" in late.json()["error"]["message"]
+    assert "x-prlib-fallback-from" not in late.headers
+    assert sum(slow.received.values()) == 2 and set(slow.received.values()) == {1}
