@@ -33,14 +33,15 @@ from prlib.config import REPO_ROOT
 
 def run_upstream(port: int) -> None:
     """A fake OpenAI upstream that answers every chat completion at once (blocks):
-    ``GET /v1/stats`` says how many completions it received."""
+    ``GET /v1/stats`` says how many completions it received, how many distinct last messages
+    and which were received more than once."""
     from aiohttp import web
 
-    received = {"completions": 0}
+    received: Counter = Counter()
 
     async def chat(request):
         body = await request.json()
-        received["completions"] += 1
+        received[body["messages"][-1]["content"]] += 1
         text = f"{body['model']} says: {body['messages'][-1]['content']}"
         return web.json_response({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
@@ -50,7 +51,9 @@ def run_upstream(port: int) -> None:
                          "message": {"role": "assistant", "content": text}}]})
 
     async def stats(_request):
-        return web.json_response(received)
+        return web.json_response({
+            "completions": sum(received.values()), "distinct": len(received),
+            "repeated": [text for text, n in received.items() if n > 1]})
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
@@ -79,19 +82,26 @@ async def _send(url: str, n: int, users: int, concurrency: int,
                 await r.read()
                 return r.status
 
+    async def one_or_error(session, i):
+        try:
+            return await one(session, i)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # counted, not fatal
+            return type(e).__name__
+
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
         start = time.perf_counter()
-        statuses = await asyncio.gather(*(one(session, start_at + i) for i in range(n)))
+        statuses = await asyncio.gather(*(one_or_error(session, start_at + i)
+                                          for i in range(n)))
         return statuses, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--upstream-only":
+        return run_upstream(int(sys.argv[2]))  # without torch: the upstream is light
     from prlib.efficiency import machine
 
-    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--upstream-only":
-        return run_upstream(int(sys.argv[2]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--router", required=True, help="a folder written by `prlib train`")
     parser.add_argument("--requests", type=int, default=1000)
@@ -122,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
                     break
             except httpx.HTTPError:
                 pass
-            if time.time() > deadline or server.poll() is not None or upstream.poll():
+            if (time.time() > deadline or server.poll() is not None
+                    or upstream.poll() is not None):
                 raise SystemExit("prlib serve or the fake upstream did not start")
             time.sleep(0.5)
         load_before = os.getloadavg()[0]
@@ -135,19 +146,31 @@ def main(argv: list[str] | None = None) -> dict:
         statuses, wall = asyncio.run(_send(url, args.requests, args.users, args.concurrency,
                                            start_at=warm_up))
         after = cpu()
-        received = httpx.get(f"{upstream_url}/stats").json()["completions"] - warm_up
+        stats = httpx.get(f"{upstream_url}/stats").json()
     finally:
         for p in (server, upstream):
             if p is not None:
                 p.terminate()
-                p.wait(timeout=30)
+        for p in (server, upstream):
+            if p is not None:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    # every request's last message is its own: each must reach the upstream exactly once
+    received = stats["completions"] - warm_up
+    expected = {f"question {i}: sort {i} numbers" for i in range(warm_up + args.requests)}
+    repeated = len(stats["repeated"])
+    missing = len(expected) - stats["distinct"]
     result = {"what": f"{args.requests} routed chat completions from {args.users} users, "
                       f"{args.concurrency} at a time, through `prlib serve` (its own process) "
                       "to a fake upstream (its own process) on 127.0.0.1",
               "access_log": not args.no_access_log,
               "statuses": dict(Counter(map(str, statuses))), "wall_s": round(wall, 3),
-              "upstream_received": received,
+              "upstream_received": received, "upstream_missing": missing,
+              "upstream_duplicated": repeated,
               "requests_per_s": round(args.requests / wall, 1),
+              "answered_per_s": round(statuses.count(200) / wall, 1),
               **{f"{k}_cpu_ms_per_request": round(1e3 * (after[k] - before[k]) / args.requests,
                                                   3) for k in before},
               "target_requests_per_s": 1000, **machine(),
@@ -159,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{result['cpu_count']} cores, `prlib serve` and the fake upstream each in its own "
         f"process): {args.requests} routed requests from {args.users} users, "
         f"{args.concurrency} at a time, {result['statuses'].get('200', 0)} answered "
-        f"({received} completions received upstream), at "
+        f"({received} completions received upstream: {missing} missing, {repeated} "
+        f"received twice), at "
         f"{result['requests_per_s']:.0f} requests/s (target 1,000); the server process spent "
         f"{result['server_cpu_ms_per_request']:.1f} ms of CPU per request, the upstream "
         f"{result['upstream_cpu_ms_per_request']:.1f} ms; load average "
