@@ -32,6 +32,11 @@ EXACT = 1e-4
 #: Absolute tolerance of torch-trained numbers, as a share of the metric's range (1 for rewards
 #: and accuracies, 100 for scores and percentages).
 TORCH = 0.03
+#: Test requests whose pick a torch-trained router may flip between two runs of the same code:
+#: training is chaotic in the last bits of its inputs, and a text's cached embedding carries the
+#: batch it was first embedded in (which the order of the notebooks decides). Measured: v2 on
+#: notebook 90's 45 smoke test requests, 0.244 or 0.289 accuracy (two requests) by cache history.
+FLIPS = 2.5
 #: Metrics on a 0-100 scale.
 PERCENT_METRICS = ("score", "pct_oracle", "pct_of_full")
 
@@ -98,18 +103,22 @@ def pin_results(name: str, results: pd.DataFrame, metrics: Sequence[str],
     """:func:`pin_smoke` of the mean of each of ``metrics`` per ``by`` group of a results frame
     (one row per router and seed, e.g. :func:`~prlib.experiment.run_setting`'s); torch-trained
     routers' numbers (every number with ``all_torch``, e.g. shares of a trained model) within
-    :data:`TORCH` of the metric's range, the rest within :data:`EXACT`; ``router_column``
-    names the column of ``by`` that holds router display names."""
+    :data:`TORCH` of the metric's range, or :data:`FLIPS` test requests where the frame says
+    how many there were (``n_test``) and that is more, the rest within :data:`EXACT`;
+    ``router_column`` names the column of ``by`` that holds router display names."""
     by = list(by)
     values, tol = {}, {}
     for label, g in results.groupby(by, sort=False):
         label = label if isinstance(label, tuple) else (label,)
         loose = all_torch or torch_trained(str(dict(zip(by, label)).get(router_column, "")))
+        share = TORCH
+        if "n_test" in g and g["n_test"].min() > 0:
+            share = max(TORCH, FLIPS / float(g["n_test"].min()))
         for m in metrics:
             key = _key(label + (m,))
             values[key] = float(g[m].mean())
             scale = 100.0 if m in PERCENT_METRICS else 1.0
-            tol[key] = TORCH * scale if loose else EXACT
+            tol[key] = share * scale if loose else EXACT
     return pin_smoke(name, values, cfg, tol, folder)
 
 

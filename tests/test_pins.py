@@ -36,3 +36,18 @@ def test_torch_routers_get_the_loose_tolerance_and_lookups_the_tight_one(tmp_pat
     assert tol["s | Cheapest LLM | reward"] == pytest.approx(1e-4)
     assert tol["s | MLP classifier | reward"] == pytest.approx(0.03)
     assert tol["s | MLP classifier | score"] == pytest.approx(3.0)  # a 0-100 metric
+
+
+def test_a_torch_routers_tolerance_covers_two_flipped_picks_of_a_small_test_split(tmp_path,
+                                                                                  monkeypatch):
+    """On 40 test requests a trained router's accuracy may move by 2.5 requests (0.0625), on
+    1,000 by the usual 0.03; lookups stay exact whatever the split."""
+    results = pd.DataFrame({"setting": ["small", "small", "large"],
+                            "router": ["MLP classifier", "Cheapest LLM", "MLP classifier"],
+                            "seed": 100, "accuracy": [0.3, 0.2, 0.4], "n_test": [40, 40, 1000]})
+    monkeypatch.setenv("PRLIB_UPDATE_PINS", "1")
+    frame = pin_results("77_n", results, ["accuracy"], cfg=SMOKE, folder=tmp_path)
+    tol = dict(zip(frame["key"], frame["tol"]))
+    assert tol["small | MLP classifier | accuracy"] == pytest.approx(2.5 / 40)
+    assert tol["large | MLP classifier | accuracy"] == pytest.approx(0.03)
+    assert tol["small | Cheapest LLM | accuracy"] == pytest.approx(1e-4)
