@@ -96,6 +96,26 @@ def _tls_context():
     return ssl.create_default_context(cafile=certifi.where())
 
 
+
+def env_proxy(url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """The proxy that the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) names for
+    ``url``, and its credentials; ``(None, None)`` for none. Read once per upstream endpoint:
+    aiohttp's ``trust_env`` reads the environment and ``~/.netrc`` again on every request, which
+    was a fifth of the proxy's CPU per request."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    from yarl import URL
+
+    parts = urlsplit(url)
+    proxy = getproxies().get(parts.scheme)
+    if not proxy or proxy_bypass(parts.hostname or ""):
+        return None, None
+    proxy_url = URL(proxy if "://" in proxy else f"http://{proxy}")
+    auth = (aiohttp.BasicAuth(proxy_url.user, proxy_url.password or "")
+            if proxy_url.user else None)
+    return str(proxy_url.with_user(None)), auth
+
 def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | None = None,
                keys: KeyStore | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                connect_timeout: float = 5.0, read_timeout: float = 120.0, fallbacks: int = 2,
@@ -150,10 +170,13 @@ def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | 
         if base_url not in clients or clients[base_url][0] is not loop:
             # keep-alive shorter than the 5 s of uvicorn-based upstreams (vLLM, transformers
             # serve): a pooled connection is not reused just as the upstream closes it; proxy
-            # settings from the environment, as httpx and the openai client read them
+            # settings from the environment, as httpx and the openai client read them, read
+            # once per endpoint
+            proxy, proxy_auth = env_proxy(base_url)
             clients[base_url] = (loop, aiohttp.ClientSession(
-                timeout=timeout, trust_env=True, connector=aiohttp.TCPConnector(
-                    limit=max_connections, keepalive_timeout=4, ssl=tls)))
+                timeout=timeout, proxy=proxy, proxy_auth=proxy_auth,
+                connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=4,
+                                               ssl=tls)))
         return clients[base_url][1]
 
     @app.get("/health")

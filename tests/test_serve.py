@@ -728,3 +728,22 @@ def test_a_request_that_waits_too_long_for_a_free_upstream_connection_gets_504_u
     assert "was free within 1 s" in late.json()["error"]["message"]
     assert "x-prlib-fallback-from" not in late.headers
     assert sum(slow.received.values()) == 2 and set(slow.received.values()) == {1}
+
+
+def test_the_environments_proxy_carries_requests_unless_no_proxy_names_the_host(
+        saved_router, upstream, monkeypatch):
+    """The upstream's host does not resolve: a request reaches it only through the proxy that
+    HTTP_PROXY names (here the fake server, which answers absolute-form requests); a host that
+    NO_PROXY names is reached directly."""
+    monkeypatch.setenv("HTTP_PROXY", upstream.url.rsplit("/v1", 1)[0])
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    router = load_for_serving(saved_router)
+    via_proxy = upstream_map(router.feats.llms, "http://upstream.invalid/v1")
+    client = TestClient(create_app(RoutingService(router, via_proxy), retries=0))
+    r = chat(client, user="mc-00")
+    assert r.status_code == 200, r.text
+    assert sum(upstream.received.values()) == 1
+    monkeypatch.setenv("NO_PROXY", "upstream.invalid")
+    client = TestClient(create_app(RoutingService(router, via_proxy), retries=0))
+    assert chat(client, user="mc-00").status_code == 502  # direct: the host does not resolve
+    assert sum(upstream.received.values()) == 1
