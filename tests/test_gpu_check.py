@@ -62,3 +62,11 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, monkeypat
     assert "no kernel image" in result["errors"][0]["error"] and result["embed"] is None
     assert "skipped" in result["ddp"]
     assert json.loads((tmp_path / "out.json").read_text())["errors"][0]["part"] == "embed"
+
+
+def test_the_embed_part_reads_its_texts_from_a_file_when_given(tmp_path):
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps(["one text", "another text", "one text", "a third"]))
+    result = gpu_check.main(["--device", "cpu", "--smoke", "--parts", "embed", "--texts",
+                             str(texts), "--out", str(tmp_path / "check.json")])
+    assert result["embed"]["texts"] == 3 and not result["errors"]  # each distinct text once
