@@ -228,6 +228,40 @@ def attach_reference(fits: list[dict], reference: list[dict]) -> list[dict]:
     return out
 
 
+def summary_text(result: dict) -> str:
+    """The check in a paragraph (the README's text block ``gpu_check_cuda``)."""
+    head = (f"GPU check (`benchmarks/gpu_check.py`, {result['mode']} size, "
+            f"{result['device_name']}, torch {result['torch']}, CUDA {result['cuda']}, "
+            f"{result['date_utc'][:10]}): {result['wall_s']:.0f} s of the "
+            f"{result['budget_s']} s budget, {len(result['errors'])} error(s).")
+    parts = [head]
+    emb = result.get("embed")
+    if emb:
+        parts.append(f"MiniLM embedded {emb['texts']:,} texts on {result['device']} at "
+                     f"{emb['texts_per_second']:,.0f} texts/s"
+                     + (f" (peak {emb['peak_gpu_memory_mb']:,.0f} MB); the smallest cosine to "
+                        f"the CPU's vectors over {emb['compared_texts']} texts "
+                        f"{emb['min_cosine_vs_cpu']:.6f}." if "min_cosine_vs_cpu" in emb
+                        else "."))
+    for f in result.get("fits", []):
+        line = (f"{f['setting']} · {f['router']}: fit {f['fit_s']:.1f} s ({f['steps_run']} steps, "
+                f"best {f['best_step']})")
+        if f.get("peak_gpu_memory_mb") is not None:
+            line += f", peak {f['peak_gpu_memory_mb']:,.0f} MB"
+        line += f", test {f['metric']} {f['test_metric']:.4f}"
+        if f.get("cpu_test_metric") is not None:
+            line += (f"; on CPU {f['cpu_test_metric']:.4f} ({f['test_metric_minus_cpu']:+.4f}, "
+                     f"{'within' if f['agrees_with_cpu'] else 'OUTSIDE'} the tolerance of "
+                     f"{METRIC_TOLERANCE}; best step {f['cpu_best_step']}, fit "
+                     f"{f['cpu_fit_s']:.1f} s)")
+        parts.append(line + ".")
+    ddp = result.get("ddp")
+    if ddp:
+        parts.append("DDP: " + (ddp["skipped"] if "skipped" in ddp else
+                                f"{ddp['processes']} processes, agree {ddp.get('agree')}") + ".")
+    return " ".join(parts)
+
+
 def _reference_command(args, out: Path, threads: int) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--device", "cpu", "--parts", "fits",
            "--cpu-reference", "none", "--threads", str(threads), "--out", str(out),
@@ -292,6 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["wall_s"] = round(time.perf_counter() - wall, 1)
         result["within_budget"] = result["wall_s"] <= BUDGET_S
         out_path.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        out_path.with_suffix(".md").write_text(summary_text(result) + "\n")
 
     def guarded(what: str, fn, *a, **kw):
         """``fn(*a, **kw)``; an exception is recorded (the other parts still run) and re-raised

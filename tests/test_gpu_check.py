@@ -24,6 +24,24 @@ def test_gpu_check_runs_on_cpu_at_smoke_size(tmp_path):
         assert 0 < fit["test_metric"] < 1
     assert fits["llmrouter", "PersonalizedRouterV2"]["train_requests"] > 0
     assert "skipped" in result["ddp"]  # no GPU here: the DDP check needs two
+    summary = out.with_suffix(".md").read_text()  # the README's paragraph, from this run
+    assert "smoke size" in summary and "0 error(s)" in summary
+    assert f"{fits['bench', 'GraphRouterGNN']['test_metric']:.4f}" in summary
+
+
+def test_the_committed_gpu_run_agrees_with_its_cpu_reference_and_its_paragraph():
+    """figures/gpu_check_cuda.json, when a GPU run is committed: no error, within the budget,
+    every fit's test metric within the tolerance of the CPU run beside it, and the README's
+    paragraph (figures/gpu_check_cuda.md) written from that JSON."""
+    from prlib.config import REPO_ROOT
+
+    path = REPO_ROOT / "figures" / "gpu_check_cuda.json"
+    if not path.is_file():
+        pytest.skip("no GPU run committed")
+    result = json.loads(path.read_text())
+    assert result["device"] == "cuda" and not result["errors"] and result["within_budget"]
+    assert result["fits"] and all(f["agrees_with_cpu"] for f in result["fits"])
+    assert path.with_suffix(".md").read_text().strip() == gpu_check.summary_text(result)
 
 
 def test_device_metrics_sit_next_to_the_cpu_reference():
