@@ -242,8 +242,24 @@ def record_run_time(path: Path, seconds: float, smoke: bool, folder: Path | None
         writer.writerows(rows)
     table = ["| " + " | ".join(fields) + " |", "|" + "|".join("---" for _ in fields) + "|"]
     table += ["| " + " | ".join(str(r[k]) for k in fields) + " |" for r in rows]
+    table.append("| " + " | ".join(str(v) for v in _total_row(rows).values()) + " |")
     (folder / "run_times.md").write_text("\n".join(table) + "\n")
     return out
+
+
+def _total_row(rows: list[dict]) -> dict:
+    """The notebooks' times summed (what ``make run`` spends in them, without creating the
+    environment): the modes, machines and Python versions seen, the latest date and the highest
+    ``other_load`` (the total is an upper bound when any run shared the machine)."""
+    def seen(key):
+        return "/".join(sorted({str(r[key]) for r in rows if r[key] != ""}))
+
+    loads = [float(r["other_load"]) for r in rows if r["other_load"] != ""]
+    return {"notebook": f"**all {len(rows)} notebooks**", "mode": seen("mode"),
+            "wall_s": f"**{sum(float(r['wall_s']) for r in rows):.0f}**",
+            "date_utc": max(str(r["date_utc"]) for r in rows), "cpu": seen("cpu"),
+            "cores": seen("cores"), "other_load": f"max {max(loads):.2f}" if loads else "",
+            "python": seen("python")}
 
 
 def _literal(value: str):

@@ -91,7 +91,9 @@ def test_the_runner_records_each_notebooks_wall_time(tmp_path):
     assert table.loc[0, "wall_s"] == 46 and table.loc[0, "mode"] == "full"
     assert table.loc[0, "other_load"] == 1.25 and pd.isna(table.loc[1, "other_load"])
     markdown = (tmp_path / "run_times.md").read_text().splitlines()
-    assert len(markdown) == 4 and markdown[2].startswith(f"| {NOTEBOOKS[0].stem} | full | 46 |")
+    assert len(markdown) == 5 and markdown[2].startswith(f"| {NOTEBOOKS[0].stem} | full | 46 |")
+    assert markdown[4].startswith("| **all 2 notebooks** | full | **51** |")  # 46 + 5
+    assert "max 1.25" in markdown[4]
     assert table["cores"].iloc[0] >= 1 and isinstance(table["cpu"].iloc[0], str)
 
 
