@@ -248,16 +248,18 @@ def record_run_time(path: Path, seconds: float, smoke: bool, folder: Path | None
 
 
 def _total_row(rows: list[dict]) -> dict:
-    """The notebooks' times summed (what ``make run`` spends in them, without creating the
-    environment): the modes, machines and Python versions seen, the latest date and the highest
-    ``other_load`` (the total is an upper bound when any run shared the machine)."""
+    """The rows' times summed (what ``make run`` spent in the notebooks, without creating the
+    environment, when one run wrote every row; the range of dates says whether it could have):
+    the modes, machines and Python versions seen and the highest ``other_load`` (the total is an
+    upper bound when any run shared the machine)."""
     def seen(key):
         return "/".join(sorted({str(r[key]) for r in rows if r[key] != ""}))
 
     loads = [float(r["other_load"]) for r in rows if r["other_load"] != ""]
+    dates = [str(r["date_utc"]) for r in rows]
     return {"notebook": f"**all {len(rows)} notebooks**", "mode": seen("mode"),
             "wall_s": f"**{sum(float(r['wall_s']) for r in rows):.0f}**",
-            "date_utc": max(str(r["date_utc"]) for r in rows), "cpu": seen("cpu"),
+            "date_utc": " to ".join(sorted({min(dates), max(dates)})), "cpu": seen("cpu"),
             "cores": seen("cores"), "other_load": f"max {max(loads):.2f}" if loads else "",
             "python": seen("python")}
 

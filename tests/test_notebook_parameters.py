@@ -80,7 +80,7 @@ def test_the_runner_records_each_notebooks_wall_time(tmp_path):
     """figures/run_times.csv: one row per notebook (its last run replaces the previous one)."""
     import pandas as pd
 
-    from prlib.runner import record_run_time
+    from prlib.runner import _total_row, record_run_time
 
     nb = NOTEBOOKS[0]
     record_run_time(nb, 12.3, smoke=False, folder=tmp_path)
@@ -94,6 +94,9 @@ def test_the_runner_records_each_notebooks_wall_time(tmp_path):
     assert len(markdown) == 5 and markdown[2].startswith(f"| {NOTEBOOKS[0].stem} | full | 46 |")
     assert markdown[4].startswith("| **all 2 notebooks** | full | **51** |")  # 46 + 5
     assert "max 1.25" in markdown[4]
+    rows = table.astype(str).to_dict("records")  # a row of another day: the total names
+    rows[1]["date_utc"] = "2026-01-02"  # the range of dates it sums
+    assert _total_row(rows)["date_utc"].startswith("2026-01-02 to ")
     assert table["cores"].iloc[0] >= 1 and isinstance(table["cpu"].iloc[0], str)
 
 
