@@ -61,6 +61,10 @@ SMOKE_SIZES: dict[str, Any] = {
 }
 
 
+#: environment variable of MiniLM's arithmetic (:func:`prlib.embed.minilm_precision`)
+MINILM_PRECISION_ENV = "PRLIB_MINILM_PRECISION"
+
+
 def env_smoke() -> bool:
     """True when the environment variable ``PRLIB_SMOKE`` asks for smoke mode."""
     return os.environ.get("PRLIB_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -137,6 +141,8 @@ def resolve_config(smoke: bool = False, seeds: list[int] | None = None, device: 
     :data:`SMOKE_SIZES` (and ``seeds``) is replaced by its smoke value (numbers: the smaller).
     """
     smoke = bool(smoke) or env_smoke()
+    if smoke:  # a smoke run's MiniLM vectors, and so its pinned numbers, alike on every CPU
+        os.environ.setdefault(MINILM_PRECISION_ENV, "fp32")
     seeds = list(seeds if seeds is not None else [0])
     if smoke:
         seeds = list(SMOKE_SIZES["seeds"])

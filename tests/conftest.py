@@ -7,6 +7,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# MiniLM in fp32 on every CPU (the default picks bf16 where the CPU has it): tests that embed
+# see the same vectors everywhere; tests/test_embedding_precision.py checks bf16 itself
+os.environ.setdefault("PRLIB_MINILM_PRECISION", "fp32")
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402

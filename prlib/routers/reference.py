@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import csr_matrix
 
 from prlib.metrics import ceiling_utilities
 from prlib.routers.base import Router, candidates, col_nanmean, non_negative, one_of, register
@@ -139,13 +140,21 @@ class StructuredReferenceRouter(Router):
         # utility of every candidate under every grid p: (grid, n, n_llms)
         util = grid[:, None, None] * np.nan_to_num(q)[None] - (1 - grid[:, None, None]) * (
             np.nan_to_num(cn)[None])
-        ok = candidates(train)[None]
-        chosen = train.chosen
+        util = np.where(candidates(train)[None], util, -np.inf)  # no candidate: never picked
+        picked = util[:, np.arange(len(train)), train.chosen]  # (grid, n)
+        names, user_of = np.unique(users, return_inverse=True)
+        # (n_users, n) 0/1: a product with it sums each user's rows of the log-likelihood
+        rows_of_user = csr_matrix((np.ones(len(users)), (user_of, np.arange(len(users)))),
+                                  shape=(len(names), len(users)))
+        top = util.max(2)  # (grid, n): log-sum-exp over LLMs, shifted by the best utility
+        top[~np.isfinite(top)] = 0.0
+        below = util - top[..., None]  # (grid, n, n_llms), <= 0
+        scaled = np.empty_like(below)
         best = None
         for tau in self.TEMPERATURES:
-            logits = np.where(ok, util / tau, -np.inf)
-            loglik = logits[:, np.arange(len(chosen)), chosen] - np.logaddexp.reduce(logits, 2)
-            per_user = np.stack([loglik[:, users == u].sum(1) for u in np.unique(users)])
+            np.exp(np.divide(below, tau, out=scaled), out=scaled)
+            loglik = (picked - top) / tau - np.log(scaled.sum(2))  # (grid, n)
+            per_user = np.asarray(rows_of_user @ loglik.T)  # (n_users, grid)
             prior = np.full(len(grid), 1.0 / len(grid))
             for _ in range(50):  # EM for the population prior over the p grid
                 post = per_user + np.log(prior)[None]
@@ -157,7 +166,7 @@ class StructuredReferenceRouter(Router):
             if best is None or marginal > best[0]:
                 best = (marginal, tau, post, prior)
         _, self.temperature_, post, prior = best
-        for user, row in zip(np.unique(users), post):
+        for user, row in zip(names, post):
             self.user_p_[user] = float(row @ grid)
         self.population_p_ = float(prior @ grid)
 
