@@ -32,6 +32,61 @@ LEVELS: tuple[int | None, ...] = (1, 3, 5, 10, 20, None)
 CHOICE_TEMPERATURE = 0.05
 #: The label of the dense level in frames and figures.
 ALL = "all"
+#: Routers left out of notebook 50's sweeps: the slowest to fit (a minute or more per fit on
+#: the nine-user setting); they are in the dense tables of notebook 55.
+SLOW_ROUTERS = ("GraphRouterGNN", "ReferenceDesignRouter", "FrugalGPTRouter")
+#: The share of the structured reference's lead over the strongest baseline that ours must reach
+#: in a cell where that lead's CI is above 0 (the router issue's "takes the headroom").
+HEADROOM_SHARE = 0.8
+
+
+def sweep_routers() -> list[type[Router]]:
+    """Every registered router but :data:`SLOW_ROUTERS`: the routers of notebook 50's sweeps."""
+    from prlib import routers
+
+    return [c for c in routers.registered() if c.__name__ not in SLOW_ROUTERS]
+
+
+def nine_user_settings(bank) -> tuple[Setting, Setting, dict[str, Setting]]:
+    """Notebook 50's nine-user settings on ``bank`` (its **simulated** multi-cost users):
+    ``(utility, choice, one_sparse)``: revealed utilities; noisy picks (a softmax of reward at
+    :data:`CHOICE_TEMPERATURE`, seed 0) with the same features; and, per feedback kind, one
+    sparse user among eight dense ones (a different user per seed, scored on that user's test
+    requests only; :attr:`~prlib.experiment.Setting.sparse_users`)."""
+    from prlib import simulate
+
+    utility = Setting("multi-cost · llmrouter", bank, simulate.simulate_multi_cost(bank),
+                      feedback="utility", metric="reward")
+    noisy_picks = simulate.simulate_multi_cost(bank, temperature=CHOICE_TEMPERATURE, seed=0)
+    choice = Setting("multi-cost · llmrouter", bank, noisy_picks, feedback="choice",
+                     metric="reward", features=utility.feats)
+    one_sparse = {s.feedback: replace(s, name=f"{s.name} · one sparse user among dense",
+                                      sparse_users=1) for s in (utility, choice)}
+    return utility, choice, one_sparse
+
+
+def nine_user_sweep(bank, seeds: Sequence[int], params: Mapping[str, dict] | None,
+                    tune_seeds: Sequence[int], levels: Sequence[int | None],
+                    one_sparse_levels: Sequence[int | None], jobs: int = 1,
+                    max_points: int | None = None, progress: bool = False):
+    """Notebook 50's nine-user sweep: :func:`sweep` of :func:`sweep_routers` over ``levels`` in
+    both feedback kinds of :func:`nine_user_settings` and over ``one_sparse_levels`` in its one
+    sparse user settings. Returns ``(results, tuning, settings)``, ``settings`` being
+    :func:`nine_user_settings`'s triple. A fit already made with the same data, parameters,
+    seed and code is read from the fit cache (:func:`~prlib.experiment.cached_fits`), so adding
+    seeds to a finished sweep fits only the new ones."""
+    from prlib.comparison import concat_results
+
+    settings = nine_user_settings(bank)
+    utility, choice, one_sparse = settings
+    parts, tunings = [], []
+    for setting, cell_levels in [(utility, levels), (choice, levels),
+                                 *((s, one_sparse_levels) for s in one_sparse.values())]:
+        res, tun = sweep(setting, cell_levels, seeds, sweep_routers(), params, tune_seeds,
+                         progress=progress, jobs=jobs, max_points=max_points)
+        parts.append(res)
+        tunings.append(tun)
+    return concat_results(parts), pd.concat(tunings, ignore_index=True), settings
 
 
 def level_label(level: int | None) -> str:
@@ -160,3 +215,19 @@ def sweep_figure(results: pd.DataFrame, metric: str, ours: str, panels: Sequence
                bbox_to_anchor=(0.5, -0.02 - 0.035 * (len(names) // 3) / nrows))
     fig.tight_layout()
     return fig
+
+
+def verdicts(table: pd.DataFrame, share: float = HEADROOM_SHARE) -> pd.DataFrame:
+    """The router issue's two checks per cell of a :func:`headroom_table` (with its reference
+    columns): ``never_worse`` (ours' CI against the strongest baseline is not entirely below 0),
+    ``headroom`` (the reference leads that baseline with its CI above 0) and, in those cells,
+    ``takes_headroom`` (ours leads with its CI above 0 and by at least ``share`` of the
+    reference's lead; NA elsewhere) with ``share_of_lead``."""
+    out = table[["setting", "feedback", "train_per_user"]].copy()
+    out["never_worse"] = ~(table["ours_ci_high"] < 0)
+    out["headroom"] = table["reference_ci_low"] > 0
+    out["share_of_lead"] = np.where(out["headroom"], table["ours_minus_baseline"]
+                                    / table["reference_minus_baseline"], np.nan)
+    takes = (table["ours_ci_low"] > 0) & (out["share_of_lead"] >= share)
+    out["takes_headroom"] = pd.Series(takes, dtype="boolean").where(out["headroom"])
+    return out
