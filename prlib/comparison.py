@@ -12,7 +12,7 @@ import pandas as pd
 
 from prlib import report
 from prlib.config import DEVELOPMENT_SEEDS, REPORT_SEEDS, RunConfig
-from prlib.experiment import Setting, Tuning, tune_and_run
+from prlib.experiment import Setting, Tuning, concat_results, tune_and_run  # noqa: F401 (re-exported)
 from prlib.routers import Router
 
 #: The columns of notebook 50's tables, by the setting's feedback kind.
@@ -249,23 +249,6 @@ def compare_bank(bank, users: Sequence[str] = ("multi-cost",),
             highlight=[R.BestPerUserTaskRouter.name])
         _save_figure(fig, "50_sweep", folder)
     return BankComparison(bank, comparisons, swept, rows, folder, ours)
-
-
-def concat_results(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """:func:`~prlib.experiment.run_setting` frames (or :func:`~prlib.headroom.sweep`'s) in one,
-    keeping every frame's routers not run: ``pd.concat`` keeps ``attrs`` only where all frames
-    have the same. Each is named "router (setting)" (", feedback" where the frame has a
-    ``feedback`` column), so that :func:`~prlib.report.save_table` writes them all."""
-    out = pd.concat(list(frames), ignore_index=True)
-    for key in ("not_run", "not_run_family"):
-        merged = {}
-        for f in frames:
-            where = ", ".join(str(f[c].iloc[0]) for c in ("setting", "feedback")
-                              if c in f and len(f))
-            merged.update({f"{r} ({where})" if where else r: v
-                           for r, v in f.attrs.get(key, {}).items()})
-        out.attrs[key] = merged
-    return out
 
 
 def _save_figure(fig, name: str, folder: Path) -> None:

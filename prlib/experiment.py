@@ -599,3 +599,18 @@ def split_metrics(router: Router, setting: Setting, seed: int,
     return {name: routing_metrics(req, router.route(req))[metric] for name, req in views.items()}
 
 
+def concat_results(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """:func:`~prlib.experiment.run_setting` frames (or :func:`~prlib.headroom.sweep`'s) in one,
+    keeping every frame's routers not run: ``pd.concat`` keeps ``attrs`` only where all frames
+    have the same. Each is named "router (setting)" (", feedback" where the frame has a
+    ``feedback`` column), so that :func:`~prlib.report.save_table` writes them all."""
+    out = pd.concat(list(frames), ignore_index=True)
+    for key in ("not_run", "not_run_family"):
+        merged = {}
+        for f in frames:
+            where = ", ".join(str(f[c].iloc[0]) for c in ("setting", "feedback")
+                              if c in f and len(f))
+            merged.update({f"{r} ({where})" if where else r: v
+                           for r, v in f.attrs.get(key, {}).items()})
+        out.attrs[key] = merged
+    return out

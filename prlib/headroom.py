@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from prlib.experiment import Setting, tune_and_run
+from prlib.experiment import Setting, concat_results, tune_and_run
 from prlib.metrics import paired_difference
 from prlib.report import NOT_COMPETING, strongest
 from prlib.routers import Router
@@ -75,8 +75,6 @@ def nine_user_sweep(bank, seeds: Sequence[int], params: Mapping[str, dict] | Non
     :func:`nine_user_settings`'s triple. A fit already made with the same data, parameters,
     seed and code is read from the fit cache (:func:`~prlib.experiment.cached_fits`), so adding
     seeds to a finished sweep fits only the new ones."""
-    from prlib.comparison import concat_results
-
     settings = nine_user_settings(bank)
     utility, choice, one_sparse = settings
     parts, tunings = [], []
