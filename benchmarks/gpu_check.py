@@ -106,9 +106,9 @@ def device_info(device: str) -> dict:
 
 def embed_check(texts: list[str], device: str, compare: int = 64) -> dict:
     """MiniLM on ``device`` over ``texts``, uncached (the model loaded and warmed up before the
-    clock starts), and the first ``compare`` texts again on CPU: texts per second and the
-    smallest cosine between the devices' unit vectors."""
-    from prlib.embed import MemoryEmbeddingCache, embed_texts
+    clock starts), and the first ``compare`` texts again on CPU in the same precision: texts
+    per second and the smallest cosine between the devices' unit vectors."""
+    from prlib.embed import MemoryEmbeddingCache, embed_texts, minilm_precision, use_precision
 
     texts = list(dict.fromkeys(texts))  # each distinct text once, as the cache would
     start = time.perf_counter()
@@ -121,9 +121,10 @@ def embed_check(texts: list[str], device: str, compare: int = 64) -> dict:
     seconds = time.perf_counter() - start
     out = {"texts": len(texts), "model_load_s": round(load_s, 2), "embed_s": round(seconds, 3),
            "texts_per_second": round(len(texts) / seconds, 1),
-           "peak_gpu_memory_mb": _gpu_peak_mb(device)}
+           "peak_gpu_memory_mb": _gpu_peak_mb(device), "precision": minilm_precision(device)}
     if device != "cpu":
-        cpu = embed_texts(texts[:compare], device="cpu", cache=MemoryEmbeddingCache())
+        with use_precision(out["precision"]):  # not bf16 on a CPU that has it: like for like
+            cpu = embed_texts(texts[:compare], device="cpu", cache=MemoryEmbeddingCache())
         out["min_cosine_vs_cpu"] = float(np.min(np.sum(cpu * vectors[:compare], axis=1)))
         out["compared_texts"] = len(cpu)
     return out

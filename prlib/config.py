@@ -65,6 +65,16 @@ SMOKE_SIZES: dict[str, Any] = {
 MINILM_PRECISION_ENV = "PRLIB_MINILM_PRECISION"
 
 
+#: whether the last :func:`resolve_config` of this process resolved to smoke mode
+_SMOKE_RUN = False
+
+
+def smoke_run() -> bool:
+    """True when this process's last :func:`resolve_config` (a notebook's configuration cell)
+    resolved to smoke mode, or ``PRLIB_SMOKE=1``."""
+    return _SMOKE_RUN or env_smoke()
+
+
 def env_smoke() -> bool:
     """True when the environment variable ``PRLIB_SMOKE`` asks for smoke mode."""
     return os.environ.get("PRLIB_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -140,9 +150,9 @@ def resolve_config(smoke: bool = False, seeds: list[int] | None = None, device: 
     Smoke mode is on when ``smoke`` is true or ``PRLIB_SMOKE=1``; then every size named in
     :data:`SMOKE_SIZES` (and ``seeds``) is replaced by its smoke value (numbers: the smaller).
     """
+    global _SMOKE_RUN
     smoke = bool(smoke) or env_smoke()
-    if smoke:  # a smoke run's MiniLM vectors, and so its pinned numbers, alike on every CPU
-        os.environ.setdefault(MINILM_PRECISION_ENV, "fp32")
+    _SMOKE_RUN = smoke  # a smoke run embeds in fp32 (prlib.embed.minilm_precision)
     seeds = list(seeds if seeds is not None else [0])
     if smoke:
         seeds = list(SMOKE_SIZES["seeds"])

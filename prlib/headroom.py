@@ -32,8 +32,9 @@ LEVELS: tuple[int | None, ...] = (1, 3, 5, 10, 20, None)
 CHOICE_TEMPERATURE = 0.05
 #: The label of the dense level in frames and figures.
 ALL = "all"
-#: Routers left out of notebook 50's sweeps: the slowest to fit (a minute or more per fit on
-#: the nine-user setting); they are in the dense tables of notebook 55.
+#: Routers left out of notebook 50's sweeps: GraphRouter and the released design, the slowest
+#: to fit (30 s or more per fit on the nine-user setting on one thread), and FrugalGPT, which
+#: needs answer texts that the LLMRouter bank lacks; the first two are in notebook 55's tables.
 SLOW_ROUTERS = ("GraphRouterGNN", "ReferenceDesignRouter", "FrugalGPTRouter")
 #: The share of the structured reference's lead over the strongest baseline that ours must reach
 #: in a cell where that lead's CI is above 0 (the router issue's "takes the headroom").

@@ -4,7 +4,7 @@ run embeds in fp32 on every CPU."""
 import numpy as np
 import pytest
 
-from prlib import embed
+from prlib import config, embed
 from prlib.config import MINILM_PRECISION_ENV, resolve_config
 
 TEXTS = ["Explain the difference between a list and a tuple in Python.",
@@ -36,8 +36,16 @@ def test_each_precision_has_its_own_cache_folder(monkeypatch, tmp_path):
     assert list((tmp_path / "embeddings").glob("*.npz"))
 
 
-def test_auto_picks_bf16_only_on_a_cpu_with_bfloat16_instructions(monkeypatch):
+@pytest.fixture
+def full_run(monkeypatch):
+    """Neither the environment nor a smoke run chooses the precision (``make test`` sets
+    ``PRLIB_SMOKE=1``, the conftest ``PRLIB_MINILM_PRECISION=fp32``)."""
     monkeypatch.delenv(MINILM_PRECISION_ENV, raising=False)
+    monkeypatch.delenv("PRLIB_SMOKE", raising=False)
+    monkeypatch.setattr(config, "_SMOKE_RUN", False)
+
+
+def test_auto_picks_bf16_only_on_a_cpu_with_bfloat16_instructions(monkeypatch, full_run):
     monkeypatch.setattr(embed, "cpu_has_bf16", lambda: True)
     assert embed.minilm_precision("cpu") == "bf16"
     assert embed.minilm_precision("cuda") == "fp32"
@@ -54,11 +62,28 @@ def test_an_unknown_precision_is_refused_with_the_choices(monkeypatch):
         embed.embed_texts(TEXTS[:1], cache=embed.MemoryEmbeddingCache())
 
 
-def test_a_smoke_run_embeds_in_fp32_unless_told_otherwise(monkeypatch):
-    monkeypatch.delenv(MINILM_PRECISION_ENV, raising=False)
+def test_a_smoke_run_embeds_in_fp32_and_the_next_full_configuration_does_not(monkeypatch,
+                                                                               full_run):
     monkeypatch.setattr(embed, "cpu_has_bf16", lambda: True)
     resolve_config(smoke=True)
     assert embed.minilm_precision("cpu") == "fp32"
-    monkeypatch.setenv(MINILM_PRECISION_ENV, "bf16")
-    resolve_config(smoke=True)
+    resolve_config(smoke=False)  # the same kernel, its configuration cell run again at full size
     assert embed.minilm_precision("cpu") == "bf16"
+    monkeypatch.setenv("PRLIB_SMOKE", "1")  # CI's smoke runs, fit workers included
+    assert embed.minilm_precision("cpu") == "fp32"
+    monkeypatch.setenv(MINILM_PRECISION_ENV, "bf16")  # the environment's choice wins
+    assert embed.minilm_precision("cpu") == "bf16"
+
+
+def test_use_precision_overrides_the_environment_inside_its_block_only(monkeypatch):
+    monkeypatch.setenv(MINILM_PRECISION_ENV, "bf16")
+    with embed.use_precision("fp32"):
+        assert embed.minilm_precision("cpu") == "fp32"
+        fp32 = embed.embed_texts(TEXTS[:2], device="cpu", cache=embed.MemoryEmbeddingCache())
+    assert embed.minilm_precision("cpu") == "bf16"
+    monkeypatch.setenv(MINILM_PRECISION_ENV, "fp32")
+    np.testing.assert_array_equal(
+        fp32, embed.embed_texts(TEXTS[:2], device="cpu", cache=embed.MemoryEmbeddingCache()))
+    with pytest.raises(ValueError, match="unknown precision"):
+        with embed.use_precision("fp16"):
+            pass

@@ -140,7 +140,7 @@ class StructuredReferenceRouter(Router):
         # utility of every candidate under every grid p: (grid, n, n_llms)
         util = grid[:, None, None] * np.nan_to_num(q)[None] - (1 - grid[:, None, None]) * (
             np.nan_to_num(cn)[None])
-        util = np.where(candidates(train)[None], util, -np.inf)  # no candidate: never picked
+        util = np.where(candidates(train)[None], util, -np.inf)  # not a candidate: probability 0
         picked = util[:, np.arange(len(train)), train.chosen]  # (grid, n)
         names, user_of = np.unique(users, return_inverse=True)
         # (n_users, n) 0/1: a product with it sums each user's rows of the log-likelihood
@@ -148,7 +148,7 @@ class StructuredReferenceRouter(Router):
                                   shape=(len(names), len(users)))
         top = util.max(2)  # (grid, n): log-sum-exp over LLMs, shifted by the best utility
         top[~np.isfinite(top)] = 0.0
-        below = util - top[..., None]  # (grid, n, n_llms), <= 0
+        below = np.subtract(util, top[..., None], out=util)  # (grid, n, n_llms), <= 0
         scaled = np.empty_like(below)
         best = None
         for tau in self.TEMPERATURES:

@@ -1,0 +1,39 @@
+"""The headroom checks (prlib.headroom.verdicts) and the more-seeds benchmark of notebook 50's
+sweep (benchmarks/headroom_seeds.py)."""
+import pandas as pd
+import pytest
+
+
+def _table(ours, ours_ci, ref, ref_ci):
+    return pd.DataFrame([{"setting": "s", "feedback": "utility", "train_per_user": "3",
+                          "ours_minus_baseline": ours, "ours_ci_low": ours_ci[0],
+                          "ours_ci_high": ours_ci[1], "reference_minus_baseline": ref,
+                          "reference_ci_low": ref_ci[0], "reference_ci_high": ref_ci[1]}])
+
+
+@pytest.mark.parametrize("ours, ours_ci, ref, ref_ci, never_worse, takes", [
+    (0.009, (0.002, 0.016), 0.010, (0.004, 0.016), True, True),  # 90 % of the lead, CI > 0
+    (0.008, (-0.001, 0.017), 0.009, (0.001, 0.017), True, False),  # CI not above 0
+    (0.006, (0.001, 0.011), 0.010, (0.004, 0.016), True, False),  # 60 % of the lead
+    (-0.01, (-0.02, -0.001), 0.010, (0.004, 0.016), False, False),  # worse than the baseline
+    (0.002, (-0.004, 0.008), 0.001, (-0.003, 0.005), True, None),  # no headroom: no verdict
+])
+def test_the_verdicts_say_never_worse_and_takes_the_headroom_as_the_router_issue_asks(
+        ours, ours_ci, ref, ref_ci, never_worse, takes):
+    from prlib import headroom
+
+    row = headroom.verdicts(_table(ours, ours_ci, ref, ref_ci)).iloc[0]
+    assert bool(row["never_worse"]) is never_worse
+    if takes is None:
+        assert not row["headroom"] and row["takes_headroom"] is pd.NA
+    else:
+        assert row["headroom"] and bool(row["takes_headroom"]) is takes
+
+
+def test_the_more_seeds_benchmark_runs_notebook_50s_sweep_at_smoke_size():
+    import headroom_seeds  # writes into build/smoke-figures/, as a smoke notebook does
+
+    table, checks = headroom_seeds.main(["--smoke", "--jobs", "1"])
+    assert len(table) == len(checks) == 6  # 2 levels x 2 feedback kinds + 2 one-sparse cells
+    assert set(checks["feedback"]) == {"utility", "choice"}
+    assert table["ours"].notna().all() and table["reference"].notna().all()
