@@ -20,10 +20,8 @@ env: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@# --no-compile: Python compiles the modules a run imports, on first import; pip would compile
-	@# every file of every package (torch, transformers, ...) up front
-	$(PY) -m pip install --quiet --no-compile -r requirements.txt -c constraints.txt
-	$(PY) -m pip install --quiet --no-compile --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
