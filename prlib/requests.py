@@ -91,17 +91,26 @@ class Requests:
     _lookups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self.chosen)
 
     def select(self, mask) -> "Requests":
-        """Requests by boolean mask or integer positions, shape (n,) -> a new set."""
+        """Requests by boolean mask or integer positions, shape (n,) -> a new set. Its
+        ``frame`` is taken from this one's when first read: a training loop's mini-batches,
+        whose ids :meth:`lookup` has resolved already, never build theirs (a pandas take of
+        every column, about a sixth of a small torch router's fit)."""
         mask = np.asarray(mask)
         pick = lambda a: None if a is None else a[mask]  # noqa: E731
-        out = Requests(self.frame.iloc[mask].reset_index(drop=True), self.llms,
-                       self.utility[mask], self.chosen[mask], pick(self.quality),
-                       pick(self.cost), pick(self.call_cost), pick(self.previous))
+        out = Requests(None, self.llms, self.utility[mask], self.chosen[mask],
+                       pick(self.quality), pick(self.cost), pick(self.call_cost),
+                       pick(self.previous))
+        out.__dict__["_frame_rows"] = (self.frame, mask)
         out._lookups = {k: (index, pos[mask]) for k, (index, pos) in self._lookups.items()}
         return out
+
+    def __getstate__(self) -> dict:
+        """Pickled with its own frame (not the frame it would be taken from)."""
+        _ = self.frame
+        return dict(self.__dict__)
 
     def lookup(self, column: str, index: pd.Index) -> np.ndarray:
         """Positions of each request's ``column`` value in ``index`` (-1: absent), shape (n,).
@@ -136,6 +145,26 @@ class Requests:
     def candidates(self) -> np.ndarray:
         """Boolean (n, n_llms): which LLMs are candidates of each request."""
         return ~np.isnan(self.utility)
+
+
+def _get_frame(self: Requests) -> pd.DataFrame:
+    frame = self.__dict__.get("_frame")
+    if frame is None and "_frame_rows" in self.__dict__:  # made by select: take the rows now
+        parent, rows = self.__dict__.pop("_frame_rows")
+        frame = self.__dict__["_frame"] = parent.iloc[rows].reset_index(drop=True)
+    return frame
+
+
+def _set_frame(self: Requests, frame: pd.DataFrame) -> None:
+    self.__dict__["_frame"] = frame
+    if frame is not None:
+        self.__dict__.pop("_frame_rows", None)
+
+
+# a property set after the dataclass is made, so that the generated __init__, replace, repr and
+# comparisons go through it: ``frame`` stays a field
+Requests.frame = property(_get_frame, _set_frame,
+                          doc="user_id, query_id, task, split per request (n rows)")
 
 
 def build_requests(interactions: pd.DataFrame, bank: Bank, split: QuerySplit) -> Requests:
