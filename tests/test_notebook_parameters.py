@@ -119,3 +119,13 @@ def test_the_runner_measures_what_other_work_took_of_the_machine():
     assert spent >= 0.95  # the child's CPU counts as this run's own
     assert busy_cpu_seconds() - busy >= 0.9 * spent  # and the machine saw it busy
     assert time.time() - start >= 0.95
+
+
+def test_the_more_seeds_benchmark_runs_notebook_50s_sweep_parameters():
+    """benchmarks/headroom_seeds.py copies notebook 50's sweep parameters (so that its fits are
+    the notebook's, read from the fit cache): a change to either side must reach the other."""
+    import headroom_seeds
+
+    params = parameters(next(p for p in NOTEBOOKS if p.name == "50_baselines.ipynb"))
+    for name, value in headroom_seeds.NOTEBOOK_50.items():
+        assert params[name.upper()] == value, name
