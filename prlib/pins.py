@@ -35,8 +35,9 @@ TORCH = 0.03
 #: Test requests whose pick a torch-trained router may flip between two runs of the same code:
 #: training is chaotic in the last bits of its inputs, and a text's cached embedding carries the
 #: batch it was first embedded in (which the order of the notebooks decides). Measured: v2 on
-#: notebook 90's 45 smoke test requests, 0.244 or 0.289 accuracy (two requests) by cache history.
-FLIPS = 2.5
+#: notebook 90's 45 smoke test requests, 0.244, 0.289 or 0.311 accuracy (up to three requests)
+#: by cache history (the last in a cache filled by many earlier runs of other notebooks).
+FLIPS = 3.5
 #: Metrics on a 0-100 scale.
 PERCENT_METRICS = ("score", "pct_oracle", "pct_of_full")
 

@@ -38,9 +38,9 @@ def test_torch_routers_get_the_loose_tolerance_and_lookups_the_tight_one(tmp_pat
     assert tol["s | MLP classifier | score"] == pytest.approx(3.0)  # a 0-100 metric
 
 
-def test_a_torch_routers_tolerance_covers_two_flipped_picks_of_a_small_test_split(tmp_path,
-                                                                                  monkeypatch):
-    """On 40 test requests a trained router's accuracy may move by 2.5 requests (0.0625), on
+def test_a_torch_routers_tolerance_covers_three_flipped_picks_of_a_small_test_split(tmp_path,
+                                                                                    monkeypatch):
+    """On 40 test requests a trained router's accuracy may move by 3.5 requests (0.0875), on
     1,000 by the usual 0.03; lookups stay exact whatever the split."""
     results = pd.DataFrame({"setting": ["small", "small", "large"],
                             "router": ["MLP classifier", "Cheapest LLM", "MLP classifier"],
@@ -48,6 +48,6 @@ def test_a_torch_routers_tolerance_covers_two_flipped_picks_of_a_small_test_spli
     monkeypatch.setenv("PRLIB_UPDATE_PINS", "1")
     frame = pin_results("77_n", results, ["accuracy"], cfg=SMOKE, folder=tmp_path)
     tol = dict(zip(frame["key"], frame["tol"]))
-    assert tol["small | MLP classifier | accuracy"] == pytest.approx(2.5 / 40)
+    assert tol["small | MLP classifier | accuracy"] == pytest.approx(3.5 / 40)
     assert tol["large | MLP classifier | accuracy"] == pytest.approx(0.03)
     assert tol["small | Cheapest LLM | accuracy"] == pytest.approx(1e-4)
