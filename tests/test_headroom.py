@@ -37,3 +37,22 @@ def test_the_more_seeds_benchmark_runs_notebook_50s_sweep_at_smoke_size():
     assert len(table) == len(checks) == 6  # 2 levels x 2 feedback kinds + 2 one-sparse cells
     assert set(checks["feedback"]) == {"utility", "choice"}
     assert table["ours"].notna().all() and table["reference"].notna().all()
+
+
+def test_the_sparse_user_study_scores_each_seeds_rotated_user_on_development_seeds_only():
+    import sparse_user_study  # writes into build/smoke-figures/
+
+    from prlib.experiment import sparse_users_of
+
+    with pytest.raises(SystemExit):  # a report seed is refused: the study is for design
+        sparse_user_study.main(["--smoke", "--seeds", "0", "100"])
+    results, by_user, stats = sparse_user_study.main(["--smoke", "--seeds", "3", "4"])
+    users = [f"mc-0{i}" for i in range(9)]
+    assert {s: u for s, u in zip(results["seed"], results["sparse_user"])} == {
+        s: sparse_users_of(users, 1, s)[0] for s in (3, 4)}
+    baseline, _ = sparse_user_study.cell_choices(5, "choice")
+    assert set(results["router"]) == {sparse_user_study.OURS.name,
+                                      sparse_user_study.REFERENCE.name, baseline}
+    assert sorted(by_user["sparse_user"]) == ["mc-03", "mc-04"]
+    assert results[["val_reward", "test_reward"]].notna().all().all()
+    assert "ours - baseline (val)" in stats
