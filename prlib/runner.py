@@ -151,8 +151,19 @@ def write_page(executed: Path, folder: Path, name: str | None = None) -> Path:
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{name}.html"
-    out.write_text(shared_styles(body, folder), encoding="utf-8")
+    out.write_text(shared_styles(without_unused_mermaid(body), folder), encoding="utf-8")
     return out
+
+
+def without_unused_mermaid(page: str) -> str:
+    """``page`` without nbconvert's Mermaid loader (a ``<script type="module">`` of about 420
+    lines that the lab template puts in every page, to render Markdown's mermaid diagrams) when
+    the page has no diagram (no ``class="jp-Mermaid"`` element): the script would return at once.
+    A page with a diagram keeps it."""
+    if 'class="jp-Mermaid"' in page:
+        return page
+    return re.sub(r'<script type="module">(?:(?!</script>).)*?mermaid.*?</script>', "", page,
+                  flags=re.S)
 
 
 #: The style sheet every page of a folder links (nbconvert's JupyterLab theme, the same for all).

@@ -71,3 +71,19 @@ def test_every_notebook_has_a_committed_page_that_links_the_shared_style_sheet()
         html = page.read_text(encoding="utf-8")
         head = html[:html.index("</head>")]
         assert f'href="{PAGE_CSS}"' in head and "<style" not in head, page.name
+
+
+def test_a_page_keeps_the_mermaid_loader_only_when_it_has_a_diagram(tmp_path):
+    """nbconvert's lab template puts a Mermaid loader (~420 lines of script) into every page;
+    a page without a diagram drops it, one with a diagram keeps it (and MathJax stays)."""
+    pages = {}
+    for name, text in [("01_plain", "Text with $n$ requests."),
+                       ("02_diagram", "```mermaid\ngraph TD; A-->B\n```")]:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell(text)]
+        path = tmp_path / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        pages[name] = write_page(path, tmp_path / "pages", name).read_text()
+    assert "mermaid.esm" not in pages["01_plain"] and "mathjax" in pages["01_plain"].lower()
+    assert "Text with" in pages["01_plain"]
+    assert "mermaid.esm" in pages["02_diagram"] and 'class="jp-Mermaid"' in pages["02_diagram"]
