@@ -7,8 +7,9 @@ user alone. Over ten report seeds each of the nine **simulated** multi-cost user
 one about once, so a paired CI there mixes two things: how much a router gains on a user, and
 how much that gain differs from one user to another. This study fits ours, the structured
 reference and the cell's strongest baseline on **development** seeds (0-26 by default: every
-user three times; no report seed) at one cell and writes, per seed and per sparse user, each
-router's reward on that user's validation requests (the design criterion) and test requests,
+user three times; no report seed, nor notebook 50's tuning seed 0) at one cell and writes, per seed
+and per sparse user, each router's reward (true utilities) on that user's validation requests
+(the split a design decision may read) and test requests,
 with the grid point notebook 50 chose for the cell (``figures/50_tuning_sweep.csv``) and the
 strongest baseline its report table names (``figures/50_headroom.csv``).
 
@@ -31,6 +32,7 @@ from dataclasses import replace
 import pandas as pd
 from tqdm.auto import tqdm
 
+from headroom_seeds import NOTEBOOK_50
 from prlib import headroom, report, routers
 from prlib.config import REPO_ROOT, REPORT_SEEDS, resolve_config
 from prlib.data import load_bank
@@ -40,7 +42,8 @@ from prlib.routers.base import reward_of
 
 OURS = routers.PersonalizedRouterV3
 REFERENCE = routers.StructuredReferenceRouter
-DEFAULT_SEEDS = list(range(27))
+#: development seeds 1-27: each of the nine users sparse three times (seed 0 tunes notebook 50)
+DEFAULT_SEEDS = list(range(1, 28))
 
 
 def cell_choices(level: int, feedback: str, figures=REPO_ROOT / "figures") -> tuple[str, dict]:
@@ -66,12 +69,14 @@ def study(setting, seeds, names: dict[str, str], params: dict[str, dict]) -> pd.
     router's reward on that user's validation and test requests (true utilities)."""
     rows = []
     for seed in tqdm(seeds, desc="seeds"):
-        user = sparse_users_of(setting.preferences.users["user_id"], 1, seed)[0]
+        user, = sparse_users_of(setting.preferences.users["user_id"], setting.sparse_users, seed)
         _, val_true, _ = setting_views(setting, seed, raw=True)
         val_user = val_true.select(val_true.frame["user_id"].to_numpy() == user)
         for role, name in names.items():
-            router, (_, _, test) = fit_checked(routers.get_router(name), setting, seed,
-                                               params.get(name, {}))
+            cls = routers.get_router(name)
+            steps = {"steps": NOTEBOOK_50["steps"]} if "torch" in cls.tags else {}
+            router, (_, _, test) = fit_checked(cls, setting, seed,
+                                               {**steps, **params.get(name, {})})
             rows.append({"seed": seed, "sparse_user": user, "role": role, "router": name,
                          "val_reward": reward_of(val_user, router.scores(val_user)),
                          "test_reward": test_metric(setting, router, test, "reward")})
@@ -98,8 +103,10 @@ def summary(results: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 def findings(stats: dict, by_user: pd.DataFrame, level: int, feedback: str, baseline: str,
              seeds) -> str:
     """The paragraph: the paired differences over the seeds and their spread across users."""
+    contiguous = list(seeds) == list(range(seeds[0], seeds[-1] + 1))
+    named = f"{seeds[0]}-{seeds[-1]}" if contiguous else ", ".join(map(str, seeds))
     lines = [f"One sparse user among dense, {feedback}, {level} per user, development seeds "
-             f"{seeds[0]}-{seeds[-1]} ({len(seeds)} seeds; benchmarks/sparse_user_study.py; "
+             f"{named} ({len(seeds)} seeds; benchmarks/sparse_user_study.py; "
              f"simulated users; against {baseline}, paired per seed, 95 % CI):"]
     for key, s in stats.items():
         lines.append(f"- {key}: {s['mean']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}]")
@@ -122,13 +129,21 @@ def main(argv: list[str] | None = None):
                         help="development seeds (default 0-26: each of the nine users 3 times)")
     parser.add_argument("--smoke", action="store_true", help="two seeds, smoke size")
     args = parser.parse_args(argv)
-    if set(args.seeds) & set(REPORT_SEEDS):
-        parser.error(f"--seeds: {sorted(set(args.seeds) & set(REPORT_SEEDS))} are report seeds; "
-                     "a design study reads development seeds only")
+    reported = sorted(s for s in set(args.seeds) if s >= REPORT_SEEDS[0])
+    if reported:
+        parser.error(f"--seeds: {reported} are report seeds (from {REPORT_SEEDS[0]} on: notebook "
+                     "50 and benchmarks/headroom_seeds.py report them); a design study reads "
+                     "development seeds only")
+    if set(args.seeds) & set(NOTEBOOK_50["tune_seeds"]):
+        parser.error(f"--seeds: {NOTEBOOK_50['tune_seeds']} chose notebook 50's grid points; "
+                     "give other development seeds")
     if len(set(args.seeds)) < 2:
         parser.error("--seeds: give two or more distinct development seeds")
-    cfg = resolve_config(args.smoke, args.seeds, "auto", max_queries=3000)
+    cfg = resolve_config(args.smoke, args.seeds, "auto", max_queries=NOTEBOOK_50["max_queries"])
     seeds = sorted(set(args.seeds))[:2] if cfg.smoke else sorted(set(args.seeds))
+    if not cfg.smoke and len(seeds) % 9:
+        print(f"note: {len(seeds)} seeds do not make every one of the nine users sparse equally "
+              "often (a multiple of 9 does)")
     baseline, chosen = cell_choices(args.level, args.feedback)
     names = {"ours": OURS.name, "reference": REFERENCE.name, "baseline": baseline}
     t0 = time.perf_counter()

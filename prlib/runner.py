@@ -157,13 +157,16 @@ def write_page(executed: Path, folder: Path, name: str | None = None) -> Path:
 
 def without_unused_mermaid(page: str) -> str:
     """``page`` without nbconvert's Mermaid loader (a ``<script type="module">`` of about 420
-    lines that the lab template puts in every page, to render Markdown's mermaid diagrams) when
+    lines that the lab template puts in every page's head, to render Markdown's mermaid
+    diagrams; found by its selector ``.jp-Mermaid > pre.mermaid``) when
     the page has no diagram (no ``class="jp-Mermaid"`` element): the script would return at once.
     A page with a diagram keeps it."""
-    if 'class="jp-Mermaid"' in page:
+    head_end = page.find("</head>")
+    if head_end < 0 or 'class="jp-Mermaid"' in page:
         return page
-    return re.sub(r'<script type="module">(?:(?!</script>).)*?mermaid.*?</script>', "", page,
-                  flags=re.S)
+    head = re.sub(r'<script type="module">(?:(?!</script>).)*?\.jp-Mermaid > pre\.mermaid.*?'
+                  r"</script>", "", page[:head_end], flags=re.S)
+    return head + page[head_end:]
 
 
 #: The style sheet every page of a folder links (nbconvert's JupyterLab theme, the same for all).

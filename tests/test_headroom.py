@@ -44,8 +44,9 @@ def test_the_sparse_user_study_scores_each_seeds_rotated_user_on_development_see
 
     from prlib.experiment import sparse_users_of
 
-    with pytest.raises(SystemExit):  # a report seed is refused: the study is for design
-        sparse_user_study.main(["--smoke", "--seeds", "0", "100"])
+    for seeds in (["3", "100"], ["3", "105"], ["0", "3"]):  # report seeds, the tuning seed
+        with pytest.raises(SystemExit):
+            sparse_user_study.main(["--smoke", "--seeds", *seeds])
     results, by_user, stats = sparse_user_study.main(["--smoke", "--seeds", "3", "4"])
     users = [f"mc-0{i}" for i in range(9)]
     assert {s: u for s, u in zip(results["seed"], results["sparse_user"])} == {
