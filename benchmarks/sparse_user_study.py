@@ -6,16 +6,17 @@ rotation: :func:`prlib.experiment.sparse_users_of`) to a few training requests a
 user alone. Over ten report seeds each of the nine **simulated** multi-cost users is the sparse
 one about once, so a paired CI there mixes two things: how much a router gains on a user, and
 how much that gain differs from one user to another. This study fits ours, the structured
-reference and the cell's strongest baseline on **development** seeds (0-26 by default: every
-user three times; no report seed, nor notebook 50's tuning seed 0) at one cell and writes, per seed
-and per sparse user, each router's reward (true utilities) on that user's validation requests
-(the split a design decision may read) and test requests,
-with the grid point notebook 50 chose for the cell (``figures/50_tuning_sweep.csv``) and the
-strongest baseline its report table names (``figures/50_headroom.csv``).
+reference and the cell's strongest baseline on **development** seeds (1-27 by default: every
+user three times; no report seed, nor notebook 50's tuning seed 0) at one cell and writes, per
+seed and per sparse user, each router's reward (true utilities) on that user's validation
+requests (the split a design decision may read) and test requests, with the grid point notebook
+50 chose for the cell (``figures/50_tuning_sweep.csv``) and the strongest baseline its report
+table names (``figures/50_headroom.csv``); beside them the ceiling (best LLM per user and task
+on the scored requests' utilities) and the oracle, on the same requests.
 
 Writes ``figures/50_sparse_user_study`` (per seed and router), ``50_sparse_user_study_by_user``
-(ours and the reference minus the baseline, mean per sparse user) and the paragraph
-``50_sparse_user_study_findings``.
+(per sparse user: each router's mean reward, and ours and the reference minus the baseline) and
+the paragraph ``50_sparse_user_study_findings``.
 
 Run: ``python benchmarks/sparse_user_study.py`` (about 80 s on 2 CPU cores; ``--level 20``,
 ``--feedback utility``: other cells); ``--smoke``: two seeds at notebook 50's smoke size, into
@@ -39,34 +40,47 @@ from prlib.data import load_bank
 from prlib.experiment import fit_checked, setting_views, sparse_users_of, test_metric
 from prlib.metrics import paired_difference
 from prlib.routers.base import reward_of
+from prlib.routers.reference import CeilingRouter
+from prlib.routers.simple import OracleRouter
 
 OURS = routers.PersonalizedRouterV3
 REFERENCE = routers.StructuredReferenceRouter
+#: the bounds beside the routers (they read the scored requests' labels)
+BOUNDS = {"ceiling": CeilingRouter, "oracle": OracleRouter}
 #: development seeds 1-27: each of the nine users sparse three times (seed 0 tunes notebook 50)
 DEFAULT_SEEDS = list(range(1, 28))
 
 
-def cell_choices(level: int, feedback: str, figures=REPO_ROOT / "figures") -> tuple[str, dict]:
-    """``(strongest baseline's name, {router name: chosen grid point})`` of notebook 50's one
-    sparse user cell at ``level`` and ``feedback``, from its full run's tables."""
-    sparse = "one sparse user among dense"
+def cell_choices(setting, level: int, figures=REPO_ROOT / "figures") -> tuple[str, dict]:
+    """``(strongest baseline's name, {router name: chosen grid point})`` of notebook 50's cell
+    ``setting`` (its name and feedback) at ``level``, from its full run's tables."""
+    def cell(frame):
+        return ((frame["setting"] == setting.name) & (frame["feedback"] == setting.feedback)
+                & (frame["train_per_user"] == str(level)))
+
     table = pd.read_csv(figures / "50_headroom.csv", dtype={"train_per_user": str})
-    row = table[table["setting"].str.contains(sparse) & (table["feedback"] == feedback)
-                & (table["train_per_user"] == str(level))]
+    row = table[cell(table)]
     if row.empty:
-        levels = sorted(set(table.loc[table["setting"].str.contains(sparse), "train_per_user"]))
-        raise ValueError(f"notebook 50 has no one-sparse-user cell at {level} requests per user "
-                         f"with {feedback} feedback (its levels: {levels})")
+        levels = sorted(set(table.loc[table["setting"] == setting.name, "train_per_user"]))
+        raise ValueError(f"notebook 50 has no cell {setting.name!r} at {level} requests per user "
+                         f"with {setting.feedback} feedback (its levels: {levels})")
     tuning = pd.read_csv(figures / "50_tuning_sweep.csv", dtype={"train_per_user": str})
-    chosen = tuning[tuning["setting"].str.contains(sparse) & (tuning["feedback"] == feedback)
-                    & (tuning["train_per_user"] == str(level)) & tuning["chosen"]]
+    chosen = tuning[cell(tuning) & tuning["chosen"]]
     return row["strongest_baseline"].iloc[0], {r.router: json.loads(r.point)
                                                for r in chosen.itertuples()}
 
 
-def study(setting, seeds, names: dict[str, str], params: dict[str, dict]) -> pd.DataFrame:
-    """Per seed and router (``names``: role -> router display name): the sparse user and the
-    router's reward on that user's validation and test requests (true utilities)."""
+def cell_setting(feedback: str, level: int, max_queries: int):
+    """Notebook 50's one-sparse-user setting with ``feedback`` at ``level`` requests per user,
+    on its LLMRouter sample of ``max_queries`` queries (simulated multi-cost users)."""
+    bank = load_bank("llmrouter").sample_queries(max_queries, seed=0)
+    _, _, one_sparse = headroom.nine_user_settings(bank)
+    return replace(one_sparse[feedback], train_per_user=level)
+
+
+def study(setting, seeds, names: dict[str, str | type], params: dict[str, dict]) -> pd.DataFrame:
+    """Per seed and router (``names``: role -> router display name or class): the sparse user
+    and the router's reward on that user's validation and test requests (true utilities)."""
     rows = []
     for seed in tqdm(seeds, desc="seeds"):
         user, = sparse_users_of(setting.preferences.users["user_id"], setting.sparse_users, seed)
@@ -76,8 +90,9 @@ def study(setting, seeds, names: dict[str, str], params: dict[str, dict]) -> pd.
             cls = routers.get_router(name)
             steps = {"steps": NOTEBOOK_50["steps"]} if "torch" in cls.tags else {}
             router, (_, _, test) = fit_checked(cls, setting, seed,
-                                               {**steps, **params.get(name, {})})
-            rows.append({"seed": seed, "sparse_user": user, "role": role, "router": name,
+                                               {**steps, **params.get(cls.name, {})})
+            label = cls.row_name(setting.feedback, setting.preferences.strategy)
+            rows.append({"seed": seed, "sparse_user": user, "role": role, "router": label,
                          "val_reward": reward_of(val_user, router.scores(val_user)),
                          "test_reward": test_metric(setting, router, test, "reward")})
     return pd.DataFrame(rows)
@@ -96,7 +111,9 @@ def summary(results: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
                 wide[split][role], wide[split]["baseline"])
         stats[f"ours - reference ({split[:-7]})"] = paired_difference(
             wide[split]["ours"], wide[split]["reference"])
-    by_user = pd.DataFrame(diffs).groupby(level="sparse_user").mean().reset_index()
+    means = wide["val_reward"].groupby(level="sparse_user").mean().add_suffix(" (val)")
+    by_user = pd.concat([means, pd.DataFrame(diffs).groupby(level="sparse_user").mean()],
+                        axis=1).reset_index()
     return by_user, stats
 
 
@@ -116,6 +133,11 @@ def findings(stats: dict, by_user: pd.DataFrame, level: int, feedback: str, base
                  f"{lo[col]:+.4f} ({lo['sparse_user']}) to {hi[col]:+.4f} ({hi['sparse_user']}); "
                  f"the reference's from {by_user['reference - baseline (val)'].min():+.4f} to "
                  f"{by_user['reference - baseline (val)'].max():+.4f}.")
+    means = by_user.mean(numeric_only=True)
+    lines.append(f"- Mean validation reward: ours {means['ours (val)']:.4f}, the reference "
+                 f"{means['reference (val)']:.4f}, the baseline {means['baseline (val)']:.4f}; "
+                 f"the ceiling {means['ceiling (val)']:.4f}, the oracle "
+                 f"{means['oracle (val)']:.4f}.")
     return "\n".join(lines)
 
 
@@ -126,7 +148,7 @@ def main(argv: list[str] | None = None):
                              "one-sparse-user cells: 1, 5 or 20)")
     parser.add_argument("--feedback", choices=("choice", "utility"), default="choice")
     parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS,
-                        help="development seeds (default 0-26: each of the nine users 3 times)")
+                        help="development seeds (default 1-27: each of the nine users 3 times)")
     parser.add_argument("--smoke", action="store_true", help="two seeds, smoke size")
     args = parser.parse_args(argv)
     reported = sorted(s for s in set(args.seeds) if s >= REPORT_SEEDS[0])
@@ -144,12 +166,10 @@ def main(argv: list[str] | None = None):
     if not cfg.smoke and len(seeds) % 9:
         print(f"note: {len(seeds)} seeds do not make every one of the nine users sparse equally "
               "often (a multiple of 9 does)")
-    baseline, chosen = cell_choices(args.level, args.feedback)
-    names = {"ours": OURS.name, "reference": REFERENCE.name, "baseline": baseline}
     t0 = time.perf_counter()
-    bank = load_bank("llmrouter").sample_queries(cfg["max_queries"], seed=0)
-    _, _, one_sparse = headroom.nine_user_settings(bank)
-    setting = replace(one_sparse[args.feedback], train_per_user=args.level)
+    setting = cell_setting(args.feedback, args.level, cfg["max_queries"])
+    baseline, chosen = cell_choices(setting, args.level)
+    names = {"ours": OURS, "reference": REFERENCE, "baseline": baseline, **BOUNDS}
     results = study(setting, seeds, names, chosen)
     by_user, stats = summary(results)
     name = "50_sparse_user_study"

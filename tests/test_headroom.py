@@ -1,5 +1,6 @@
 """The headroom checks (prlib.headroom.verdicts) and the more-seeds benchmark of notebook 50's
 sweep (benchmarks/headroom_seeds.py)."""
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -51,9 +52,20 @@ def test_the_sparse_user_study_scores_each_seeds_rotated_user_on_development_see
     users = [f"mc-0{i}" for i in range(9)]
     assert {s: u for s, u in zip(results["seed"], results["sparse_user"])} == {
         s: sparse_users_of(users, 1, s)[0] for s in (3, 4)}
-    baseline, _ = sparse_user_study.cell_choices(5, "choice")
-    assert set(results["router"]) == {sparse_user_study.OURS.name,
-                                      sparse_user_study.REFERENCE.name, baseline}
+    assert set(results["role"]) == {"ours", "reference", "baseline", "ceiling", "oracle"}
     assert sorted(by_user["sparse_user"]) == ["mc-03", "mc-04"]
     assert results[["val_reward", "test_reward"]].notna().all().all()
     assert "ours - baseline (val)" in stats
+    # every row is scored on the sparse user's own requests: the oracle's reward is the mean
+    # best true utility of exactly those (val: that user's validation requests; test: the cell's)
+    from prlib.config import SMOKE_SIZES
+    from prlib.experiment import setting_views
+
+    setting = sparse_user_study.cell_setting("choice", 5, SMOKE_SIZES["max_queries"])
+    oracle = results[results["role"] == "oracle"].set_index("seed")
+    for seed in (3, 4):
+        _, val, test = setting_views(setting, seed, raw=True)
+        val = val.select(val.frame["user_id"].to_numpy() == oracle.loc[seed, "sparse_user"])
+        for split, req in (("val_reward", val), ("test_reward", test)):
+            best = np.where(req.candidates, req.utility, -np.inf).max(1).mean()
+            assert oracle.loc[seed, split] == pytest.approx(best), (seed, split)
