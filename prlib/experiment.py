@@ -65,7 +65,9 @@ class Setting:
     ``sparse_users``: only that many users are thinned to ``train_per_user`` (the others keep
     every training request), chosen by rotation with the split seed (:func:`sparse_users_of`:
     a different user per seed), and the test split keeps only their requests, so the tables
-    score the sparse users among dense ones.
+    score the sparse users among dense ones. ``sparse_offset``: shifts that rotation (the
+    sparse users of seed ``s`` are those of rotation step ``s + sparse_offset``), so that the
+    same split seed can thin each user in turn (offsets 0 to n_users - 1).
     """
 
     name: str
@@ -79,6 +81,7 @@ class Setting:
     previous_query: dict[str, str] | None = field(default=None, repr=False)
     train_per_user: int | None = None
     sparse_users: int | None = None
+    sparse_offset: int = 0
 
     def __post_init__(self) -> None:
         if self.train_per_user is not None and self.train_per_user < 1:
@@ -88,6 +91,10 @@ class Setting:
         if self.sparse_users is not None and not 1 <= self.sparse_users < n_users:
             raise ValueError(f"sparse_users must be between 1 and {n_users - 1} (the others stay "
                              f"dense) or None (every user thinned), got {self.sparse_users}")
+        if self.sparse_offset and (self.sparse_users is None or self.sparse_offset < 0):
+            raise ValueError(f"sparse_offset shifts which users are sparse: it needs sparse_users "
+                             f"and must be >= 0, got {self.sparse_offset} with sparse_users="
+                             f"{self.sparse_users}")
         if self.feedback not in FEEDBACK:
             raise ValueError(f"feedback must be one of {FEEDBACK}, got {self.feedback!r}")
         if self.metric not in MAIN_METRICS:
@@ -118,8 +125,8 @@ class Setting:
     @cached_property
     def fingerprint(self) -> str:
         """A hash of everything the views depend on: interactions, the bank's rows, queries and
-        LLM order, feedback, fractions, groups, previous turns, ``train_per_user`` and
-        ``sparse_users``
+        LLM order, feedback, fractions, groups, previous turns, ``train_per_user``,
+        ``sparse_users`` and ``sparse_offset``
         (computed once: change a setting with :func:`dataclasses.replace`, not in place)."""
         h = hashlib.sha1()
         for frame in (self.preferences.interactions, self.bank.bank,
@@ -128,6 +135,8 @@ class Setting:
         h.update(json.dumps([self.feedback, list(self.fractions), self.train_per_user,
                              self.sparse_users, sorted((self.query_groups or {}).items()),
                              sorted((self.previous_query or {}).items())]).encode())
+        if self.sparse_offset:  # (settings without one keep their fingerprints)
+            h.update(f"sparse_offset={self.sparse_offset}".encode())
         return h.hexdigest()
 
     @cached_property
@@ -293,7 +302,7 @@ def setting_views(setting: Setting, seed: int, raw: bool = False):
     train, val, test = (req.split(s) for s in SPLITS)
     sparse = (None if setting.sparse_users is None
               else sparse_users_of(setting.preferences.users["user_id"], setting.sparse_users,
-                                      seed))
+                                      seed + setting.sparse_offset))
     if setting.train_per_user is not None:
         train = sample_per_user(train, setting.train_per_user, seed=seed, users=sparse)
     if sparse is not None:  # the tables score the sparse users only

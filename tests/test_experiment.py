@@ -380,6 +380,32 @@ def test_one_sparse_user_among_dense_ones_rotates_with_the_seed_and_alone_is_sco
                 sparse_users=len(users))
 
 
+def test_a_sparse_offset_thins_each_user_in_turn_on_one_split():
+    from dataclasses import replace
+
+    from prlib.experiment import sparse_users_of
+
+    bank = Bank.from_frame("my-logs", logged_frame(False), LLM_TABLE)
+    full = Setting("all", bank, simulate_multi_cost(bank))
+    one = Setting("one sparse", bank, full.preferences, train_per_user=2, sparse_users=1)
+    users = sorted(full.preferences.users["user_id"])
+    seed = 3
+    scored, splits = [], set()
+    for offset in range(len(users)):
+        train, val, test = setting_views(replace(one, sparse_offset=offset), seed)
+        [user] = set(test.frame["user_id"])
+        kept = train.frame.groupby("user_id").size()
+        assert kept[user] == 2 and (kept.drop(user) > 2).all()  # that user alone is thinned
+        scored.append(user)
+        splits.add(tuple(sorted(val.frame["query_id"])))
+    assert sorted(scored) == users  # every user once, on the same split of queries
+    assert len(splits) == 1
+    assert scored[0] == sparse_users_of(users, 1, seed)[0]  # offset 0: the seed's own user
+    assert replace(one, sparse_offset=1).fingerprint != one.fingerprint
+    with pytest.raises(ValueError, match="sparse_offset shifts which users are sparse"):
+        replace(full, sparse_offset=1)
+
+
 def test_a_shared_object_is_written_once_and_read_once_per_process():
     import gc
     import os

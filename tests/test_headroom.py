@@ -69,3 +69,27 @@ def test_the_sparse_user_study_scores_each_seeds_rotated_user_on_development_see
         for split, req in (("val_reward", val), ("test_reward", test)):
             best = np.where(req.candidates, req.utility, -np.inf).max(1).mean()
             assert oracle.loc[seed, split] == pytest.approx(best), (seed, split)
+
+
+def test_the_rotated_one_sparse_benchmark_scores_every_user_once_per_seed():
+    import one_sparse_rotated  # writes into build/smoke-figures/
+
+    names = ["PersonalizedRouterV3", "StructuredReferenceRouter", "KNNRouter", "CeilingRouter",
+             "OracleRouter"]
+    rows, table, checks = one_sparse_rotated.main(["--smoke", "--jobs", "1", "--routers", *names])
+    users = [f"mc-0{i}" for i in range(9)]
+    for _, part in rows.groupby(["router", "seed"]):
+        assert sorted(part["sparse_user"]) == users  # each user sparse once on each seed
+        assert sorted(part["sparse_offset"]) == list(range(9))
+    assert set(rows["seed"]) == {110, 111}
+    # a seed's value is the mean over its nine sparse users, and the table pairs those
+    seed_rows = one_sparse_rotated.per_seed(rows)
+    ours = rows["router"].str.contains("v3")
+    expect = rows[ours].groupby("seed")["reward"].mean()
+    got = seed_rows[seed_rows["router"].str.contains("v3")].set_index("seed")["reward"]
+    assert np.allclose(got.sort_index(), expect.sort_index())
+    assert len(table) == len(checks) == 1 and table["setting"].iloc[0].endswith(
+        one_sparse_rotated.SUFFIX)
+    assert np.isfinite(table[["ours_ci_low", "reference_ci_low"]].to_numpy()).all()
+    with pytest.raises(ValueError, match="same sparse users"):
+        one_sparse_rotated.per_seed(rows[~((rows["seed"] == 110) & (rows["sparse_offset"] == 3))])
