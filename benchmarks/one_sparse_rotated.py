@@ -28,7 +28,9 @@ Fixed before it was first run (development-seed power analysis on
 
 Writes ``figures/50_one_sparse_rotated`` (the headroom table), ``50_one_sparse_rotated_verdicts``,
 ``50_one_sparse_rotated_per_seed`` (each router's mean over the nine sparse users per seed),
-``50_one_sparse_rotated_per_user`` (every fit's row, with its sparse user) and the paragraph
+``50_one_sparse_rotated_per_user`` (every fit's row, with its sparse user),
+``50_one_sparse_rotated_by_user`` and its figure (per cell and sparse user: ours, the reference
+and the ceiling minus the strongest baseline) and the paragraph
 ``50_one_sparse_rotated_findings``.
 
 Run: ``python benchmarks/one_sparse_rotated.py`` (about 40 minutes on 2 CPU cores: 270 fits of
@@ -59,6 +61,9 @@ FEEDBACKS = ("utility", "choice")
 SUFFIX = " · every user sparse in turn"
 #: what is averaged over the nine sparse users of one seed
 AVERAGED = ["reward", "oracle_reward", "ceiling_reward", "random_reward", "fit_s"]
+#: the columns of every fit's row that the per-user file keeps (of run_setting's)
+KEPT = ["setting", "router", "family", "seed", "sparse_offset", "sparse_user", "feedback",
+        "train_per_user", *AVERAGED, "cost_per_1k", "n_train", "n_test"]
 
 
 def rotated_cell(setting, level: int, seeds, jobs: int = 1, progress: bool = False,
@@ -100,6 +105,57 @@ def per_seed(rows: pd.DataFrame) -> pd.DataFrame:
     out["n_sparse_users"] = int(counts.iloc[0])
     out["setting"] = out["setting"] + SUFFIX
     return out
+
+
+def gains_by_user(rows: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Per cell and sparse user (mean over seeds): ours, the structured reference and the
+    ceiling minus the cell's strongest baseline (as ``table`` names it), paired per seed."""
+    names = {routers.PersonalizedRouterV3.name: "ours",
+             routers.StructuredReferenceRouter.name: "reference"}
+    out = []
+    for r in table.itertuples():
+        cell = rows[(rows["feedback"] == r.feedback) & (rows["train_per_user"] == r.train_per_user)]
+        wide = cell.pivot_table(index=["seed", "sparse_user"], columns="router", values="reward")
+        ceiling = cell.groupby(["seed", "sparse_user"])["ceiling_reward"].first()
+        diffs = pd.DataFrame({label: wide[name] - wide[r.strongest_baseline]
+                              for name, label in names.items()})
+        diffs["ceiling"] = ceiling - wide[r.strongest_baseline]
+        means = diffs.groupby(level="sparse_user").mean().reset_index()
+        out.append(means.assign(feedback=r.feedback, train_per_user=r.train_per_user,
+                                strongest_baseline=r.strongest_baseline))
+    return pd.concat(out, ignore_index=True)
+
+
+def gains_figure(gains: pd.DataFrame):
+    """One panel per cell: ours, the reference and the ceiling minus the strongest baseline per
+    sparse user (mean over the seeds)."""
+    import matplotlib.pyplot as plt
+
+    report.set_style()
+    cells = list(gains.groupby(["feedback", "train_per_user"], sort=False).groups)
+    ncols = min(3, len(cells))
+    nrows = -(-len(cells) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False,
+                             sharey=True)
+    for ax, (feedback, level) in zip(axes.flat, cells):
+        part = gains[(gains["feedback"] == feedback) & (gains["train_per_user"] == level)]
+        part.set_index("sparse_user")[["ours", "reference", "ceiling"]].plot.bar(
+            ax=ax, width=0.8, legend=False, color=["C0", "C1", "0.75"])
+        ax.axhline(0, color="k", lw=0.8)
+        ax.tick_params(axis="x", labelrotation=0, labelsize=8)
+        ax.set_title(f"{feedback}, {level} per sparse user\n(minus "
+                     f"{part['strongest_baseline'].iloc[0]})", fontsize=10)
+        ax.set_xlabel("sparse user (quality weight p: 0.2 to 1.0)", fontsize=9)
+        ax.set_ylabel("reward minus the strongest baseline" if ax in axes[:, 0] else "")
+    for ax in list(axes.flat)[len(cells):]:
+        ax.axis("off")
+    fig.suptitle("Each simulated user sparse in turn among eight dense ones (mean over report "
+                 "seeds)", fontsize=11)
+    first = axes.flat[0]
+    first.legend(first.containers, ["ours", "structured reference", "ceiling (reads test labels)"],
+                 fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def findings(checks: pd.DataFrame, table: pd.DataFrame, seeds, n_users: int) -> str:
@@ -165,10 +221,13 @@ def main(argv: list[str] | None = None):
                                     reference=routers.StructuredReferenceRouter.name)
     checks = headroom.verdicts(table)
     name = "50_one_sparse_rotated"
-    report.save_table(rows, f"{name}_per_user", cfg, floatfmt=".5f")
+    report.save_table(rows[KEPT], f"{name}_per_user", cfg, floatfmt=".5f")
     report.save_table(seed_rows, f"{name}_per_seed", cfg, floatfmt=".5f")
     report.save_table(table, name, cfg, floatfmt=".4f")
     report.save_table(checks, f"{name}_verdicts", cfg, floatfmt=".3f")
+    gains = gains_by_user(rows, table)
+    report.save_table(gains, f"{name}_by_user", cfg, floatfmt=".4f")
+    report.save_figure(gains_figure(gains), name, cfg)
     text = findings(checks, table, seeds, int(seed_rows["n_sparse_users"].iloc[0]))
     report.save_text(text, f"{name}_findings", cfg)
     print(text)

@@ -93,3 +93,16 @@ def test_the_rotated_one_sparse_benchmark_scores_every_user_once_per_seed():
     assert np.isfinite(table[["ours_ci_low", "reference_ci_low"]].to_numpy()).all()
     with pytest.raises(ValueError, match="same sparse users"):
         one_sparse_rotated.per_seed(rows[~((rows["seed"] == 110) & (rows["sparse_offset"] == 3))])
+    # the per-user gains the figure shows: each user once, ours minus the named baseline
+    gains = one_sparse_rotated.gains_by_user(rows, table)
+    assert sorted(gains["sparse_user"]) == users
+    base = table["strongest_baseline"].iloc[0]
+    one = rows[rows["sparse_user"] == "mc-04"].set_index(["router", "seed"])["reward"]
+    expect = (one.loc[routers_name("PersonalizedRouterV3")] - one.loc[base]).mean()
+    assert np.isclose(gains.set_index("sparse_user").loc["mc-04", "ours"], expect)
+
+
+def routers_name(cls_name: str) -> str:
+    from prlib import routers
+
+    return routers.get_router(cls_name).name
