@@ -91,10 +91,12 @@ class Setting:
         if self.sparse_users is not None and not 1 <= self.sparse_users < n_users:
             raise ValueError(f"sparse_users must be between 1 and {n_users - 1} (the others stay "
                              f"dense) or None (every user thinned), got {self.sparse_users}")
-        if self.sparse_offset and (self.sparse_users is None or self.sparse_offset < 0):
+        offset = self.sparse_offset
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or not (
+                offset == 0 or (self.sparse_users is not None and 0 <= offset < n_users)):
             raise ValueError(f"sparse_offset shifts which users are sparse: it needs sparse_users "
-                             f"and must be >= 0, got {self.sparse_offset} with sparse_users="
-                             f"{self.sparse_users}")
+                             f"and is an integer from 0 to {n_users - 1} (the number of users "
+                             f"minus 1), got {offset!r} with sparse_users={self.sparse_users}")
         if self.feedback not in FEEDBACK:
             raise ValueError(f"feedback must be one of {FEEDBACK}, got {self.feedback!r}")
         if self.metric not in MAIN_METRICS:

@@ -402,8 +402,11 @@ def test_a_sparse_offset_thins_each_user_in_turn_on_one_split():
     assert len(splits) == 1
     assert scored[0] == sparse_users_of(users, 1, seed)[0]  # offset 0: the seed's own user
     assert replace(one, sparse_offset=1).fingerprint != one.fingerprint
-    with pytest.raises(ValueError, match="sparse_offset shifts which users are sparse"):
-        replace(full, sparse_offset=1)
+    for bad in ({"sparse_offset": 1, "sparse_users": None}, {"sparse_offset": -1},
+                {"sparse_offset": len(users)}, {"sparse_offset": True}, {"sparse_offset": 1.0}):
+        with pytest.raises(ValueError, match="sparse_offset shifts which users are sparse"):
+            replace(one, **bad)
+    assert replace(one, sparse_offset=len(users) - 1).sparse_offset == len(users) - 1
 
 
 def test_a_shared_object_is_written_once_and_read_once_per_process():
