@@ -83,7 +83,7 @@ def test_the_rotated_one_sparse_benchmark_scores_every_user_once_per_seed():
         assert sorted(part["sparse_offset"]) == list(range(9))
     assert set(rows["seed"]) == {110, 111}
     # a seed's value is the mean over its nine sparse users, and the table pairs those
-    seed_rows = one_sparse_rotated.per_seed(rows)
+    seed_rows = one_sparse_rotated.per_seed(rows, users)
     ours = rows["router"].str.contains("v3")
     expect = rows[ours].groupby("seed")["reward"].mean()
     got = seed_rows[seed_rows["router"].str.contains("v3")].set_index("seed")["reward"]
@@ -91,15 +91,25 @@ def test_the_rotated_one_sparse_benchmark_scores_every_user_once_per_seed():
     assert len(table) == len(checks) == 1 and table["setting"].iloc[0].endswith(
         one_sparse_rotated.SUFFIX)
     assert np.isfinite(table[["ours_ci_low", "reference_ci_low"]].to_numpy()).all()
-    with pytest.raises(ValueError, match="same sparse users"):
-        one_sparse_rotated.per_seed(rows[~((rows["seed"] == 110) & (rows["sparse_offset"] == 3))])
+    for broken in (rows[~((rows["seed"] == 110) & (rows["sparse_offset"] == 3))],  # a user out
+                   rows[rows["sparse_user"] != "mc-05"],  # one user missing everywhere
+                   pd.concat([rows, rows.iloc[:1]])):  # a row twice
+        with pytest.raises(ValueError, match="each of the same sparse users once"):
+            one_sparse_rotated.per_seed(broken, users)
+    with pytest.raises(SystemExit):  # development seeds are not reported
+        one_sparse_rotated.main(["--smoke", "--seeds", "3", "4"])
     # the per-user gains the figure shows: each user once, ours minus the named baseline
     gains = one_sparse_rotated.gains_by_user(rows, table)
     assert sorted(gains["sparse_user"]) == users
     base = table["strongest_baseline"].iloc[0]
     one = rows[rows["sparse_user"] == "mc-04"].set_index(["router", "seed"])["reward"]
-    expect = (one.loc[routers_name("PersonalizedRouterV3")] - one.loc[base]).mean()
-    assert np.isclose(gains.set_index("sparse_user").loc["mc-04", "ours"], expect)
+    got = gains.set_index("sparse_user").loc["mc-04"]
+    ceiling = next(r for r in set(rows["router"]) if r.startswith("Ceiling"))  # its row name
+    for column, name in (("ours", routers_name("PersonalizedRouterV3")),
+                         ("reference", routers_name("StructuredReferenceRouter")),
+                         ("ceiling", ceiling)):
+        expect = (one.loc[name] - one.loc[base]).mean()
+        assert np.isclose(got[column], expect), column
 
 
 def routers_name(cls_name: str) -> str:
