@@ -36,23 +36,16 @@ DEFAULT_SEEDS = list(REPORT_SEEDS) + list(range(REPORT_SEEDS[-1] + 1, REPORT_SEE
 def findings(checks, table, seeds) -> str:
     """The paragraph the README shows: each cell's verdicts."""
     lines = [f"Notebook 50's nine-user sweep over {len(seeds)} report seeds "
-             f"({seeds[0]}-{seeds[-1]}; benchmarks/headroom_seeds.py; simulated users; ours "
+             f"({report.seeds_text(seeds)}; benchmarks/headroom_seeds.py; simulated users; ours "
              "minus the strongest baseline, paired per seed, 95 % CI):"]
     for c, r in zip(checks.itertuples(), table.itertuples()):
         who = "one sparse user among dense, " if "one sparse" in r.setting else ""
         ref = (f"; the reference {r.reference_minus_baseline:+.3f} "
                f"[{r.reference_ci_low:+.3f}, {r.reference_ci_high:+.3f}]")
-        verdict = ("" if not c.headroom else
-                   f": takes {c.share_of_lead:.0%} of the reference's lead, "
-                   + ("the CI above 0" if c.takes_headroom else "NOT the headroom"))
         lines.append(f"- {who}{r.feedback}, {r.train_per_user} per user: ours "
                      f"{r.ours_minus_baseline:+.3f} [{r.ours_ci_low:+.3f}, {r.ours_ci_high:+.3f}]"
-                     f" against {r.strongest_baseline}{ref}"
-                     + ("" if c.never_worse else ", WORSE than that baseline") + verdict + ".")
-    headroom_cells = checks[checks["headroom"]]
-    lines.append(f"Never worse in {int(checks['never_worse'].sum())} of {len(checks)} cells; "
-                 f"takes the headroom in {int(headroom_cells['takes_headroom'].sum())} of the "
-                 f"{len(headroom_cells)} cells where the reference leads with its CI above 0.")
+                     f" against {r.strongest_baseline}{ref}{headroom.verdict_suffix(c)}.")
+    lines.append(headroom.verdict_tally(checks))
     return "\n".join(lines)
 
 

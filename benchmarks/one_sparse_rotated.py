@@ -178,35 +178,21 @@ def gains_figure(gains: pd.DataFrame):
     return fig
 
 
-def seeds_text(seeds) -> str:
-    """``"110-114"`` for a range, else the seeds listed."""
-    seeds = sorted(seeds)
-    return (f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1))
-            else ", ".join(map(str, seeds)))
-
-
 def findings(checks: pd.DataFrame, table: pd.DataFrame, seeds, n_users: int) -> str:
     """The paragraph the README shows: each rotated cell's verdicts."""
     fixed = ", fixed before the run" if sorted(seeds) == DEFAULT_SEEDS else ""
     lines = [f"Notebook 50's one-sparse-user cells with each of the {n_users} simulated users "
-             f"sparse in turn on every report seed ({seeds_text(seeds)}{fixed}; "
+             f"sparse in turn on every report seed ({report.seeds_text(seeds)}{fixed}; "
              "benchmarks/one_sparse_rotated.py; a seed's value is the mean over the sparse "
              "users; ours minus the strongest baseline, paired per seed, 95 % CI):"]
     for c, r in zip(checks.itertuples(), table.itertuples()):
-        verdict = ("" if not c.headroom else
-                   f": takes {c.share_of_lead:.0%} of the reference's lead, "
-                   + ("the CI above 0" if c.takes_headroom else "NOT the headroom"))
         lines.append(
             f"- {r.feedback}, {r.train_per_user} per sparse user: ours "
             f"{r.ours_minus_baseline:+.4f} [{r.ours_ci_low:+.4f}, {r.ours_ci_high:+.4f}] against "
             f"{r.strongest_baseline}; the reference {r.reference_minus_baseline:+.4f} "
             f"[{r.reference_ci_low:+.4f}, {r.reference_ci_high:+.4f}]; ours {r.ours:.4f}, the "
-            f"ceiling {r.ceiling:.4f}, the oracle {r.oracle:.4f}"
-            + ("" if c.never_worse else ", WORSE than that baseline") + verdict + ".")
-    headroom_cells = checks[checks["headroom"]]
-    lines.append(f"Never worse in {int(checks['never_worse'].sum())} of {len(checks)} cells; "
-                 f"takes the headroom in {int(headroom_cells['takes_headroom'].sum())} of the "
-                 f"{len(headroom_cells)} cells where the reference leads with its CI above 0.")
+            f"ceiling {r.ceiling:.4f}, the oracle {r.oracle:.4f}{headroom.verdict_suffix(c)}.")
+    lines.append(headroom.verdict_tally(checks))
     return "\n".join(lines)
 
 

@@ -120,10 +120,8 @@ def summary(results: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 def findings(stats: dict, by_user: pd.DataFrame, level: int, feedback: str, baseline: str,
              seeds) -> str:
     """The paragraph: the paired differences over the seeds and their spread across users."""
-    contiguous = list(seeds) == list(range(seeds[0], seeds[-1] + 1))
-    named = f"{seeds[0]}-{seeds[-1]}" if contiguous else ", ".join(map(str, seeds))
     lines = [f"One sparse user among dense, {feedback}, {level} per user, development seeds "
-             f"{named} ({len(seeds)} seeds; benchmarks/sparse_user_study.py; "
+             f"{report.seeds_text(seeds)} ({len(seeds)} seeds; benchmarks/sparse_user_study.py; "
              f"simulated users; against {baseline}, paired per seed, 95 % CI):"]
     for key, s in stats.items():
         lines.append(f"- {key}: {s['mean']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}]")

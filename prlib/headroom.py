@@ -216,6 +216,25 @@ def sweep_figure(results: pd.DataFrame, metric: str, ours: str, panels: Sequence
     return fig
 
 
+def verdict_suffix(check) -> str:
+    """The words a findings line ends with for one :func:`verdicts` row (a namedtuple):
+    ``", WORSE than that baseline"`` where ours' CI is below 0 and, in a headroom cell,
+    ``": takes N% of the reference's lead, ..."``."""
+    worse = "" if check.never_worse else ", WORSE than that baseline"
+    if not check.headroom:
+        return worse
+    return (f"{worse}: takes {check.share_of_lead:.0%} of the reference's lead, "
+            + ("the CI above 0" if check.takes_headroom else "NOT the headroom"))
+
+
+def verdict_tally(checks: pd.DataFrame) -> str:
+    """The closing sentence of a findings paragraph: :func:`verdicts` counted."""
+    headroom_cells = checks[checks["headroom"]]
+    return (f"Never worse in {int(checks['never_worse'].sum())} of {len(checks)} cells; "
+            f"takes the headroom in {int(headroom_cells['takes_headroom'].sum())} of the "
+            f"{len(headroom_cells)} cells where the reference leads with its CI above 0.")
+
+
 def verdicts(table: pd.DataFrame, share: float = HEADROOM_SHARE) -> pd.DataFrame:
     """The router issue's two checks per cell of a :func:`headroom_table` (with its reference
     columns): ``never_worse`` (ours' CI against the strongest baseline is not entirely below 0),

@@ -153,6 +153,13 @@ UPPER_BOUND = "upper bound"
 NOT_COMPETING = (UPPER_BOUND, "reference")
 
 
+def seeds_text(seeds) -> str:
+    """``"110-114"`` for seeds that make a range, else the seeds listed (``"3, 5, 9"``)."""
+    seeds = sorted(seeds)
+    return (f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1))
+            else ", ".join(map(str, seeds)))
+
+
 def ci_verdict(d: dict) -> str:
     """A paired difference's verdict from its 95 % CI (:func:`prlib.metrics.paired_difference`):
     ``"better"`` (CI above 0), ``"worse"`` (below 0), ``"tie"``, or ``"one seed: no interval"``."""

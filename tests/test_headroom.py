@@ -1,5 +1,5 @@
-"""The headroom checks (prlib.headroom.verdicts) and the more-seeds benchmark of notebook 50's
-sweep (benchmarks/headroom_seeds.py)."""
+"""The headroom checks (prlib.headroom.verdicts and their wording) and the benchmarks that read
+notebook 50's cells: more report seeds, the sparse-user study, every user sparse in turn."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,6 +74,8 @@ def test_the_sparse_user_study_scores_each_seeds_rotated_user_on_development_see
 def test_the_rotated_one_sparse_benchmark_scores_every_user_once_per_seed():
     import one_sparse_rotated  # writes into build/smoke-figures/
 
+    from prlib import routers
+
     names = ["PersonalizedRouterV3", "StructuredReferenceRouter", "KNNRouter", "CeilingRouter",
              "OracleRouter"]
     rows, table, checks = one_sparse_rotated.main(["--smoke", "--jobs", "1", "--routers", *names])
@@ -105,14 +107,27 @@ def test_the_rotated_one_sparse_benchmark_scores_every_user_once_per_seed():
     one = rows[rows["sparse_user"] == "mc-04"].set_index(["router", "seed"])["reward"]
     got = gains.set_index("sparse_user").loc["mc-04"]
     ceiling = next(r for r in set(rows["router"]) if r.startswith("Ceiling"))  # its row name
-    for column, name in (("ours", routers_name("PersonalizedRouterV3")),
-                         ("reference", routers_name("StructuredReferenceRouter")),
+    for column, name in (("ours", routers.PersonalizedRouterV3.name),
+                         ("reference", routers.StructuredReferenceRouter.name),
                          ("ceiling", ceiling)):
         expect = (one.loc[name] - one.loc[base]).mean()
         assert np.isclose(got[column], expect), column
 
 
-def routers_name(cls_name: str) -> str:
-    from prlib import routers
+def test_a_findings_line_ends_with_the_cells_verdict_and_the_paragraph_with_their_tally():
+    from prlib import headroom
+    from prlib.report import seeds_text
 
-    return routers.get_router(cls_name).name
+    table = pd.concat([_table(+0.02, (0.01, 0.03), 0.02, (0.01, 0.03)),  # takes it
+                       _table(+0.01, (-0.01, 0.03), 0.02, (0.01, 0.03)),  # misses it
+                       _table(-0.02, (-0.03, -0.01), 0.0, (-0.01, 0.01))],  # worse, no headroom
+                      ignore_index=True)
+    checks = headroom.verdicts(table)
+    said = [headroom.verdict_suffix(c) for c in checks.itertuples()]
+    assert said == [": takes 100% of the reference's lead, the CI above 0",
+                    ": takes 50% of the reference's lead, NOT the headroom",
+                    ", WORSE than that baseline"]
+    assert headroom.verdict_tally(checks) == (
+        "Never worse in 2 of 3 cells; takes the headroom in 1 of the 2 cells where the "
+        "reference leads with its CI above 0.")
+    assert seeds_text([112, 110, 111]) == "110-112" and seeds_text([3, 9, 5]) == "3, 5, 9"
